@@ -1,0 +1,24 @@
+"""Errors about one input video: a stable machine-readable code and a message for people."""
+
+from __future__ import annotations
+
+
+class InputError(Exception):
+    """The input cannot be tagged, whatever is retried: report it and move on to the next one."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+    def as_dict(self) -> dict[str, str]:
+        return {"code": self.code, "message": self.message}
+
+
+# Stable codes, shared by the CLI output and the worker's dead-letter records.
+NOT_FOUND = "not_found"
+EMPTY_FILE = "empty_file"
+NOT_A_VIDEO = "not_a_video"
+CORRUPT_VIDEO = "corrupt_video"
+NO_FRAMES = "no_frames"
+RESOLUTION_TOO_LARGE = "resolution_too_large"

@@ -1,0 +1,132 @@
+"""The VideoTag chain: video file → sampled frames → features → tag probabilities → top-k tags."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import paddle
+
+from models.attention_lstm import attention_lstm
+from models.config import ExtractorConfig, PredictorConfig
+from models.engines import DygraphEngine, Engine
+from models.labels import Tag, load_labels, top_k
+from models.preprocess import make_transform, normalise
+from models.resnet import tsn_resnet
+from models.video import SampledVideo, read_video
+from models.weights import file_digest, load_into, randomize
+
+RANDOM_WEIGHTS = "random-untrained"
+RANDOM_SEED = 0
+
+
+@dataclass
+class TagResult:
+    tags: list[Tag]
+    probabilities: np.ndarray
+    features: np.ndarray
+    video: SampledVideo
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class VideoTagger:
+    extractor_config: ExtractorConfig
+    predictor_config: PredictorConfig
+    extractor: Engine
+    predictor: Engine
+    labels: list[str]
+    preprocess: str = "faithful"
+    batch_size: int = 32
+    max_width: int = 7680
+    max_height: int = 4320
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        cfg = self.extractor_config
+        self.transform = make_transform(self.preprocess, cfg.short_size, cfg.target_size)
+
+    def sample(self, path: str | Path, seg_num: int | None = None) -> SampledVideo:
+        return read_video(path, seg_num or self.extractor_config.seg_num, self.transform,
+                          self.max_width, self.max_height)
+
+    def features(self, video: SampledVideo) -> np.ndarray:
+        """[seg_num, 2048]; each distinct frame goes through the network once."""
+        cfg = self.extractor_config
+        parts = [
+            self.extractor(normalise(video.crops[i : i + self.batch_size], cfg.image_mean, cfg.image_std))
+            for i in range(0, len(video.crops), self.batch_size)
+        ]
+        return np.concatenate(parts)[video.order]
+
+    def probabilities(self, features: np.ndarray) -> np.ndarray:
+        """[B, seg_num, 2048] → [B, num_classes]."""
+        return self.predictor(features.astype(np.float32, copy=False))
+
+    def top_tags(self, probabilities: np.ndarray, k: int | None = None) -> list[Tag]:
+        return top_k(probabilities, self.labels, k or self.predictor_config.topk)
+
+    def tag(self, path: str | Path, seg_num: int | None = None, k: int | None = None) -> TagResult:
+        t0 = time.perf_counter()
+        video = self.sample(path, seg_num)
+        t1 = time.perf_counter()
+        feats = self.features(video)
+        t2 = time.perf_counter()
+        probs = self.probabilities(feats[None])[0]
+        t3 = time.perf_counter()
+        timings = {"decode": (t1 - t0) * 1e3, "extract": (t2 - t1) * 1e3, "predict": (t3 - t2) * 1e3}
+        return TagResult(self.top_tags(probs, k), probs, feats, video, timings)
+
+
+def set_device(device: str) -> None:
+    if device == "gpu" and not paddle.device.is_compiled_with_cuda():
+        raise RuntimeError("--device gpu needs a CUDA build of paddlepaddle (paddlepaddle-gpu)")
+    paddle.set_device(device)
+
+
+def build_tagger(
+    extractor_weights: str | Path,
+    predictor_weights: str | Path,
+    label_file: str | Path,
+    extractor_config: ExtractorConfig | None = None,
+    predictor_config: PredictorConfig | None = None,
+    *,
+    device: str = "cpu",
+    allow_random_weights: bool = False,
+    preprocess: str = "faithful",
+    batch_size: int = 32,
+    max_width: int = 7680,
+    max_height: int = 4320,
+) -> VideoTagger:
+    """Load both networks with the original weights (or seeded random ones, for demos only)."""
+    ecfg = extractor_config or ExtractorConfig()
+    pcfg = predictor_config or PredictorConfig()
+    set_device(device)
+    labels = load_labels(label_file, pcfg.num_classes)
+    extractor = tsn_resnet(ecfg.layers)
+    predictor = attention_lstm(pcfg.feature_size, pcfg.embedding_size, pcfg.lstm_size, pcfg.num_classes,
+                               pcfg.dropout_rate)
+    if allow_random_weights:
+        randomize(extractor, RANDOM_SEED)
+        randomize(predictor, RANDOM_SEED + 1)
+        weights = RANDOM_WEIGHTS
+    else:
+        files = [load_into(extractor, extractor_weights, "tsn"),
+                 load_into(predictor, predictor_weights, "attention_lstm")]
+        weights = "sha256:" + file_digest(files)
+    info = {
+        "extractor": f"TSN-ResNet{ecfg.layers}",
+        "predictor": "AttentionLSTM",
+        "seg_num": ecfg.seg_num,
+        "weights": weights,
+        "preprocess": preprocess,
+        "engine": "dygraph",
+        "precision": "fp32",
+        "paddle": paddle.__version__,
+    }
+    return VideoTagger(ecfg, pcfg, DygraphEngine(extractor), DygraphEngine(predictor), labels,
+                       preprocess=preprocess, batch_size=batch_size, max_width=max_width,
+                       max_height=max_height, info=info)

@@ -1,0 +1,118 @@
+"""The `videotag` command line. Parsing only: each command's work lives in its own module."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from worker.settings import FIELD_TYPES, Settings, SettingsError, load_settings
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def add_setting_flags(parser: argparse.ArgumentParser, names: list[str], underscore_aliases: bool = False) -> None:
+    """Flags that override settings of the same name; the seed's underscore spellings on request."""
+    for name in names:
+        kind = FIELD_TYPES[name]
+        flags = [_flag(name)]
+        if underscore_aliases and "_" in name:
+            flags.append("--" + name)
+        if kind is bool:
+            parser.add_argument(*flags, dest=name, action="store_const", const=True, default=None)
+        else:
+            parser.add_argument(*flags, dest=name, type=kind, default=None, metavar=name.upper())
+
+
+MODEL_SETTINGS = ["extractor_weights", "predictor_weights", "label_file", "seg_num", "topk", "device", "layers",
+                  "preprocess", "engine", "precision", "batch_size", "allow_random_weights", "model_cache_dir"]
+WORKER_SETTINGS = ["bootstrap_servers", "group_id", "input_topic", "output_topic", "dlq_topic", "s3_endpoint_url",
+                   "metrics_port", "metrics_host", "max_inflight", "drain_grace_s", "temp_dir", "log_level"]
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides: dict[str, Any] = {k: v for k, v in vars(args).items() if k in FIELD_TYPES}
+    return load_settings(getattr(args, "config", None), overrides=overrides)
+
+
+def cmd_tag(args: argparse.Namespace) -> int:
+    from models.labels import LabelsError
+    from models.weights import WeightsError
+    from worker.batch import read_filelist, tag_files
+    from worker.model import load_tagger
+
+    paths = list(args.videos)
+    if args.filelist:
+        paths += read_filelist(Path(args.filelist))
+    if not paths:
+        print("videotag tag: no videos given (VIDEO ... or --filelist FILE)", file=sys.stderr)
+        return EXIT_USAGE
+    settings = _settings(args)
+    try:
+        tagger = load_tagger(settings)
+    except (WeightsError, LabelsError) as exc:
+        print(f"videotag tag: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    failures = tag_files(tagger, paths, Path(args.save_dir) if args.save_dir else None)
+    return EXIT_FAILED if failures else EXIT_OK
+
+
+def cmd_weights_download(args: argparse.Namespace) -> int:
+    from models.download import download
+    from models.labels import LabelsError
+    from models.weights import WeightsError
+
+    try:
+        download(Path(args.dest), args.source, Path(args.label_dest), layers=args.layers)
+    except (WeightsError, LabelsError, OSError) as exc:
+        print(f"videotag weights download: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"weights in {args.dest}, labels in {args.label_dest}: verified", file=sys.stderr)
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="videotag", description="VideoTag video tagging: CLI and Kafka worker.")
+    parser.add_argument("--log-level", default="INFO", help="logging level for stderr (default INFO)")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    tag = commands.add_parser("tag", help="tag local video files; one JSON line per video on stdout")
+    tag.add_argument("videos", nargs="*", metavar="VIDEO")
+    tag.add_argument("--filelist", help="file with one video path per line")
+    tag.add_argument("--save-dir", "--save_dir", dest="save_dir",
+                     help="also write result<N>.json per video in the original format")
+    tag.add_argument("--config", help="settings YAML (as for the worker)")
+    add_setting_flags(tag, MODEL_SETTINGS, underscore_aliases=True)
+    tag.set_defaults(func=cmd_tag)
+
+    weights = commands.add_parser("weights", help="manage the model weights")
+    weights_commands = weights.add_subparsers(dest="weights_command", required=True)
+    download = weights_commands.add_parser("download", help="fetch and verify the published weights and labels")
+    download.add_argument("--dest", default="weights", help="directory for tsn.* and attention_lstm.*")
+    download.add_argument("--from", dest="source", help="base URL or directory to fetch from instead of upstream")
+    download.add_argument("--label-dest", default="label_3396.txt", help="where to put the label file")
+    download.add_argument("--layers", type=int, default=101, choices=[50, 101])
+    download.set_defaults(func=cmd_weights_download)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args))
+    except SettingsError as exc:
+        print(f"videotag: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

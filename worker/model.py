@@ -1,0 +1,32 @@
+"""Building the VideoTag chain from worker settings (shared by every command that runs the model)."""
+
+from __future__ import annotations
+
+import logging
+
+from models.config import ExtractorConfig, PredictorConfig
+from models.tagger import RANDOM_WEIGHTS, VideoTagger, build_tagger
+from worker.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def load_tagger(settings: Settings) -> VideoTagger:
+    """Raises WeightsError / LabelsError when the files are missing or wrong: callers report and exit."""
+    tagger = build_tagger(
+        settings.extractor_weights,
+        settings.predictor_weights,
+        settings.label_file,
+        ExtractorConfig(layers=settings.layers, seg_num=settings.seg_num),
+        PredictorConfig(topk=settings.topk),
+        device=settings.device,
+        allow_random_weights=settings.allow_random_weights,
+        preprocess=settings.preprocess,
+        batch_size=settings.batch_size,
+        max_width=settings.max_width,
+        max_height=settings.max_height,
+    )
+    if tagger.info["weights"] == RANDOM_WEIGHTS:
+        log.warning("RUNNING WITH RANDOM, UNTRAINED WEIGHTS: the tags are meaningless (demo only). "
+                    "Get the real weights with `videotag weights download`.")
+    return tagger
