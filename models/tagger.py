@@ -49,9 +49,9 @@ class VideoTagger:
         cfg = self.extractor_config
         self.transform = make_transform(self.preprocess, cfg.short_size, cfg.target_size)
 
-    def sample(self, path: str | Path, seg_num: int | None = None) -> SampledVideo:
+    def sample(self, path: str | Path, seg_num: int | None = None, name: str | None = None) -> SampledVideo:
         return read_video(path, seg_num or self.extractor_config.seg_num, self.transform,
-                          self.max_width, self.max_height)
+                          self.max_width, self.max_height, name=name)
 
     def features(self, video: SampledVideo) -> np.ndarray:
         """[seg_num, 2048]; each distinct frame goes through the network once."""
@@ -69,9 +69,11 @@ class VideoTagger:
     def top_tags(self, probabilities: np.ndarray, k: int | None = None) -> list[Tag]:
         return top_k(probabilities, self.labels, k or self.predictor_config.topk)
 
-    def tag(self, path: str | Path, seg_num: int | None = None, k: int | None = None) -> TagResult:
+    def tag(self, path: str | Path, seg_num: int | None = None, k: int | None = None,
+            name: str | None = None) -> TagResult:
+        """`name` is how errors refer to the video (e.g. its S3 URI rather than a temporary file)."""
         t0 = time.perf_counter()
-        video = self.sample(path, seg_num)
+        video = self.sample(path, seg_num, name)
         t1 = time.perf_counter()
         feats = self.features(video)
         t2 = time.perf_counter()

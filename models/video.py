@@ -56,23 +56,23 @@ def _looks_like_video(path: Path) -> bool:
     return head[4:8] in (b"ftyp", b"moov", b"mdat", b"wide", b"free") or head.startswith(_VIDEO_MAGIC)
 
 
-def _open(path: Path) -> cv2.VideoCapture:
+def _open(path: Path, name: str) -> cv2.VideoCapture:
     capture = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
     if not capture.isOpened():
         capture.release()
         if _looks_like_video(path):
-            raise InputError(errors.CORRUPT_VIDEO, f"{path.name}: video container is damaged or truncated")
-        raise InputError(errors.NOT_A_VIDEO, f"{path.name}: not a video file OpenCV/FFmpeg can read")
+            raise InputError(errors.CORRUPT_VIDEO, f"{name}: video container is damaged or truncated")
+        raise InputError(errors.NOT_A_VIDEO, f"{name}: not a video file OpenCV/FFmpeg can read")
     return capture
 
 
-def _decode_picks(path: Path, reported: int, wanted: set[int], keep: dict[int, np.ndarray],
+def _decode_picks(path: Path, name: str, reported: int, wanted: set[int], keep: dict[int, np.ndarray],
                   transform: FrameTransform) -> int:
     """Replay the original's `reported` read calls; transform the decoded frames whose ordinal is wanted.
 
     Returns the number of frames decoded (the original's len(frames)).
     """
-    capture = _open(path)
+    capture = _open(path, name)
     decoded = failures = 0
     try:
         for _ in range(reported):
@@ -85,7 +85,7 @@ def _decode_picks(path: Path, reported: int, wanted: set[int], keep: dict[int, n
             if decoded in wanted and decoded not in keep:
                 ok, frame = capture.retrieve()
                 if not ok:
-                    raise InputError(errors.CORRUPT_VIDEO, f"{path.name}: frame {decoded} does not decode")
+                    raise InputError(errors.CORRUPT_VIDEO, f"{name}: frame {decoded} does not decode")
                 keep[decoded] = transform(frame)
             decoded += 1
     finally:
@@ -94,18 +94,19 @@ def _decode_picks(path: Path, reported: int, wanted: set[int], keep: dict[int, n
 
 
 def read_video(path: str | Path, seg_num: int, transform: FrameTransform,
-               max_width: int = 7680, max_height: int = 4320) -> SampledVideo:
+               max_width: int = 7680, max_height: int = 4320, name: str | None = None) -> SampledVideo:
     """Sample `seg_num` frames of a video file exactly as the original reader, preprocessed by `transform`.
 
     Raises InputError for a missing, empty, non-video or damaged file, no decodable frame, or a resolution
-    above the limit (either orientation).
+    above the limit (either orientation). Messages call the video `name` (default: the file name).
     """
     path = Path(path)
+    name = name or path.name
     if not path.is_file():
         raise InputError(errors.NOT_FOUND, f"{path}: no such file")
     if path.stat().st_size == 0:
-        raise InputError(errors.EMPTY_FILE, f"{path.name}: file is empty (0 bytes)")
-    capture = _open(path)
+        raise InputError(errors.EMPTY_FILE, f"{name}: file is empty (0 bytes)")
+    capture = _open(path, name)
     width = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH))
     height = int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
     reported = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
@@ -113,16 +114,16 @@ def read_video(path: str | Path, seg_num: int, transform: FrameTransform,
     capture.release()
     if max(width, height) > max(max_width, max_height) or min(width, height) > min(max_width, max_height):
         raise InputError(errors.RESOLUTION_TOO_LARGE,
-                         f"{path.name}: {width}x{height} is above the {max_width}x{max_height} limit")
+                         f"{name}: {width}x{height} is above the {max_width}x{max_height} limit")
     # Optimistic single pass: assume every reported frame decodes. If some do not, the sampling positions
     # shift, and a second pass fetches the frames that the first one did not keep.
     keep: dict[int, np.ndarray] = {}
-    decoded = _decode_picks(path, reported, set(sample_indices(max(reported, 1), seg_num)), keep, transform)
+    decoded = _decode_picks(path, name, reported, set(sample_indices(max(reported, 1), seg_num)), keep, transform)
     if decoded == 0:
-        raise InputError(errors.NO_FRAMES, f"{path.name}: no decodable frame ({reported} reported)")
+        raise InputError(errors.NO_FRAMES, f"{name}: no decodable frame ({reported} reported)")
     picks = sample_indices(decoded, seg_num)
     if missing := set(picks) - set(keep):
-        _decode_picks(path, reported, missing, keep, transform)
+        _decode_picks(path, name, reported, missing, keep, transform)
     distinct = sorted(set(picks))
     position = {ordinal: i for i, ordinal in enumerate(distinct)}
     return SampledVideo(

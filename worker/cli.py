@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
@@ -33,7 +34,7 @@ def add_setting_flags(parser: argparse.ArgumentParser, names: list[str], undersc
 MODEL_SETTINGS = ["extractor_weights", "predictor_weights", "label_file", "seg_num", "topk", "device", "layers",
                   "preprocess", "engine", "precision", "batch_size", "allow_random_weights", "model_cache_dir"]
 WORKER_SETTINGS = ["bootstrap_servers", "group_id", "input_topic", "output_topic", "dlq_topic", "s3_endpoint_url",
-                   "metrics_port", "metrics_host", "max_inflight", "drain_grace_s", "temp_dir", "log_level"]
+                   "metrics_port", "metrics_host", "max_inflight", "drain_grace_s", "temp_dir"]
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -77,6 +78,37 @@ def cmd_weights_download(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_worker(args: argparse.Namespace) -> int:
+    from worker.worker import run_worker
+
+    settings = _settings(args)
+    logging.getLogger().setLevel(settings.log_level.upper())
+    return run_worker(settings)
+
+
+def cmd_enqueue(args: argparse.Namespace) -> int:
+    from worker.enqueue import enqueue, parse_target, replay_dlq
+    from worker.worker import kafka_security
+
+    settings = _settings(args)
+    security = kafka_security(settings)
+    if args.from_dlq:
+        count = replay_dlq(settings.bootstrap_servers, settings.dlq_topic, settings.input_topic, security)
+        print(f"replayed {count} requests from {settings.dlq_topic} to {settings.input_topic}", file=sys.stderr)
+        return EXIT_OK
+    try:
+        targets = [parse_target(t, args.bucket) for t in args.targets]
+    except ValueError as exc:
+        print(f"videotag enqueue: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if not targets:
+        print("videotag enqueue: nothing to enqueue (KEY ... or s3://BUCKET/KEY ...)", file=sys.stderr)
+        return EXIT_USAGE
+    for message in enqueue(settings.bootstrap_servers, settings.input_topic, targets, security):
+        print(json.dumps(message, ensure_ascii=False))
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="videotag", description="VideoTag video tagging: CLI and Kafka worker.")
     parser.add_argument("--log-level", default="INFO", help="logging level for stderr (default INFO)")
@@ -99,6 +131,20 @@ def build_parser() -> argparse.ArgumentParser:
     download.add_argument("--label-dest", default="label_3396.txt", help="where to put the label file")
     download.add_argument("--layers", type=int, default=101, choices=[50, 101])
     download.set_defaults(func=cmd_weights_download)
+
+    work = commands.add_parser("worker", help="run the Kafka tagging worker until SIGTERM")
+    work.add_argument("--config", help="settings YAML (see docs/configuration.md); VIDEOTAG_* env overrides it")
+    add_setting_flags(work, WORKER_SETTINGS + MODEL_SETTINGS)
+    work.set_defaults(func=cmd_worker)
+
+    enq = commands.add_parser("enqueue", help="put tagging requests on the input topic")
+    enq.add_argument("targets", nargs="*", metavar="KEY_OR_S3_URI")
+    enq.add_argument("--bucket", help="bucket of plain KEY arguments")
+    enq.add_argument("--topic", dest="input_topic", help="topic to send to (default: the input topic)")
+    enq.add_argument("--from-dlq", action="store_true", help="replay every DLQ record's original message")
+    enq.add_argument("--config", help="settings YAML (Kafka connection and security)")
+    add_setting_flags(enq, ["bootstrap_servers", "dlq_topic", "security_protocol", "ssl_cafile"])
+    enq.set_defaults(func=cmd_enqueue)
     return parser
 
 
@@ -107,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("kafka").setLevel(max(logging.WARNING, logging.getLogger().level))  # chatty at INFO
     try:
         return int(args.func(args))
     except SettingsError as exc:
