@@ -107,7 +107,10 @@ def build_tagger(
     ecfg = extractor_config or ExtractorConfig()
     pcfg = predictor_config or PredictorConfig()
     set_device(device)
-    labels = load_labels(label_file, pcfg.num_classes)
+    if allow_random_weights and not Path(label_file).is_file():  # a demo on a machine with nothing downloaded
+        labels = [f"untrained-tag-{i}" for i in range(pcfg.num_classes)]
+    else:
+        labels = load_labels(label_file, pcfg.num_classes)
     extractor = tsn_resnet(ecfg.layers)
     predictor = attention_lstm(pcfg.feature_size, pcfg.embedding_size, pcfg.lstm_size, pcfg.num_classes,
                                pcfg.dropout_rate)

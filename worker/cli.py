@@ -6,12 +6,14 @@ import argparse
 import json
 import logging
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from worker.settings import FIELD_TYPES, Settings, SettingsError, load_settings
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+DEMO_SEG_NUM = 16  # the demo is about the service; --seg-num 300 for the original sampling
 
 
 def _flag(name: str) -> str:
@@ -109,6 +111,15 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from worker.demo import run_demo
+
+    settings = _settings(args)
+    if args.seg_num is None:
+        settings = replace(settings, seg_num=DEMO_SEG_NUM)
+    return run_demo(settings, [Path(v) for v in args.videos or []])
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="videotag", description="VideoTag video tagging: CLI and Kafka worker.")
     parser.add_argument("--log-level", default="INFO", help="logging level for stderr (default INFO)")
@@ -145,6 +156,11 @@ def build_parser() -> argparse.ArgumentParser:
     enq.add_argument("--config", help="settings YAML (Kafka connection and security)")
     add_setting_flags(enq, ["bootstrap_servers", "dlq_topic", "security_protocol", "ssl_cafile"])
     enq.set_defaults(func=cmd_enqueue)
+
+    demo = commands.add_parser("demo", help="run everything locally: broker, S3, uploads, a worker, results")
+    demo.add_argument("--videos", nargs="+", help="videos to upload (default: generated clips)")
+    add_setting_flags(demo, [*MODEL_SETTINGS, "max_inflight"])
+    demo.set_defaults(func=cmd_demo)
     return parser
 
 

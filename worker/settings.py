@@ -73,7 +73,6 @@ class Settings:
     max_height: int = 4320
     # Worker
     max_inflight: int = 2
-    decode_workers: int = 1
     retry_max_attempts: int = 5
     retry_backoff_base_s: float = 0.5
     retry_backoff_max_s: float = 30.0

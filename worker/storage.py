@@ -105,9 +105,9 @@ class ObjectFetcher:
         body = response["Body"]
         try:
             size = int(response.get("ContentLength") or 0)
-            if size > self.max_object_bytes:
-                raise InputError(OBJECT_TOO_LARGE,
-                                 f"s3://{bucket}/{key}: {size} bytes, the limit is {self.max_object_bytes}")
+            limit = min(self.max_object_bytes, self.budget.limit)  # a larger one could never get room
+            if size > limit:
+                raise InputError(OBJECT_TOO_LARGE, f"s3://{bucket}/{key}: {size} bytes, the limit is {limit}")
             with self.budget.reserve(size):
                 fd, name = tempfile.mkstemp(prefix="videotag-", suffix=".video", dir=self.temp_dir)
                 path = Path(name)
