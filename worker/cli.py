@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -114,10 +115,18 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from worker.demo import run_demo
 
+    # The local servers run in their own sessions; SystemExit on SIGTERM lets the demo stop them.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     settings = _settings(args)
     if args.seg_num is None:
         settings = replace(settings, seg_num=DEMO_SEG_NUM)
     return run_demo(settings, [Path(v) for v in args.videos or []])
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from worker.bench import bench_command
+
+    return bench_command(args, _settings(args))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -161,6 +170,23 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--videos", nargs="+", help="videos to upload (default: generated clips)")
     add_setting_flags(demo, [*MODEL_SETTINGS, "max_inflight"])
     demo.set_defaults(func=cmd_demo)
+
+    bench = commands.add_parser("bench", help="throughput, stage latencies, memory and top-20 agreement against the "
+                                "original-style baseline, in one run")
+    bench.add_argument("--videos", nargs="+", metavar="DIR_OR_FILE", help="videos, or directories of videos")
+    bench.add_argument("--repeat", type=int, default=1, help="pipeline passes over the videos (default 1)")
+    bench.add_argument("--skip-baseline", action="store_true", help="no baseline (and no ratio or agreement)")
+    bench.add_argument("--ceiling-seconds", type=float, default=20.0, help="time spent measuring the ceiling")
+    bench.add_argument("--threads", type=int, help="CPU math threads of the inference engine (default: all)")
+    bench.add_argument("--plot", metavar="PNG", help="plot throughput and stage latencies (needs matplotlib)")
+    bench.add_argument("--json", dest="json_out", metavar="FILE", help="also write the figures as JSON")
+    bench.add_argument("--long-video", type=float, metavar="SECONDS",
+                       help="memory check instead: pipeline peak RSS on a generated 1080p clip of this length")
+    bench.add_argument("--baseline-clip", type=float, default=10.0, metavar="SECONDS",
+                       help="with --long-video: length of the 1080p clip for the baseline's RSS growth")
+    bench.add_argument("--config", help="settings YAML (as for the worker)")
+    add_setting_flags(bench, [*MODEL_SETTINGS, "max_inflight"])
+    bench.set_defaults(func=cmd_bench)
     return parser
 
 

@@ -1,0 +1,70 @@
+"""Small Kafka helpers for tests that talk to the Tansu broker started by `tests/conftest.py`."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+
+from kafka import KafkaConsumer, KafkaProducer
+from kafka.consumer.fetcher import ConsumerRecord
+
+# Tansu answers JoinGroup only after ~session_timeout/2; kafka-python's 45 s default means 23 s joins.
+FAST_GROUP_CONFIG: dict[str, int] = dict(session_timeout_ms=6000, heartbeat_interval_ms=1000)
+
+
+@dataclass(frozen=True)
+class Topics:
+    """Per-test topic names, unique so tests never see each other's records."""
+
+    input: str
+    output: str
+    dlq: str
+
+
+def unique_name(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+def produce(
+    bootstrap: str,
+    topic: str,
+    values: list[bytes],
+    keys: list[bytes | None] | None = None,
+    headers: list[tuple[str, bytes]] | None = None,
+) -> None:
+    """Send `values` (optionally keyed, all sharing `headers`) with acks=all; raise if any send fails."""
+    if keys is not None and len(keys) != len(values):
+        raise ValueError("keys and values differ in length")
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    try:
+        futures = [
+            producer.send(topic, value=value, key=keys[i] if keys else None, headers=headers)
+            for i, value in enumerate(values)
+        ]
+        producer.flush(timeout=30)
+        for future in futures:
+            future.get(timeout=30)
+    finally:
+        producer.close()
+
+
+def consume_all(bootstrap: str, topic: str, expected: int, timeout: float) -> list[ConsumerRecord]:
+    """Read `topic` from the start in a fresh group until `expected` records arrived or `timeout` passed."""
+    consumer = KafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=unique_name("consume-all"),
+        auto_offset_reset="earliest",  # 'latest' is unreliable on Tansu (broken end offsets)
+        enable_auto_commit=False,
+        **FAST_GROUP_CONFIG,
+    )
+    records: list[ConsumerRecord] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while len(records) < expected and (remaining := deadline - time.monotonic()) > 0:
+            for batch in consumer.poll(timeout_ms=int(min(remaining, 0.5) * 1000)).values():
+                records.extend(batch)
+    finally:
+        consumer.close()
+    return records
