@@ -10,6 +10,7 @@ full, so group membership survives videos that take minutes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -253,6 +254,8 @@ class Worker:
         gone = {(tp.topic, tp.partition) for tp in revoked}
         for topic, partition in gone:
             self.tracker.forget(topic, partition)
+            with contextlib.suppress(KeyError):  # its new owner reports it now; a stale series would alert
+                self.metrics.consumer_lag.remove(topic, str(partition))
         self._backlog = deque(job for job in self._backlog if (job.topic, job.partition) not in gone)
         log.info("revoked %s", sorted(f"{t}[{p}]" for t, p in gone))
 
