@@ -6,6 +6,7 @@ import shutil
 import sys
 import tarfile
 import tempfile
+import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -28,7 +29,13 @@ LABEL_URL = (
 def _fetch(source: str, dest: Path) -> None:
     """Copy a URL (http, https, file) or a local path to `dest`, reporting progress on stderr."""
     if urllib.parse.urlparse(source).scheme in ("http", "https", "file"):
-        with urllib.request.urlopen(source, timeout=60) as response, dest.open("wb") as out:
+        try:
+            response = urllib.request.urlopen(source, timeout=60)
+        except urllib.error.HTTPError as exc:
+            raise OSError(f"{source}: HTTP {exc.code} {exc.reason}") from exc
+        except urllib.error.URLError as exc:
+            raise OSError(f"{source}: {exc.reason}") from exc
+        with response, dest.open("wb") as out:
             total = int(response.headers.get("Content-Length") or 0)
             done = 0
             while chunk := response.read(1 << 20):
@@ -67,7 +74,10 @@ def download(dest: Path, source: str | None = None, label_dest: Path | None = No
                     tar.extractall(unpacked, filter="data")  # refuses absolute paths, `..` and links out
             except (tarfile.TarError, OSError) as exc:
                 raise WeightsError(f"{tarball}: not a readable tar archive ({exc})") from exc
-            state, from_opt, params = read_state(unpacked, stem)
+            try:
+                state, from_opt, params = read_state(unpacked, stem)
+            except WeightsError as exc:
+                raise WeightsError(f"{tarball}: contains no readable {stem}.pdparams ({exc})") from exc
             check_state(state, expected_shapes(models[stem]), f"{tarball}:{params.name}", optional=from_opt)
             for suffix in (".pdparams", ".pdopt"):
                 if params.with_suffix(suffix).is_file():
