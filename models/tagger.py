@@ -102,8 +102,22 @@ def build_tagger(
     batch_size: int = 32,
     max_width: int = 7680,
     max_height: int = 4320,
+    engine: str = "dygraph",
+    precision: str = "fp32",
+    cache_dir: str | Path = ".cache/videotag/models",
+    threads: int | None = None,
+    tensorrt: bool = False,
 ) -> VideoTagger:
-    """Load both networks with the original weights (or seeded random ones, for demos only)."""
+    """Load both networks with the original weights (or seeded random ones, for demos only).
+
+    `engine` "dygraph" runs eager Paddle (fp32 only); "inference" exports the extractor to `cache_dir` and runs
+    it on Paddle Inference (see models/inference.py) with `precision` fp32 or bf16 (CPU), fp16 (GPU), on
+    `threads` CPU math threads (default: all CPUs), `tensorrt` on GPU.
+    """
+    if engine not in ("dygraph", "inference"):
+        raise ValueError(f"engine must be dygraph or inference, not {engine!r}")
+    if engine == "dygraph" and precision != "fp32":
+        raise ValueError(f"precision {precision} needs engine inference (dygraph runs fp32 only)")
     ecfg = extractor_config or ExtractorConfig()
     pcfg = predictor_config or PredictorConfig()
     set_device(device)
@@ -128,10 +142,19 @@ def build_tagger(
         "seg_num": ecfg.seg_num,
         "weights": weights,
         "preprocess": preprocess,
-        "engine": "dygraph",
-        "precision": "fp32",
+        "engine": engine,
+        "precision": precision,
         "paddle": paddle.__version__,
     }
-    return VideoTagger(ecfg, pcfg, DygraphEngine(extractor), DygraphEngine(predictor), labels,
+    extractor_engine: Engine = DygraphEngine(extractor)
+    predictor_engine: Engine = DygraphEngine(predictor)
+    if engine == "inference":
+        from models.inference import inference_engines, random_weights_key
+
+        key = random_weights_key([extractor, predictor], RANDOM_SEED) if allow_random_weights else weights
+        extractor_engine, predictor_engine = inference_engines(
+            extractor, predictor, key, ecfg.seg_num, ecfg.layers, cache_dir, device, precision, threads, tensorrt,
+            max_batch=batch_size)
+    return VideoTagger(ecfg, pcfg, extractor_engine, predictor_engine, labels,
                        preprocess=preprocess, batch_size=batch_size, max_width=max_width,
                        max_height=max_height, info=info)

@@ -35,7 +35,8 @@ def add_setting_flags(parser: argparse.ArgumentParser, names: list[str], undersc
 
 
 MODEL_SETTINGS = ["extractor_weights", "predictor_weights", "label_file", "seg_num", "topk", "device", "layers",
-                  "preprocess", "engine", "precision", "batch_size", "allow_random_weights", "model_cache_dir"]
+                  "preprocess", "engine", "precision", "batch_size", "allow_random_weights", "model_cache_dir",
+                  "cpu_threads", "tensorrt"]
 WORKER_SETTINGS = ["bootstrap_servers", "group_id", "input_topic", "output_topic", "dlq_topic", "s3_endpoint_url",
                    "metrics_port", "metrics_host", "max_inflight", "drain_grace_s", "temp_dir"]
 

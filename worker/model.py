@@ -25,6 +25,11 @@ def load_tagger(settings: Settings) -> VideoTagger:
         batch_size=settings.batch_size,
         max_width=settings.max_width,
         max_height=settings.max_height,
+        engine=settings.engine,
+        precision=settings.precision,
+        cache_dir=settings.model_cache_dir,
+        threads=settings.cpu_threads or None,
+        tensorrt=settings.tensorrt,
     )
     if tagger.info["weights"] == RANDOM_WEIGHTS:
         log.warning("RUNNING WITH RANDOM, UNTRAINED WEIGHTS: the tags are meaningless (demo only). "

@@ -68,6 +68,8 @@ class Settings:
     precision: str = "fp32"
     preprocess: str = "faithful"
     batch_size: int = 32
+    cpu_threads: int = 0
+    tensorrt: bool = False
     model_cache_dir: str = ".cache/videotag/models"
     max_width: int = 7680
     max_height: int = 4320

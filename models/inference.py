@@ -1,0 +1,324 @@
+"""Paddle Inference engines: the extractor exported once to a static graph and run by an optimised predictor.
+
+Export: `paddle.jit.save` of the loaded dygraph layer with a fixed `InputSpec` — the extractor takes
+`[None, 3, 224, 224]`; the predictor (optional, see `inference_engines`) takes `[None, seg_num, 2048]`, and
+because the peephole LSTM's Python loop unrolls over the time steps, an exported predictor only accepts that
+seg_num. Exports are cached in `cache_dir/<weights key>-<net>-<layers|seg_num>/`, written into a temporary
+directory and renamed into place, so concurrent or interrupted builds never leave a half-written model, and
+reused by later builds (re-exported when the Paddle version or input shape recorded with them differs).
+
+Run: `paddle.inference.Config` + `create_predictor`. CPU: oneDNN with `threads` math threads, fp32 (the
+faithful default) or oneDNN bf16 (CPUs with avx512_bf16 / amx_bf16 only). GPU: CUDA, optionally with
+TensorRT (fp32 or fp16) for the extractor. The choice of Config settings is a pure function
+(`config_plan`) so that the GPU branches are testable on a CPU-only build.
+
+Threads: a predictor is not safe for concurrent `run`s, so each engine serialises its calls with a lock;
+calling from a thread other than the one that created the predictor works (measured, and tested), which
+is what `worker.pipeline.ModelThread` does. Note that `run()` holds the GIL for its whole duration
+(measured: another Python thread gets ~1% of its normal progress meanwhile), unlike eager Paddle.
+Numbers and the reasons for each choice: docs/performance.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import paddle
+
+from models.engines import DygraphEngine, Engine
+
+log = logging.getLogger(__name__)
+
+DEVICES = ("cpu", "gpu")
+PRECISIONS = ("fp32", "bf16", "fp16")
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+MODEL_STEM = "model"
+META_FILE = "export.json"
+EXTRACTOR_INPUT = "images"
+PREDICTOR_INPUT = "features"
+DEFAULT_GPU_MEMORY_MB = 1024
+DEFAULT_MAX_BATCH = 32
+# CPU extractor runs are chunks of this many frames (see InferenceEngine): as fast per frame as 32 with
+# oneDNN here (measured: 12-13 frames/s at 8 and 16, 9-12 at 32, fp32, 2 cores), at most 7 padded frames.
+DEFAULT_CPU_CHUNK = 8
+TRT_WORKSPACE = 1 << 30
+
+# How many exports this process has made (tests check that a second build reuses the cache).
+export_count = 0
+
+
+class EngineOptionsError(ValueError):
+    """The requested device / precision / TensorRT combination cannot run here."""
+
+
+def default_threads() -> int:
+    """CPUs this process may run on (the affinity mask, which honours taskset/cpusets), else os.cpu_count()."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> set[str]:
+    """The CPU feature flags the kernel reports (empty when /proc/cpuinfo is unreadable)."""
+    try:
+        text = Path(cpuinfo).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return set()
+    flags: set[str] = set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            flags.update(value.split())
+    return flags
+
+
+def cpu_supports_bf16() -> bool:
+    return bool(cpu_flags() & set(BF16_FLAGS))
+
+
+def check_options(device: str, precision: str, tensorrt: bool = False) -> None:
+    """Raise EngineOptionsError, with the reason and the alternative, for a combination that cannot run here."""
+    if device not in DEVICES:
+        raise EngineOptionsError(f"device must be one of {list(DEVICES)}, not {device!r}")
+    if precision not in PRECISIONS:
+        raise EngineOptionsError(f"precision must be one of {list(PRECISIONS)}, not {precision!r}")
+    if device == "cpu":
+        if tensorrt:
+            raise EngineOptionsError("TensorRT needs device gpu")
+        if precision == "fp16":
+            raise EngineOptionsError("precision fp16 is for GPUs (TensorRT); on CPU use fp32 or bf16")
+        if precision == "bf16" and not cpu_supports_bf16():
+            raise EngineOptionsError(
+                "precision bf16 needs a CPU with native bfloat16 (avx512_bf16 or amx_bf16 in /proc/cpuinfo, "
+                "e.g. Intel Cooper Lake / Sapphire Rapids or AMD Zen 4); this CPU has neither: use precision fp32")
+    else:
+        if precision == "bf16":
+            raise EngineOptionsError("precision bf16 is the CPU (oneDNN) mode; on GPU use fp32 or fp16")
+        if not paddle.is_compiled_with_cuda():
+            raise EngineOptionsError("device gpu needs a CUDA build of paddlepaddle (paddlepaddle-gpu)")
+
+
+def config_plan(device: str = "cpu", precision: str = "fp32", threads: int | None = None, tensorrt: bool = False,
+                *, gpu_memory_mb: int = DEFAULT_GPU_MEMORY_MB, device_id: int = 0,
+                input_shapes: tuple[dict[str, list[int]], dict[str, list[int]], dict[str, list[int]]] | None = None,
+                trt_cache_dir: str | None = None, max_batch: int = DEFAULT_MAX_BATCH) -> list[tuple[str, tuple]]:
+    """The `paddle.inference.Config` calls, in order, as (method name, args): no side effects, no hardware check.
+
+    `input_shapes` = (min, max, opt) shapes per input name, for TensorRT's dynamic shapes.
+    """
+    PrecisionType = paddle.inference.PrecisionType
+    # (No enable_memory_optim: with Paddle 3's PIR programs its pass is missing and create_predictor fails.)
+    plan: list[tuple[str, tuple]] = [("disable_glog_info", ()), ("switch_ir_optim", (True,))]
+    if device == "cpu":
+        plan += [("disable_gpu", ()), ("enable_mkldnn", ()),
+                 ("set_cpu_math_library_num_threads", (threads or default_threads(),))]
+        if precision == "bf16":
+            plan.append(("enable_mkldnn_bfloat16", ()))
+        return plan
+    half = precision == "fp16"
+    # Without TensorRT, fp16 is Paddle's GPU mixed precision; with it, TensorRT picks the fp16 kernels.
+    gpu_precision = PrecisionType.Half if half and not tensorrt else PrecisionType.Float32
+    plan.append(("enable_use_gpu", (gpu_memory_mb, device_id, gpu_precision)))
+    if tensorrt:
+        plan.append(("enable_tensorrt_engine", (TRT_WORKSPACE, max_batch, 3,
+                                                PrecisionType.Half if half else PrecisionType.Float32,
+                                                trt_cache_dir is not None, False)))
+        if input_shapes is not None:
+            plan.append(("set_trt_dynamic_shape_info", input_shapes))
+        if trt_cache_dir is not None:  # serialised TensorRT engines: built once, reused by later starts
+            plan.append(("set_optim_cache_dir", (trt_cache_dir,)))
+    return plan
+
+
+def model_files(model_dir: str | Path) -> tuple[Path, Path]:
+    """(program, params) of an export: PIR `model.json` (Paddle 3) or legacy `model.pdmodel`."""
+    model_dir = Path(model_dir)
+    params = model_dir / f"{MODEL_STEM}.pdiparams"
+    for suffix in (".json", ".pdmodel"):
+        program = model_dir / f"{MODEL_STEM}{suffix}"
+        if program.is_file() and params.is_file():
+            return program, params
+    raise FileNotFoundError(f"{model_dir}: no exported {MODEL_STEM}.json/.pdmodel with {MODEL_STEM}.pdiparams")
+
+
+def make_config(model_dir: str | Path, device: str = "cpu", precision: str = "fp32", threads: int | None = None,
+                tensorrt: bool = False, **plan_options: Any) -> paddle.inference.Config:
+    """A predictor Config for an exported model; raises EngineOptionsError for an impossible combination."""
+    check_options(device, precision, tensorrt)
+    program, params = model_files(model_dir)
+    config = paddle.inference.Config(str(program), str(params))
+    for method, args in config_plan(device, precision, threads, tensorrt, **plan_options):
+        getattr(config, method)(*args)
+    return config
+
+
+class InferenceEngine:
+    """One Paddle Inference predictor behind the `Engine` call signature: float32 numpy in, numpy out.
+
+    Calls are serialised (a predictor runs one batch at a time) and may come from any thread.
+    `expected_shape` (trailing dims) turns a shape the export cannot take into a clear error.
+    With `chunk`, every call runs as fixed-size chunks of `chunk` rows, the last one zero-padded: oneDNN
+    keeps primitives and reordered weights per input shape (~200 MB more for each new batch size with
+    ResNet-101, measured), so a single shape bounds memory however callers batch; and `run()` holds the GIL
+    (measured), so shorter runs let decoding threads in more often. Rows are independent: padding does not
+    change the other rows' outputs.
+    """
+
+    def __init__(self, config: paddle.inference.Config, expected_shape: tuple[int, ...] | None = None,
+                 name: str = "", chunk: int | None = None) -> None:
+        self.name = name
+        self.expected_shape = expected_shape
+        self.chunk = chunk
+        self._predictor = paddle.inference.create_predictor(config)
+        self._input = self._predictor.get_input_handle(self._predictor.get_input_names()[0])
+        self._output = self._predictor.get_output_handle(self._predictor.get_output_names()[0])
+        self._lock = threading.Lock()
+        self.calls = 0  # predictor runs
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        self._input.reshape(list(batch.shape))
+        self._input.copy_from_cpu(batch)
+        self._predictor.run()
+        self.calls += 1
+        return self._output.copy_to_cpu()
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        if self.expected_shape is not None and tuple(batch.shape[1:]) != self.expected_shape:
+            raise ValueError(f"{self.name or 'engine'} was exported for input [N, "
+                             f"{', '.join(map(str, self.expected_shape))}], got {list(batch.shape)} "
+                             "(the predictor is exported per seg_num: build the tagger with that seg_num)")
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        with self._lock:
+            if self.chunk is None or len(batch) == self.chunk:
+                return self._run(batch)
+            parts = []
+            for start in range(0, len(batch), self.chunk):
+                part = batch[start : start + self.chunk]
+                rows = len(part)
+                if rows < self.chunk:
+                    part = np.concatenate([part, np.zeros((self.chunk - rows, *part.shape[1:]), np.float32)])
+                parts.append(self._run(part)[:rows])
+            return np.concatenate(parts)
+
+
+def cache_entry(cache_dir: str | Path, weights_key: str, net: str, size: int) -> Path:
+    """`cache_dir/<weights key>-<net>-<layers|seg_num>`."""
+    return Path(cache_dir) / f"{weights_key}-{net}-{size}"
+
+
+def _meta(net: str, size: int, input_shape: list[int | None]) -> dict[str, Any]:
+    shape = [-1 if d is None else d for d in input_shape]
+    return {"net": net, "size": size, "input_shape": shape, "paddle": paddle.__version__}
+
+
+def _is_current(target: Path, meta: dict[str, Any]) -> bool:
+    try:
+        model_files(target)
+        return json.loads((target / META_FILE).read_text(encoding="utf-8")) == meta
+    except (OSError, ValueError):
+        return False
+
+
+def export(layer: paddle.nn.Layer, target: Path, input_shape: list[int | None], input_name: str,
+           meta: dict[str, Any]) -> Path:
+    """`paddle.jit.save` the layer into `target`, atomically: a temporary sibling renamed into place.
+
+    A current export already at `target` is reused (returned untouched); a stale one (other Paddle version,
+    other input shape) is replaced.
+    """
+    global export_count
+    if _is_current(target, meta):
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        spec = paddle.static.InputSpec(list(input_shape), "float32", input_name)  # (it rewrites the list)
+        paddle.jit.save(layer, str(tmp / MODEL_STEM), input_spec=[spec])
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
+        export_count += 1
+        tmp.chmod(0o755)  # mkdtemp makes it private; the cache may be shared by users of one machine
+        if target.exists():  # stale: move it aside first (rename over a non-empty directory fails)
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}-old-", dir=target.parent))
+            os.replace(target, old / "x")
+            shutil.rmtree(old, ignore_errors=True)
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            if not _is_current(target, meta):  # not a concurrent build's complete export
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    log.info("exported %s to %s", meta["net"], target)
+    return target
+
+
+def random_weights_key(layers: list[paddle.nn.Layer], seed: int) -> str:
+    """Cache key of seeded random weights: the seed plus a fingerprint of the first values of every tensor,
+    so that a change to the random initialisation does not reuse a stale export."""
+    digest = hashlib.sha256()
+    for layer in layers:
+        for param in layer.state_dict().values():
+            digest.update(param.reshape([-1])[:64].numpy().tobytes())
+    return f"random-seed{seed}-{digest.hexdigest()[:8]}"
+
+
+def weights_key(weights: str) -> str:
+    """A short, filesystem-safe cache key: the first 16 hex digits of a "sha256:<hex>" digest, or the
+    given key (e.g. a random-weights key) made safe."""
+    if weights.startswith("sha256:"):
+        return weights.removeprefix("sha256:")[:16]
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in weights)[:64]
+
+
+def inference_engines(extractor_layer: paddle.nn.Layer, predictor_layer: paddle.nn.Layer, digest: str,
+                      seg_num: int, layers: int, cache_dir: str | Path, device: str = "cpu",
+                      precision: str = "fp32", threads: int | None = None, tensorrt: bool = False,
+                      *, predictor_backend: str = "dygraph", max_batch: int = DEFAULT_MAX_BATCH,
+                      chunk: int | None = None, feature_size: int = 2048,
+                      image_size: int = 224) -> tuple[Engine, Engine]:
+    """(extractor, predictor) engines for loaded layers, exporting them to `cache_dir` unless cached.
+
+    `digest` names the weights (a file digest or a random-weights key). The extractor always runs on Paddle
+    Inference. The predictor runs eagerly by default (`predictor_backend="dygraph"`): exported, its
+    2×seg_num-step unrolled LSTM is thousands of tiny ops that Paddle Inference 3.3 takes ~10 s to export,
+    10–40 s to create and 20–80 s to run the first time, and then runs no faster than eager (0.27–0.64 s vs
+    0.27 s per video at seg_num 300) — see docs/performance.md. `predictor_backend="inference"` exports it
+    anyway, keyed by seg_num. TensorRT and fp16 apply to the extractor only (the predictor stays fp32: it is
+    cheap and its recurrence is the precision-sensitive part); bf16 likewise. On CPU the extractor runs in
+    chunks of `chunk` frames (default DEFAULT_CPU_CHUNK; on GPU, whole batches): see InferenceEngine.
+    """
+    check_options(device, precision, tensorrt)
+    if predictor_backend not in ("dygraph", "inference"):
+        raise EngineOptionsError(f"predictor_backend must be dygraph or inference, not {predictor_backend!r}")
+    key = weights_key(digest)
+    shape: list[int | None] = [None, 3, image_size, image_size]
+    target = export(extractor_layer, cache_entry(cache_dir, key, "extractor", layers), shape, EXTRACTOR_INPUT,
+                    _meta("extractor", layers, shape))
+    options: dict[str, Any] = {"max_batch": max_batch}
+    if tensorrt:
+        fixed = [3, image_size, image_size]
+        options["input_shapes"] = ({EXTRACTOR_INPUT: [1, *fixed]}, {EXTRACTOR_INPUT: [max_batch, *fixed]},
+                                   {EXTRACTOR_INPUT: [max_batch, *fixed]})
+        options["trt_cache_dir"] = str(target / f"trt-{precision}")
+    if chunk is None and device == "cpu":
+        chunk = DEFAULT_CPU_CHUNK
+    extractor = InferenceEngine(make_config(target, device, precision, threads, tensorrt, **options),
+                                (3, image_size, image_size), name=f"extractor ({target.name})", chunk=chunk)
+    if predictor_backend == "dygraph":
+        return extractor, DygraphEngine(predictor_layer)
+    shape = [None, seg_num, feature_size]
+    target = export(predictor_layer, cache_entry(cache_dir, key, "predictor", seg_num), shape, PREDICTOR_INPUT,
+                    _meta("predictor", seg_num, shape))
+    predictor = InferenceEngine(make_config(target, device, "fp32", threads), (seg_num, feature_size),
+                                name=f"predictor ({target.name})")
+    return extractor, predictor
