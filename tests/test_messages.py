@@ -27,6 +27,7 @@ def test_valid_request_with_optional_fields():
         (b"\xff\xfe\x00garbage", "invalid_json"),
         (None, "invalid_json"),
         (b"[1, 2]", "schema_violation"),
+        (b'{"video_id": "v", "bucket": "abc", "key": "k", "attributes": {"x": NaN}}', "invalid_json"),
         (b'{"video_id": "v"}', "schema_violation"),
         (_request(video_id=5), "schema_violation"),
         (_request(bucket="UPPER_case"), "schema_violation"),

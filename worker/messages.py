@@ -23,6 +23,7 @@ from models.errors import InputError
 INVALID_JSON = "invalid_json"
 SCHEMA_VIOLATION = "schema_violation"
 MESSAGE_TOO_LARGE = "message_too_large"
+MAX_ATTRIBUTES_DEPTH = 64  # far below the interpreter's recursion limit, which json.dumps of the result hits
 MAX_MESSAGE_BYTES = 1 << 20  # requests are a few hundred bytes; S3 events batch at most a few records
 HOSTNAME = socket.gethostname()
 
@@ -79,6 +80,34 @@ def _s3_event_requests(document: dict[str, Any], video_id_from: str) -> list[Vid
     return requests
 
 
+def _nesting(value: Any) -> int:
+    deepest, stack = 0, [(value, 1)]
+    while stack:  # no recursion: the value may be nested almost as deep as the recursion limit
+        item, depth = stack.pop()
+        deepest = max(deepest, depth)
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else ()
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+def _vet(request: VideoRequest) -> None:
+    """Refuse what parses but could never be answered, so it is dead-lettered instead of retried forever:
+    lone surrogates (JSON "\\ud800" escapes: no S3 key nor UTF-8 answer can hold them) and attributes nested
+    so deep that serialising the result would exceed the recursion limit."""
+    if _nesting(request.attributes) > MAX_ATTRIBUTES_DEPTH:
+        raise InputError(INVALID_JSON, f"attributes nested deeper than {MAX_ATTRIBUTES_DEPTH} levels")
+    try:
+        json.dumps([request.video_id, request.bucket, request.key, request.trace_id, request.submitted_at,
+                    request.attributes],
+                   ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InputError(SCHEMA_VIOLATION, "a string holds a lone surrogate (not Unicode text)") from exc
+
+
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not JSON")  # Python's json accepts it; our consumers' parsers would not
+
+
 def parse_request(value: bytes | None, video_id_from: str = "key") -> list[VideoRequest]:
     """The videos a message asks for (an S3 event may name several, or none worth tagging).
 
@@ -89,9 +118,19 @@ def parse_request(value: bytes | None, video_id_from: str = "key") -> list[Video
     if len(value) > MAX_MESSAGE_BYTES:
         raise InputError(MESSAGE_TOO_LARGE, f"message of {len(value)} bytes, the limit is {MAX_MESSAGE_BYTES}")
     try:
-        document = json.loads(value.decode("utf-8"))
+        document = json.loads(value.decode("utf-8"), parse_constant=_not_json)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise InputError(INVALID_JSON, f"not UTF-8 JSON: {str(exc)[:200]}") from exc
+    try:
+        requests = _requests(document, video_id_from)
+    except RecursionError as exc:  # nesting that json.loads accepts but validation cannot walk
+        raise InputError(INVALID_JSON, "JSON nested too deeply") from exc
+    for request in requests:
+        _vet(request)
+    return requests
+
+
+def _requests(document: Any, video_id_from: str) -> list[VideoRequest]:
     if isinstance(document, dict) and "Records" in document:
         return _s3_event_requests(document, video_id_from)
     if problem := _violation("request", document):

@@ -27,6 +27,8 @@ _PERMANENT = {
     "NoSuchKey": NO_SUCH_KEY, "404": NO_SUCH_KEY, "NotFound": NO_SUCH_KEY,
     "NoSuchBucket": NO_SUCH_BUCKET, "InvalidBucketName": INVALID_REQUEST, "KeyTooLongError": INVALID_REQUEST,
     "InvalidObjectState": INVALID_REQUEST,
+    # 400s for keys the server will never accept (e.g. SeaweedFS: `..` or NUL in a key): retrying cannot help.
+    "InvalidRequest": INVALID_REQUEST, "InvalidArgument": INVALID_REQUEST, "InvalidURI": INVALID_REQUEST,
 }
 
 

@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 INTERNAL_ERROR = "internal_error"
 PUBLISH_TIMEOUT_S = 30.0
 POLL_TIMEOUT_MS = 50  # also how soon a finished video frees its slot for the next one
+DLQ_MAX_BYTES = 1_000_000  # a dead letter must fit the producer's and broker's default 1 MiB record limit
 
 
 class Abandoned(Exception):
@@ -339,6 +340,12 @@ class Worker:
                     error.code)
         self.metrics.failures.labels(reason=error.code).inc()
         record = dlq_message(job.value, error, attempts, video_id, job.topic, job.partition, job.offset, job.key)
+        if len(json.dumps(record, ensure_ascii=False).encode("utf-8", "replace")) > DLQ_MAX_BYTES:
+            # A message above the size limit (or one whose escaping/base64 grows past it) would be refused by
+            # the producer and the broker (1 MiB by default) for ever: keep a prefix, flagged as truncated.
+            value = (job.value or b"")[: DLQ_MAX_BYTES // 8]  # JSON escapes grow a byte to at most 6
+            record = dlq_message(value, error, attempts, video_id, job.topic, job.partition, job.offset, job.key)
+            record["original"]["truncated"] = True
         self._publish(self.settings.dlq_topic, video_id, record, job)
         self.metrics.videos_processed.labels(status="dlq").inc()
 

@@ -1,0 +1,155 @@
+"""Chaos: 200 requests (a fifth of them bad) through three workers while one of them is SIGKILLed every few
+seconds and restarted. Every request must end with a result or a dead letter (at-least-once: duplicates are
+allowed and counted), and none may be lost.
+
+Chosen for a 2-core machine: 128x96 one-second clips, seg_num 2, ResNet-50 with random weights, 3 workers
+with max_inflight 2; requests arrive at about 2/s while the chaos loop runs (at most 8 kills, at most 100 s).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import statistics
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from kafka import KafkaProducer
+
+from tests.fault.conftest import SpawnWorker
+from tests.fault.helpers import AnswerCollector, request
+from tests.integration.worker_process import WorkerProcess
+from tests.kafka_helpers import Topics
+from worker.localstack import KafkaBroker, S3Server
+
+pytestmark = pytest.mark.integration
+
+REQUESTS = 200
+BAD_EVERY = 5  # one request in five is bad
+WORKERS = 3
+# max_poll_interval_ms is also the rebalance timeout a member sends with JoinGroup: Tansu waits that long for a
+# SIGKILLed member (which never polls again) before it completes a rebalance, so the 300 s default stalls the
+# whole group for minutes after a kill. The worker polls every 50 ms, so 15 s is never reached.
+SETTINGS = {"seg_num": "2", "max_inflight": "2", "retry_backoff_base_s": "0.2", "retry_backoff_max_s": "2",
+            "max_poll_interval_ms": "15000"}
+MAX_KILLS = 8
+CHAOS_S = 100.0
+KILL_EVERY_S = (6.0, 10.0)
+PRODUCE_RATE = 2.0  # requests per second
+
+
+def _plan(bucket: str, good_keys: list[str], rng: random.Random) -> list[tuple[str, bytes, str]]:
+    """(id, value, expected outcome: "result" or a DLQ code); the Kafka key of every request is its id."""
+    plan = []
+    for i in range(REQUESTS):
+        ident = f"chaos-{i:03d}"
+        if i % BAD_EVERY != BAD_EVERY - 1:
+            plan.append((ident, request(ident, bucket, rng.choice(good_keys)), "result"))
+            continue
+        kind = (i // BAD_EVERY) % 4
+        if kind == 0:
+            plan.append((ident, b'{"video_id": "' + ident.encode() + b'", "bucket": ', "invalid_json"))
+        elif kind == 1:
+            plan.append((ident, json.dumps({"video_id": ident, "bucket": bucket}).encode(), "schema_violation"))
+        elif kind == 2:
+            plan.append((ident, request(ident, bucket, "junk/notes.txt"), "not_a_video"))
+        else:
+            plan.append((ident, request(ident, bucket, "junk/noise.mp4"), "not_a_video"))
+    rng.shuffle(plan)
+    return plan
+
+
+def test_chaos_kills_lose_nothing(spawn: SpawnWorker, kafka_broker: KafkaBroker, s3_server: S3Server,
+                                  topics: Topics, bucket: str, unique_group_id: str, clips: list[Path]) -> None:
+    seed = random.randrange(1 << 30)
+    rng = random.Random(seed)
+    client = s3_server.client()
+    good_keys = []
+    for clip in clips:
+        key = f"clips/{clip.name}"
+        client.upload_file(str(clip), bucket, key)
+        good_keys.append(key)
+    client.put_object(Bucket=bucket, Key="junk/notes.txt", Body=b"meeting notes, not a video\n" * 40)
+    client.put_object(Bucket=bucket, Key="junk/noise.mp4", Body=random.Random(1).randbytes(4096))
+    plan = _plan(bucket, good_keys, rng)
+    expected = {ident: outcome for ident, _, outcome in plan}
+
+    def start_worker() -> WorkerProcess:
+        return spawn(kafka_broker, s3_server, topics, unique_group_id, **SETTINGS)
+
+    slots = [start_worker() for _ in range(WORKERS)]
+    for worker in slots:
+        worker.wait_ready()
+    collector = AnswerCollector(kafka_broker.bootstrap_servers, topics)
+    stop = threading.Event()
+    kills: list[tuple[float, float]] = []  # (time, videos in flight in the victim)
+    chaos_errors: list[BaseException] = []
+
+    def chaos() -> None:
+        try:
+            started = time.monotonic()
+            while len(kills) < MAX_KILLS and time.monotonic() - started < CHAOS_S:
+                if stop.wait(rng.uniform(*KILL_EVERY_S)):
+                    return
+                up = [i for i, w in enumerate(slots) if w.process.poll() is None and _ready(w)]
+                if not up:
+                    continue
+                victim = rng.choice(up)
+                inflight = slots[victim].metric("videotag_inflight_videos")
+                slots[victim].close()  # SIGKILL to the process group, then reap
+                kills.append((time.monotonic(), inflight))
+                slots[victim] = start_worker()
+        except BaseException as exc:  # reported by the test thread
+            chaos_errors.append(exc)
+
+    produced_at: dict[str, float] = {}
+    t0 = time.monotonic()
+    chaos_thread = threading.Thread(target=chaos, name="chaos", daemon=True)
+    chaos_thread.start()
+    producer = KafkaProducer(bootstrap_servers=kafka_broker.bootstrap_servers, acks="all", linger_ms=5)
+    try:
+        for n, (ident, value, _) in enumerate(plan):
+            metadata = producer.send(topics.input, key=ident.encode(), value=value).get(timeout=30)
+            produced_at[ident] = metadata.timestamp / 1e3 if metadata.timestamp > 0 else time.time()
+            time.sleep(max(0.0, t0 + (n + 1) / PRODUCE_RATE - time.monotonic()))
+    finally:
+        producer.close()
+    try:
+        missing = collector.wait_for(set(expected), timeout=CHAOS_S + 150)
+        stop.set()
+        chaos_thread.join(30)
+        time.sleep(3)  # late duplicates from a redelivery still in flight
+        answers = collector.by_id()
+    finally:
+        stop.set()
+        collector.close()
+    elapsed = time.monotonic() - t0
+
+    assert not chaos_errors, chaos_errors
+    duplicates = sum(len(v) - 1 for v in answers.values())
+    waits = sorted(min(a.timestamp_ms for a in answers[i]) / 1e3 - produced_at[i] for i in expected if i in answers)
+    mid_video = sum(1 for _, inflight in kills if inflight > 0)
+    lost = sorted(missing)
+    print(f"\nCHAOS seed={seed}: {REQUESTS} requests ({sum(v == 'result' for v in expected.values())} good, "
+          f"{sum(v != 'result' for v in expected.values())} bad) through {WORKERS} workers "
+          f"(seg_num {SETTINGS['seg_num']}); kills {len(kills)} ({mid_video} with videos in flight); "
+          f"answers {sum(len(v) for v in answers.values())}, duplicates {duplicates}, lost {len(lost)}; "
+          f"wait p50 {statistics.median(waits):.1f} s, max {max(waits):.1f} s; total {elapsed:.0f} s")
+    assert lost == [], f"lost {len(lost)}: {lost[:20]}"
+    assert len(kills) >= 3, f"only {len(kills)} kills happened"
+    wrong = {}
+    for ident, outcome in expected.items():
+        got = {a.kind if a.kind == "result" else a.code for a in answers[ident]}
+        if got != {outcome}:
+            wrong[ident] = (outcome, got)
+    assert wrong == {}, f"unexpected outcomes (expected, got): {wrong}"
+    assert set(answers) == set(expected), set(answers) - set(expected)
+
+
+def _ready(worker: WorkerProcess) -> bool:
+    try:
+        return worker.get("/readyz", timeout=1)[0] == 200
+    except OSError:
+        return False

@@ -1,0 +1,591 @@
+"""Security properties: secrets never leak, temp files are private and always removed, the HTTP endpoints serve
+nothing else and bind where told, TLS and SASL settings reach kafka-python, the images run as non-root.
+
+TLS end to end against the bundled broker cannot be tested (Tansu 0.6 cannot serve TLS), so the TLS and SASL
+tests use a tiny TLS server made here, with a CA and certificates made with `cryptography`, that speaks just
+enough Kafka (ApiVersions v0, SaslHandshake, SaslAuthenticate) to record what the client sent.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import datetime
+import http.client
+import ipaddress
+import json
+import logging
+import os
+import re
+import socket
+import ssl
+import stat
+import struct
+import threading
+import time
+import urllib.parse
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import botocore.config
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from kafka import KafkaConsumer, KafkaProducer
+
+from models.errors import InputError
+from tests.fault.helpers import AnswerCollector, StallingProxy, request, tiny_clips
+from tests.integration.worker_process import SECRET_KEY, WorkerProcess
+from tests.kafka_helpers import Topics, produce
+from worker.health import HealthServer
+from worker.localstack import KafkaBroker, S3Server
+from worker.metrics import Metrics
+from worker.settings import Settings
+from worker.storage import ObjectFetcher, TempBudget, TransientError, make_client
+from worker.worker import kafka_security
+
+ROOT = Path(__file__).resolve().parents[1]
+SASL_PASSWORD = "planted-sasl-password-Q7x9"
+SSL_PASSWORD = "planted-ssl-key-password-K3m1"
+
+
+def _variants(secret: str) -> list[str]:
+    """The secret as it could show up in text: raw, base64, URL-quoted, hex."""
+    raw = secret.encode()
+    return [secret, base64.b64encode(raw).decode(), urllib.parse.quote(secret, safe=""), raw.hex()]
+
+
+def _assert_no_secret(where: str, text: str, secrets: list[str]) -> None:
+    for secret in secrets:
+        for form in _variants(secret):
+            assert form not in text, f"{where} contains a secret ({form[:6]}...)"
+
+
+# secrets in logs, metrics, dead letters; temp files in a real worker ---------------------------------------
+
+@pytest.mark.integration
+def test_no_secret_in_logs_metrics_or_answers(kafka_broker: KafkaBroker, topics: Topics, unique_group_id: str,
+                                              tmp_path: Path) -> None:
+    """A worker with S3 credentials in use (the S3 server checks signatures) and SASL/TLS passwords configured
+    (PLAINTEXT: set but unused) handles good and bad requests and an S3 response that stalls mid-stream; then
+    its log, /metrics and every result and dead letter are searched for the secrets. (INFO level: the CLI's
+    --log-level default overrides VIDEOTAG_LOG_LEVEL, so DEBUG is covered in-process by the next test.)"""
+    s3 = S3Server(tmp_path / "auth-s3", access_key="test", secret_key=SECRET_KEY).start()
+    proxy = StallingProxy(s3.port)
+    collector = None
+    worker = None
+    try:
+        bucket = "secure"
+        s3.create_bucket(bucket)
+        client = s3.client()
+        clip = tiny_clips(tmp_path)[0]
+        client.upload_file(str(clip), bucket, "good.mp4")
+        client.upload_file(str(clip), bucket, "mid/stalled.mp4")
+        client.put_object(Bucket=bucket, Key="corrupt.mp4", Body=clip.read_bytes()[:3000])
+        client.put_object(Bucket=bucket, Key="text.mp4", Body=b"no video here\n" * 50)
+        worker = WorkerProcess(tmp_path, kafka_broker, s3, topics, unique_group_id, seg_num="2",
+                               s3_endpoint_url=proxy.endpoint_url, s3_read_timeout_s="1",
+                               retry_backoff_base_s="0.5", retry_backoff_max_s="1",
+                               security_protocol="PLAINTEXT", sasl_mechanism="PLAIN", sasl_username="svc-videotag",
+                               sasl_password=SASL_PASSWORD, ssl_password=SSL_PASSWORD)
+        worker.wait_ready()
+        collector = AnswerCollector(kafka_broker.bootstrap_servers, topics)
+        proxy.set_rule("/mid/", "midstream")
+        values = {"good": request("good", bucket, "good.mp4"), "corrupt": request("corrupt", bucket, "corrupt.mp4"),
+                  "text": request("text", bucket, "text.mp4"), "missing": request("missing", bucket, "nope.mp4"),
+                  "json": b'{"video_id": "json", "bucket": ', "schema": b'{"video_id": "schema"}',
+                  "stalled": request("stalled", bucket, "mid/stalled.mp4")}
+        produce(kafka_broker.bootstrap_servers, topics.input, list(values.values()),
+                keys=[k.encode() for k in values])
+        # While the body stalls, the partial download sits in the temp dir: private to the worker's user.
+        modes = set()
+        deadline = time.monotonic() + 30
+        while not modes and time.monotonic() < deadline:
+            for path in worker.temp_dir.glob("*"):
+                with contextlib.suppress(FileNotFoundError):
+                    modes.add(stat.S_IMODE(path.stat().st_mode))
+            time.sleep(0.02)
+        time.sleep(3)
+        proxy.clear()
+        missing = collector.wait_for(set(values), timeout=90)
+        answers = collector.snapshot()
+        metrics = worker.get("/metrics")[1]
+        log = worker.log()
+        timeouts = worker.metric("videotag_failures_total", 'reason="s3_unavailable"')
+        with pytest.raises(OSError):  # bound to 127.0.0.1 only
+            socket.create_connection(("127.0.0.2", worker.metrics_port), timeout=2).close()
+    finally:
+        if worker is not None:
+            worker.close()
+        if collector is not None:
+            collector.close()
+        proxy.close()
+        s3.stop()
+    print(f"\nsecurity: {len(answers)} answers, mid-stream timeouts {timeouts:.0f}, temp file modes "
+          f"{sorted(oct(m) for m in modes)}, log {len(log)} chars")
+    assert missing == set()
+    assert timeouts >= 1 and modes == {0o600}
+    assert "***" in log  # the settings line shows the secrets redacted
+    secrets = [SECRET_KEY, SASL_PASSWORD, SSL_PASSWORD]
+    _assert_no_secret("the worker log", log, secrets)
+    _assert_no_secret("/metrics", metrics, secrets)
+    for answer in answers:
+        _assert_no_secret(f"the answer to {answer.ident}", json.dumps(answer.value, ensure_ascii=False), secrets)
+    assert {a.ident: a.kind if a.kind == "result" else a.code for a in answers} == {
+        "good": "result", "stalled": "result", "corrupt": "corrupt_video", "text": "not_a_video",
+        "missing": "no_such_key", "json": "invalid_json", "schema": "schema_violation"}
+    assert list(worker.temp_dir.iterdir()) == []
+
+
+@pytest.mark.integration
+def test_s3_errors_and_debug_logs_name_no_credentials(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Exceptions from a refused signature or an unknown key carry codes, never the keys; and with every logger
+    at DEBUG (botocore logs each request it signs), a good fetch and the refused ones log no secret either."""
+    right, wrong = "right-secret-key-8a8a", "wrong-secret-key-5b5b"
+    s3 = S3Server(tmp_path / "auth-s3", access_key="right-access-key", secret_key=right).start()
+    try:
+        s3.create_bucket("creds")
+        s3.client().put_object(Bucket="creds", Key="v.mp4", Body=b"x" * 100)
+        messages = []
+        with caplog.at_level(logging.DEBUG):
+            for access, secret in (("right-access-key", right), ("right-access-key", wrong), ("unknown-key", wrong)):
+                client = boto3.client("s3", endpoint_url=s3.endpoint_url, region_name="us-east-1",
+                                      aws_access_key_id=access, aws_secret_access_key=secret,
+                                      config=botocore.config.Config(retries={"total_max_attempts": 1},
+                                                                    s3={"addressing_style": "path"}))
+                fetcher = ObjectFetcher(client, str(tmp_path / "tmp"), 1 << 20, TempBudget(1 << 30))
+                if secret == right:
+                    with fetcher.fetch("creds", "v.mp4") as (_, size):
+                        assert size == 100
+                    continue
+                with pytest.raises(TransientError) as caught, fetcher.fetch("creds", "v.mp4"):
+                    pass
+                messages.append(f"{caught.value!s} {caught.value!r} {caught.value.__cause__!s}")
+    finally:
+        s3.stop()
+    print(f"\nS3 auth errors: {messages}; DEBUG log {len(caplog.text)} chars")
+    assert all("s3_403" in m for m in messages) and len(messages) == 2
+    assert "Signature" in caplog.text  # botocore did log the signing at DEBUG
+    _assert_no_secret("the S3 error messages", " ".join(messages), [wrong, right])
+    _assert_no_secret("the DEBUG log", caplog.text, [wrong, right])
+
+
+# temp files ----------------------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def _umask(mask: int) -> Iterator[None]:
+    old = os.umask(mask)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+@pytest.mark.integration
+def test_temp_files_are_private_and_always_removed(s3_server: S3Server, bucket: str, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """0600 even under umask 0, and gone after success, a corrupt video, an exception in the caller, an S3
+    stream that stalls mid-body, and a refused oversize object (never written at all)."""
+    from models.preprocess import faithful_transform
+    from models.video import read_video
+
+    clip = tiny_clips(tmp_path)[0]
+    client = s3_server.client()
+    client.upload_file(str(clip), bucket, "good.mp4")
+    client.put_object(Bucket=bucket, Key="corrupt.mp4", Body=clip.read_bytes()[:3000])
+    client.upload_file(str(clip), bucket, "mid/stalled.mp4")
+    client.put_object(Bucket=bucket, Key="big.mp4", Body=b"\0" * 50_000)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    proxy = StallingProxy(s3_server.port)
+    proxy.set_rule("/mid/", "midstream")
+    temp = tmp_path / "work"
+    fetcher = ObjectFetcher(make_client(proxy.endpoint_url, "us-east-1", 1, 1), str(temp), 40_000,
+                            TempBudget(1 << 30))
+    seen: dict[str, set[int]] = {}
+    try:
+        with _umask(0):
+            with fetcher.fetch(bucket, "good.mp4") as (path, size):
+                seen["good"] = {stat.S_IMODE(path.stat().st_mode)}
+                assert path.parent == temp and size == clip.stat().st_size
+                read_video(path, 2, faithful_transform())
+            assert list(temp.iterdir()) == []
+
+            with pytest.raises(InputError, match="corrupt_video"), fetcher.fetch(bucket, "corrupt.mp4") as (path, _):
+                seen["corrupt"] = {stat.S_IMODE(path.stat().st_mode)}
+                read_video(path, 2, faithful_transform())
+            assert list(temp.iterdir()) == []
+
+            with pytest.raises(RuntimeError), fetcher.fetch(bucket, "good.mp4"):
+                raise RuntimeError("the caller failed")
+            assert list(temp.iterdir()) == []
+
+            stop = threading.Event()
+            modes: set[int] = set()
+
+            def watch() -> None:
+                while not stop.is_set():
+                    for path in temp.glob("*"):
+                        with contextlib.suppress(FileNotFoundError):
+                            modes.add(stat.S_IMODE(path.stat().st_mode))
+                    time.sleep(0.01)
+
+            watcher = threading.Thread(target=watch, daemon=True)
+            watcher.start()
+            with pytest.raises(TransientError, match="s3_unavailable"), fetcher.fetch(bucket, "mid/stalled.mp4"):
+                pass
+            stop.set()
+            watcher.join()
+            seen["midstream"] = modes
+            assert list(temp.iterdir()) == []
+
+            with pytest.raises(InputError, match="object_too_large"), fetcher.fetch(bucket, "big.mp4"):
+                pass
+            assert list(temp.iterdir()) == []
+    finally:
+        proxy.close()
+    print(f"\ntemp file modes by path: { {k: sorted(oct(m) for m in v) for k, v in seen.items()} }")
+    assert seen == {"good": {0o600}, "corrupt": {0o600}, "midstream": {0o600}}
+
+
+# the HTTP endpoints --------------------------------------------------------------------------------------
+
+@pytest.fixture
+def health() -> Iterator[tuple[HealthServer, list[bool]]]:
+    state = [True]
+    server = HealthServer(Metrics(), "127.0.0.1", 0, lambda: (state[0], "ok" if state[0] else "broken")).start()
+    try:
+        yield server, state
+    finally:
+        server.stop()
+
+
+def _http(port: int, method: str, path: str, host: str = "127.0.0.1") -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection(host, port, timeout=5)
+    try:
+        conn.request(method, path)
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+def test_only_the_three_endpoints_are_served(health: tuple[HealthServer, list[bool]]) -> None:
+    server, state = health
+    port = server.port
+    assert _http(port, "GET", "/metrics")[0] == 200
+    assert b"videotag_ready" in _http(port, "GET", "/metrics")[1]
+    assert _http(port, "GET", "/healthz") == (200, b"ok\n")
+    assert _http(port, "GET", "/readyz")[0] == 200
+    state[0] = False
+    assert _http(port, "GET", "/readyz") == (503, b"not ready: broken\n")
+    assert _http(port, "HEAD", "/healthz") == (200, b"")
+    assert _http(port, "GET", "//metrics")[0] == 200  # http.server folds leading slashes: the same endpoint
+    for path in ["/", "/metrics/", "/Metrics", "/metrics.txt", "/healthz/../metrics", "/%2e%2e/etc/passwd",
+                 "/../../etc/passwd", "/debug/pprof", "/favicon.ico", "/admin", "/.env", "/readyz/x",
+                 "http://127.0.0.1/metrics/x"]:
+        assert _http(port, "GET", path) == (404, b"not found\n"), path
+    for method in ["POST", "PUT", "DELETE", "PATCH"]:
+        for path in ["/metrics", "/healthz", "/readyz", "/other"]:
+            assert _http(port, method, path) == (405, b"method not allowed\n"), (method, path)
+    for method in ["OPTIONS", "TRACE", "CONNECT", "PROPFIND"]:
+        status, _ = _http(port, method, "/metrics")
+        assert status == 501, (method, status)  # not implemented: nothing served
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:  # garbage instead of HTTP
+        sock.sendall(b"\x16\x03\x01 not http at all\r\n\r\n")
+        reply = sock.recv(65536)
+    assert b"400" in reply and b"videotag" not in reply
+    assert _http(port, "GET", "/healthz") == (200, b"ok\n")  # and it still serves
+
+
+@pytest.mark.parametrize(("bind", "other"), [("127.0.0.2", "127.0.0.1"), ("127.0.0.1", "127.0.0.2")])
+def test_endpoints_bind_to_the_chosen_address(bind: str, other: str) -> None:
+    server = HealthServer(Metrics(), bind, 0, lambda: (True, "ok")).start()
+    try:
+        assert _http(server.port, "GET", "/healthz", host=bind)[0] == 200
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection((other, server.port), timeout=2).close()
+    finally:
+        server.stop()
+
+
+# TLS and SASL settings reach kafka-python ----------------------------------------------------------------
+
+def _ca(name: str) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(hours=2))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
+                                         content_commitment=False, key_encipherment=False, data_encipherment=False,
+                                         key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
+            .sign(key, hashes.SHA256()))
+    return key, cert
+
+
+def _issue(ca: tuple[ec.EllipticCurvePrivateKey, x509.Certificate], name: str, server: bool,
+           hosts: tuple[str, ...] = ("localhost", "127.0.0.1")) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
+    builder = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+               .issuer_name(ca[1].subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(hours=2))
+               .add_extension(x509.ExtendedKeyUsage([usage]), critical=False))
+    if server:
+        names: list[x509.GeneralName] = []
+        for host in hosts:
+            try:
+                names.append(x509.IPAddress(ipaddress.ip_address(host)))
+            except ValueError:
+                names.append(x509.DNSName(host))
+        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+    return key, builder.sign(ca[0], hashes.SHA256())
+
+
+def _write(path: Path, cert: x509.Certificate | None = None, key: Any = None, password: str | None = None) -> str:
+    if cert is not None:
+        path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    else:
+        encryption = (serialization.BestAvailableEncryption(password.encode()) if password
+                      else serialization.NoEncryption())
+        path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption))
+        path.chmod(0o600)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Our CA; a broker certificate for localhost/127.0.0.1 and a client certificate (password-protected key)
+    signed by it; a second CA and a broker certificate from it, which clients of our CA must refuse; and a
+    certificate of our CA for another host name."""
+    d = tmp_path_factory.mktemp("pki")
+    ca, rogue = _ca("videotag-test-ca"), _ca("rogue-ca")
+    broker, client = _issue(ca, "broker", server=True), _issue(ca, "videotag-client", server=False)
+    rogue_broker = _issue(rogue, "broker", server=True)
+    elsewhere = _issue(ca, "elsewhere", server=True, hosts=("kafka.example.com",))
+    return {
+        "ca": _write(d / "ca.pem", ca[1]),
+        "broker_cert": _write(d / "broker.pem", broker[1]), "broker_key": _write(d / "broker.key", key=broker[0]),
+        "client_cert": _write(d / "client.pem", client[1]),
+        "client_key": _write(d / "client.key", key=client[0], password=SSL_PASSWORD),
+        "rogue_cert": _write(d / "rogue.pem", rogue_broker[1]),
+        "rogue_key": _write(d / "rogue.key", key=rogue_broker[0]),
+        "elsewhere_cert": _write(d / "elsewhere.pem", elsewhere[1]),
+        "elsewhere_key": _write(d / "elsewhere.key", key=elsewhere[0]),
+    }
+
+
+class TinyTLSKafka:
+    """A TLS-only listener that speaks just enough Kafka to take a client through ApiVersions (v0) and SASL
+    (SaslHandshake v1, SaslAuthenticate v0), then hangs up on the first other request. Records events:
+    ("tls", peer CN) after a handshake, ("tls_error", reason), ("request", api_key), ("sasl", [authzid, user,
+    password])."""
+
+    def __init__(self, cert: str, key: str, client_ca: str | None) -> None:
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.context.load_cert_chain(cert, key)
+        if client_ca:  # mutual TLS: a client without a certificate of our CA fails the handshake
+            self.context.load_verify_locations(client_ca)
+            self.context.verify_mode = ssl.CERT_REQUIRED
+        self.events: list[tuple[Any, ...]] = []
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def close(self) -> None:
+        self._listener.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        conn.settimeout(10)
+        try:
+            tls = self.context.wrap_socket(conn, server_side=True)
+        except (ssl.SSLError, OSError) as exc:
+            self.events.append(("tls_error", type(exc).__name__, str(exc)[:120]))
+            conn.close()
+            return
+        peer = tls.getpeercert() or {}
+        self.events.append(("tls", dict(item[0] for item in peer.get("subject", ())).get("commonName")))
+        try:
+            while (frame := self._read_frame(tls)) is not None:
+                api_key, version, correlation = struct.unpack_from(">hhi", frame)
+                client_id_len = struct.unpack_from(">h", frame, 8)[0]
+                body = frame[10 + max(client_id_len, 0):]
+                self.events.append(("request", api_key))
+                if api_key == 18 and version > 0:  # ApiVersions: "unsupported version, use v0"
+                    reply = struct.pack(">ihi", correlation, 35, 1) + struct.pack(">hhh", 18, 0, 0)
+                elif api_key == 18:
+                    apis = [(k, 0, {0: 2, 1: 2, 3: 1, 17: 1}.get(k, 0)) for k in range(37)]
+                    reply = struct.pack(">ihi", correlation, 0, len(apis)) + b"".join(struct.pack(">hhh", *a)
+                                                                                     for a in apis)
+                elif api_key == 17:  # SaslHandshake: accept the mechanism asked for
+                    length = struct.unpack_from(">h", body)[0]
+                    mechanism = body[2 : 2 + length]
+                    reply = struct.pack(">ihi", correlation, 0, 1) + struct.pack(">h", len(mechanism)) + mechanism
+                elif api_key == 36:  # SaslAuthenticate: record the PLAIN token, say yes
+                    length = struct.unpack_from(">i", body)[0]
+                    self.events.append(("sasl", body[4 : 4 + length].split(b"\0")))
+                    reply = struct.pack(">ihhi", correlation, 0, -1, 0)
+                else:
+                    return
+                tls.sendall(struct.pack(">i", len(reply)) + reply)
+        except (OSError, struct.error):
+            pass
+        finally:
+            tls.close()
+
+    @staticmethod
+    def _read_frame(sock: ssl.SSLSocket) -> bytes | None:
+        data = b""
+        size = None
+        while size is None or len(data) < size:
+            chunk = sock.recv(65536)
+            if not chunk:
+                return None
+            data += chunk
+            if size is None and len(data) >= 4:
+                size = struct.unpack(">i", data[:4])[0] + 4
+        return data[4:size]
+
+    def kinds(self) -> list[str]:
+        return [event[0] for event in self.events]
+
+
+@contextlib.contextmanager
+def _tls_kafka(pki: dict[str, str], cert: str = "broker", mutual: bool = True) -> Iterator[TinyTLSKafka]:
+    server = TinyTLSKafka(pki[f"{cert}_cert"], pki[f"{cert}_key"], pki["ca"] if mutual else None)
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+def _connect(kind: type, port: int, security: dict[str, Any], host: str = "127.0.0.1") -> None:
+    """Build a client as the worker does (**kafka_security(settings)); it gives up once bootstrap fails."""
+    client = None
+    with contextlib.suppress(Exception):
+        client = kind(bootstrap_servers=f"{host}:{port}", request_timeout_ms=3000, bootstrap_timeout_ms=3000,
+                      **security)
+    if client is not None:
+        with contextlib.suppress(Exception):
+            client.close()
+
+
+def _settings(pki: dict[str, str], **values: Any) -> Settings:
+    return Settings(ssl_cafile=pki["ca"], ssl_certfile=pki["client_cert"], ssl_keyfile=pki["client_key"],
+                    ssl_password=SSL_PASSWORD, **values)
+
+
+def test_kafka_security_passes_every_setting() -> None:
+    assert kafka_security(Settings()) == {"security_protocol": "PLAINTEXT"}
+    settings = Settings(security_protocol="SASL_SSL", ssl_cafile="/ca.pem", ssl_certfile="/c.pem", ssl_keyfile="/c.key",
+                        ssl_password="kp", ssl_check_hostname=False, sasl_mechanism="SCRAM-SHA-512",
+                        sasl_username="u", sasl_password="p")
+    assert kafka_security(settings) == {
+        "security_protocol": "SASL_SSL", "ssl_cafile": "/ca.pem", "ssl_certfile": "/c.pem", "ssl_keyfile": "/c.key",
+        "ssl_password": "kp", "ssl_check_hostname": False, "sasl_mechanism": "SCRAM-SHA-512",
+        "sasl_plain_username": "u", "sasl_plain_password": "p"}
+    plain_sasl = kafka_security(Settings(security_protocol="SASL_PLAINTEXT", sasl_mechanism="PLAIN",
+                                         sasl_username="u", sasl_password="p", ssl_cafile="/ca.pem"))
+    assert "ssl_cafile" not in plain_sasl and plain_sasl["sasl_plain_password"] == "p"
+    assert "sasl_plain_password" not in kafka_security(Settings(security_protocol="SSL", sasl_password="p"))
+    # kafka-python accepts every option it is given (it raises on unknown ones).
+    for kind in (KafkaProducer, KafkaConsumer):
+        with pytest.raises(Exception, match="Unrecognized configs"):
+            kind(bootstrap_servers="127.0.0.1:1", no_such_option=1)
+    redacted = json.dumps(settings.redacted())
+    assert '"p"' not in redacted and '"kp"' not in redacted
+
+
+@pytest.mark.parametrize("kind", [KafkaProducer, KafkaConsumer])
+def test_tls_and_sasl_settings_reach_the_wire(pki: dict[str, str], kind: type) -> None:
+    """With our settings, kafka-python verifies the broker against our CA, presents our client certificate
+    (its key unlocked with ssl_password), and sends the SASL PLAIN credentials, all inside TLS."""
+    settings = _settings(pki, security_protocol="SASL_SSL", sasl_mechanism="PLAIN", sasl_username="svc-videotag",
+                         sasl_password=SASL_PASSWORD)
+    with _tls_kafka(pki) as server:
+        _connect(kind, server.port, kafka_security(settings))
+    assert ("tls", "videotag-client") in server.events, server.events
+    assert [b"svc-videotag", b"svc-videotag", SASL_PASSWORD.encode()] in [e[1] for e in server.events if e[0] == "sasl"]
+    assert server.kinds()[:2] == ["tls", "request"]  # nothing before the handshake
+
+
+def test_ssl_without_sasl_connects_at_the_tls_level(pki: dict[str, str]) -> None:
+    with _tls_kafka(pki) as server:
+        _connect(KafkaProducer, server.port, kafka_security(_settings(pki, security_protocol="SSL")))
+    assert ("tls", "videotag-client") in server.events and ("request", 18) in server.events
+    assert "sasl" not in server.kinds()
+
+
+def test_plaintext_client_gets_no_kafka_response_from_a_tls_endpoint(pki: dict[str, str]) -> None:
+    """A client left on PLAINTEXT sends its Kafka request in clear: the TLS listener refuses it at the
+    handshake, so no request is ever read and the client gets nothing it could parse as Kafka."""
+    with _tls_kafka(pki, mutual=False) as server:
+        _connect(KafkaProducer, server.port, kafka_security(Settings(security_protocol="PLAINTEXT")))
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+            request_frame = struct.pack(">hhih", 18, 0, 1, 4) + b"test"
+            sock.sendall(struct.pack(">i", len(request_frame)) + request_frame)
+            reply = b""
+            with contextlib.suppress(OSError):
+                while chunk := sock.recv(4096):
+                    reply += chunk
+        time.sleep(0.2)
+    assert server.events and all(kind == "tls_error" for kind in server.kinds()), server.events
+    # Whatever came back (a TLS alert, or nothing) is no Kafka response: that starts with our correlation id.
+    assert len(reply) < 8 or struct.unpack(">i", reply[4:8])[0] != 1, reply[:16]
+
+
+def test_a_broker_certificate_from_another_ca_is_refused(pki: dict[str, str]) -> None:
+    with _tls_kafka(pki, cert="rogue", mutual=False) as server:
+        _connect(KafkaProducer, server.port, kafka_security(_settings(pki, security_protocol="SSL")))
+    assert server.events and "request" not in server.kinds(), server.events
+
+
+def test_broker_host_name_is_checked(pki: dict[str, str]) -> None:
+    """Our CA's certificate for kafka.example.com does not pass for 127.0.0.1, unless ssl_check_hostname is off."""
+    with _tls_kafka(pki, cert="elsewhere", mutual=False) as server:
+        _connect(KafkaProducer, server.port, kafka_security(_settings(pki, security_protocol="SSL")))
+    assert server.events and "request" not in server.kinds(), server.events
+    with _tls_kafka(pki, cert="elsewhere", mutual=False) as server:
+        _connect(KafkaProducer, server.port,
+                 kafka_security(_settings(pki, security_protocol="SSL", ssl_check_hostname=False)))
+    assert ("request", 18) in server.events, server.events
+
+
+def test_mutual_tls_refuses_a_client_without_a_certificate(pki: dict[str, str]) -> None:
+    settings = Settings(security_protocol="SSL", ssl_cafile=pki["ca"])
+    with _tls_kafka(pki, mutual=True) as server:
+        _connect(KafkaProducer, server.port, kafka_security(settings))
+    assert server.events and "request" not in server.kinds(), server.events
+
+
+# container images ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["Dockerfile", "Dockerfile.gpu"])
+def test_images_run_as_a_non_root_user(name: str) -> None:
+    path = ROOT / "deploy" / name
+    if not path.exists():
+        pytest.skip(f"deploy/{name} not written yet")
+    lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    final_stage = max(i for i, line in enumerate(lines) if re.match(r"(?i)FROM\s", line))
+    users = [line.split(None, 1)[1].strip() for line in lines[final_stage:] if re.match(r"(?i)USER\s", line)]
+    assert users, f"{name}: the final stage sets no USER (it would run as root)"
+    user = users[-1].split(":")[0]
+    assert user not in {"root", "0"} and not user.startswith("$"), users[-1]
+    group = users[-1].split(":")[1] if ":" in users[-1] else None
+    assert group not in {"root", "0"}, users[-1]
