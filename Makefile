@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup run test lint clean
+.PHONY: setup run test chaos lint clean
 
 setup: $(VENV)/.installed
 
@@ -21,6 +21,9 @@ lint: setup
 
 test: lint
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(ARGS)
+
+chaos: setup
+	$(BIN)/python -m pytest -q -s -p no:cacheprovider -m chaos tests/fault
 
 clean:
 	rm -rf $(VENV) .cache build *.egg-info
