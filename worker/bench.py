@@ -317,6 +317,7 @@ def build(settings: Settings, engine: str, precision: str, preprocess: str, thre
         device=settings.device, allow_random_weights=settings.allow_random_weights, preprocess=preprocess,
         batch_size=settings.batch_size, max_width=settings.max_width, max_height=settings.max_height,
         engine=engine, precision=precision, cache_dir=settings.model_cache_dir, threads=threads,
+        tensorrt=settings.tensorrt if engine == "inference" else False,
     )
 
 
@@ -564,13 +565,14 @@ def bench_command(args: argparse.Namespace, settings: Settings) -> int:
     if args.repeat < 1:
         print("videotag bench: --repeat must be at least 1", file=sys.stderr)
         return EXIT_USAGE
+    threads = settings.cpu_threads or None  # the `cpu_threads` setting (--cpu-threads); 0 = all CPUs
     try:
         if args.long_video is not None:
             if args.long_video <= 0 or args.baseline_clip <= 0:
                 print("videotag bench: --long-video and --baseline-clip take a positive number of seconds",
                       file=sys.stderr)
                 return EXIT_USAGE
-            report = run_long_video(settings, args.long_video, args.baseline_clip, args.threads)
+            report = run_long_video(settings, args.long_video, args.baseline_clip, threads)
         else:
             if not args.videos:
                 print("videotag bench: no videos (--videos DIR_OR_FILE ...) and no --long-video", file=sys.stderr)
@@ -579,7 +581,7 @@ def bench_command(args: argparse.Namespace, settings: Settings) -> int:
             if not videos:
                 print(f"videotag bench: no video files in {args.videos}", file=sys.stderr)
                 return EXIT_USAGE
-            options = BenchOptions(videos, args.repeat, args.skip_baseline, args.ceiling_seconds, args.threads)
+            options = BenchOptions(videos, args.repeat, args.skip_baseline, args.ceiling_seconds, threads)
             report = run_bench(settings, options)
     except (WeightsError, LabelsError, EngineOptionsError, FileNotFoundError, ValueError) as exc:
         print(f"videotag bench: {exc}", file=sys.stderr)

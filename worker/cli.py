@@ -178,7 +178,6 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--repeat", type=int, default=1, help="pipeline passes over the videos (default 1)")
     bench.add_argument("--skip-baseline", action="store_true", help="no baseline (and no ratio or agreement)")
     bench.add_argument("--ceiling-seconds", type=float, default=20.0, help="time spent measuring the ceiling")
-    bench.add_argument("--threads", type=int, help="CPU math threads of the inference engine (default: all)")
     bench.add_argument("--plot", metavar="PNG", help="plot throughput and stage latencies (needs matplotlib)")
     bench.add_argument("--json", dest="json_out", metavar="FILE", help="also write the figures as JSON")
     bench.add_argument("--long-video", type=float, metavar="SECONDS",
