@@ -20,11 +20,12 @@ import signal
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import AsyncConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
@@ -77,15 +78,22 @@ def kafka_security(settings: Settings) -> dict[str, Any]:
     return options
 
 
-class _Rebalance(ConsumerRebalanceListener):
+class _Rebalance(AsyncConsumerRebalanceListener):
+    """kafka-python 3 calls these on its IO thread while the main thread waits inside poll() or close(): they
+    may change the worker's state, but a blocking client call there raises, so the commit is awaited."""
+
     def __init__(self, worker: Worker) -> None:
         self.worker = worker
 
-    def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         self.worker._revoked(revoked)
+        await self.worker._commit_revoked()
 
-    def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        log.info("assigned %s", sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned))
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        self.worker._assigned(assigned)
+
+    async def on_partitions_lost(self, lost: set[TopicPartition]) -> None:
+        self.worker._lost(lost)
 
 
 class Worker:
@@ -106,6 +114,7 @@ class Worker:
         self._abandon = threading.Event()
         self._transient_streak = 0
         self._paused = False
+        self._revoking: set[tuple[str, int]] = set()  # revoked, not yet known whether assigned back
 
     # lifecycle -------------------------------------------------------------------------------------------
 
@@ -193,7 +202,8 @@ class Worker:
         assert self.consumer is not None
         self._apply_done()
         self._commit()
-        while accept and self._backlog and len(self._active) < self.settings.max_inflight:
+        # mid-rebalance (poll can return before the group settles), wait: the backlog may belong to another member
+        while accept and not self._revoking and self._backlog and len(self._active) < self.settings.max_inflight:
             self._launch(self._backlog.popleft())
         self._set_paused(not accept or bool(self._backlog) or len(self._active) >= self.settings.max_inflight)
         records = self.consumer.poll(timeout_ms=POLL_TIMEOUT_MS)
@@ -238,21 +248,57 @@ class Worker:
             self.tracker.finished(job.state, job.offset)
         self.metrics.inflight_videos.set(len(self._active))
 
-    def _commit(self, only: set[tuple[str, int]] | None = None) -> None:
+    def _commit(self) -> None:
+        """Commit the progress of every partition, except those in a rebalance (their next owner is unknown)."""
         assert self.consumer is not None
-        offsets = {tp: off for tp, off in self.tracker.to_commit().items() if only is None or tp in only}
-        if not offsets:
-            return
+        offsets = {tp: off for tp, off in self.tracker.to_commit().items() if tp not in self._revoking}
+        if offsets:
+            with self._committing(offsets):
+                self.consumer.commit(_wire(offsets))
+
+    async def _commit_revoked(self) -> None:
+        assert self.consumer is not None
+        offsets = {tp: off for tp, off in self.tracker.to_commit().items() if tp in self._revoking}
+        if offsets:
+            with self._committing(offsets):
+                await self.consumer.commit_async(_wire(offsets))
+
+    @contextlib.contextmanager
+    def _committing(self, offsets: dict[tuple[str, int], int]) -> Iterator[None]:
         try:
-            self.consumer.commit({TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in offsets.items()})
-            self.tracker.committed(offsets)
-        except KafkaError as exc:  # e.g. a rebalance is under way: the next owner redoes the work
+            yield
+        except KafkaError as exc:  # e.g. the group moved on: the next owner redoes the work
             log.warning("commit of %s failed: %s", offsets, exc)
+        else:
+            self.tracker.committed(offsets)
 
     def _revoked(self, revoked: set[TopicPartition]) -> None:
+        """An (eager) rebalance begins: what is finished gets committed; wait to learn which partitions come back.
+
+        kafka-python keeps the fetch position of a partition assigned again to the same member, so its
+        taken-but-unstarted messages are not fetched again: they must stay in the backlog, and its in-flight
+        videos stay tracked so that the next commit cannot pass them."""
         self._apply_done()
-        self._commit({(tp.topic, tp.partition) for tp in revoked})
-        gone = {(tp.topic, tp.partition) for tp in revoked}
+        self._revoking = {(tp.topic, tp.partition) for tp in revoked}
+
+    def _assigned(self, assigned: set[TopicPartition]) -> None:
+        kept = {(tp.topic, tp.partition) for tp in assigned}
+        self._forget(self._revoking - kept)
+        self._revoking = set()
+        log.info("assigned %s", sorted(f"{t}[{p}]" for t, p in kept))
+
+    def _lost(self, lost: set[TopicPartition]) -> None:
+        """Evicted from the group (e.g. a missed session timeout): kafka-python drops the positions, so every
+        partition, even one assigned back, is read again from its last commit."""
+        self._apply_done()
+        self._forget(self._revoking | {(tp.topic, tp.partition) for tp in lost})
+        self._revoking = set()
+
+    def _forget(self, gone: set[tuple[str, int]]) -> None:
+        """Another member owns these now and starts from their last commit: drop their unstarted messages;
+        their in-flight videos still finish (and publish) but no longer count towards a commit."""
+        if not gone:
+            return
         for topic, partition in gone:
             self.tracker.forget(topic, partition)
             with contextlib.suppress(KeyError):  # its new owner reports it now; a stale series would alert
@@ -377,6 +423,10 @@ class Worker:
         log.warning("transient failure (attempt %d, retry in %.1f s): %s", attempts, delay, message)
         if self._abandon.wait(delay):
             raise Abandoned
+
+
+def _wire(offsets: dict[tuple[str, int], int]) -> dict[TopicPartition, OffsetAndMetadata]:
+    return {TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in offsets.items()}
 
 
 def _version() -> str:

@@ -1,0 +1,169 @@
+"""The worker's bookkeeping across consumer-group rebalances, against a fake consumer.
+
+kafka-python 3 keeps the fetch position of a partition assigned back to the same member after an eager
+rebalance (tests/integration/test_kafka_semantics.py checks that against the real broker). So a kept
+partition's taken-but-unstarted messages are never fetched again and must stay in the backlog, and its
+in-flight videos must still hold its commit back; a partition that went elsewhere is forgotten.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from kafka import TopicPartition
+from kafka.consumer.fetcher import ConsumerRecord
+
+from worker.settings import Settings
+from worker.worker import Worker, _Rebalance
+
+TOPIC = "in"
+P0, P1 = TopicPartition(TOPIC, 0), TopicPartition(TOPIC, 1)
+
+
+class FakeConsumer:
+    """Records commits; owns `assignment`; poll returns nothing (the test feeds records to the worker).
+
+    Like kafka-python 3, it refuses a blocking call from inside a rebalance listener (its IO thread)."""
+
+    def __init__(self, assignment: set[TopicPartition]) -> None:
+        self._assignment = set(assignment)
+        self.commits: list[dict[tuple[str, int], int]] = []
+        self.in_listener = False
+
+    def assignment(self) -> set[TopicPartition]:
+        return set(self._assignment)
+
+    def commit(self, offsets: dict[TopicPartition, Any]) -> None:
+        if self.in_listener:
+            raise RuntimeError("Cannot block on net.run() from the IO thread itself")
+        self.commits.append({(tp.topic, tp.partition): meta.offset for tp, meta in offsets.items()})
+
+    async def commit_async(self, offsets: dict[TopicPartition, Any]) -> None:
+        self.commits.append({(tp.topic, tp.partition): meta.offset for tp, meta in offsets.items()})
+
+    def pause(self, *partitions: TopicPartition) -> None:
+        pass
+
+    def resume(self, *partitions: TopicPartition) -> None:
+        pass
+
+    def poll(self, timeout_ms: int) -> dict[TopicPartition, list[ConsumerRecord]]:
+        return {}
+
+    def highwater(self, tp: TopicPartition) -> None:
+        return None
+
+
+class NoExecutor:
+    """Launched jobs stay in flight until the test finishes them."""
+
+    def submit(self, fn: Any, *args: Any) -> None:
+        pass
+
+
+def _record(tp: TopicPartition, offset: int) -> ConsumerRecord:
+    value = b'{"video_id": "v-%d-%d", "bucket": "b", "key": "k.mp4"}' % (tp.partition, offset)
+    return ConsumerRecord(tp.topic, tp.partition, -1, offset, 0, 0, None, value, [], None, -1, len(value), -1)
+
+
+def _worker(max_inflight: int = 2) -> tuple[Worker, FakeConsumer]:
+    worker = Worker(Settings(max_inflight=max_inflight))
+    consumer = FakeConsumer({P0, P1})
+    worker.consumer = consumer  # type: ignore[assignment]
+    worker._executor = NoExecutor()  # type: ignore[assignment]
+    return worker, consumer
+
+
+def _rebalance(worker: Worker, consumer: FakeConsumer, revoked: set[TopicPartition],
+               assigned: set[TopicPartition]) -> None:
+    """Drive the worker's listener as kafka-python does: revoke, then assign (awaited, on the IO thread)."""
+    listener = _Rebalance(worker)
+    consumer.in_listener = True
+    try:
+        asyncio.run(listener.on_partitions_revoked(revoked))
+        consumer._assignment = set(assigned)
+        asyncio.run(listener.on_partitions_assigned(assigned))
+    finally:
+        consumer.in_listener = False
+
+
+def _finish(worker: Worker, tp: TopicPartition, offset: int) -> None:
+    job = next(j for j in worker._active.values() if (j.partition, j.offset) == (tp.partition, offset))
+    worker._done.put(job)
+
+
+def _committed(consumer: FakeConsumer, tp: TopicPartition) -> int | None:
+    """The offset the group holds for `tp` (the worker commits the oldest unfinished offset, so also the
+    first one it reads: that commit restates where the group already is)."""
+    offsets = [c[(tp.topic, tp.partition)] for c in consumer.commits if (tp.topic, tp.partition) in c]
+    return offsets[-1] if offsets else None
+
+
+def _backlog(worker: Worker) -> list[tuple[int, int]]:
+    return [(job.partition, job.offset) for job in worker._backlog]
+
+
+def test_a_kept_partition_keeps_its_backlog_and_its_in_flight_videos_hold_the_commit() -> None:
+    worker, consumer = _worker()
+    for offset in range(4):
+        worker._accept(_record(P0, offset))
+    worker._accept(_record(P1, 0))
+    worker._step(accept=True)  # launches p0@0 and p0@1; p0@2, p0@3, p1@0 wait
+    assert _backlog(worker) == [(0, 2), (0, 3), (1, 0)]
+
+    _rebalance(worker, consumer, {P0, P1}, {P0})
+
+    assert _backlog(worker) == [(0, 2), (0, 3)]  # p1@0 is its new owner's to read from the last commit
+    assert (TOPIC, 1) not in worker.tracker.partitions
+    _finish(worker, P0, 1)
+    worker._step(accept=True)
+    assert _committed(consumer, P0) == 0, "committed past the in-flight p0@0"
+    _finish(worker, P0, 0)
+    worker._step(accept=True)  # frees both slots: p0@2 and p0@3 start
+    assert _committed(consumer, P0) == 2
+    assert _backlog(worker) == []
+    _finish(worker, P0, 2)
+    _finish(worker, P0, 3)
+    worker._step(accept=True)
+    assert _committed(consumer, P0) == 4
+
+
+def test_nothing_starts_and_nothing_is_committed_mid_rebalance() -> None:
+    worker, consumer = _worker(max_inflight=1)
+    worker._accept(_record(P0, 0))
+    worker._accept(_record(P1, 0))
+    worker._step(accept=True)  # p0@0 in flight, p1@0 waits
+    worker._revoked({P0, P1})
+    revoke_commits = len(consumer.commits)
+    _finish(worker, P0, 0)
+    worker._step(accept=True)  # poll returned before the group settled
+    assert len(consumer.commits) == revoke_commits, "committed a partition that may belong to another member"
+    assert _backlog(worker) == [(1, 0)] and not worker._active, "started a video another member may own"
+    worker._assigned({P1})
+    worker._step(accept=True)
+    assert _backlog(worker) == [] and [(j.partition, j.offset) for j in worker._active.values()] == [(1, 0)]
+
+
+def test_revocation_commits_what_is_finished() -> None:
+    worker, consumer = _worker()
+    worker._accept(_record(P0, 0))
+    worker._step(accept=True)
+    _finish(worker, P0, 0)
+    _rebalance(worker, consumer, {P0, P1}, {P1})
+    assert consumer.commits[-1] == {(TOPIC, 0): 1}
+
+
+def test_an_evicted_member_forgets_every_partition_even_one_assigned_back() -> None:
+    worker, consumer = _worker()
+    worker._accept(_record(P0, 0))
+    worker._accept(_record(P0, 1))
+    worker._accept(_record(P1, 0))
+    worker._step(accept=True)
+    before = list(consumer.commits)
+    worker._lost({P0, P1})  # kafka-python drops the positions: everything is read again from the last commit
+    assert _backlog(worker) == [] and worker.tracker.partitions == {}
+    worker._assigned({P0, P1})
+    _finish(worker, P0, 0)  # a video of the old generation finishing later changes no commit
+    worker._step(accept=True)
+    assert consumer.commits == before
