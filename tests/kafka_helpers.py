@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.consumer.fetcher import ConsumerRecord
@@ -32,11 +33,13 @@ def produce(
     values: list[bytes],
     keys: list[bytes | None] | None = None,
     headers: list[tuple[str, bytes]] | None = None,
+    **security: Any,
 ) -> None:
-    """Send `values` (optionally keyed, all sharing `headers`) with acks=all; raise if any send fails."""
+    """Send `values` (optionally keyed, all sharing `headers`) with acks=all; raise if any send fails.
+    `security`: kafka-python TLS options (security_protocol, ssl_cafile, ...), plaintext without."""
     if keys is not None and len(keys) != len(values):
         raise ValueError("keys and values differ in length")
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", **security)
     try:
         futures = [
             producer.send(topic, value=value, key=keys[i] if keys else None, headers=headers)

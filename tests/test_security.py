@@ -1,18 +1,18 @@
 """Security properties: secrets never leak, temp files are private and always removed, the HTTP endpoints serve
 nothing else and bind where told, TLS and SASL settings reach kafka-python, the images run as non-root.
 
-TLS end to end against the bundled broker cannot be tested (Tansu 0.6 cannot serve TLS), so the TLS and SASL
-tests use a tiny TLS server made here, with a CA and certificates made with `cryptography`, that speaks just
-enough Kafka (ApiVersions v0, SaslHandshake, SaslAuthenticate) to record what the client sent.
+The TLS and SASL tests here use a tiny TLS server (the handshake of tests/tls_front.py, certificates from
+tests/pki.py) that speaks just enough Kafka (ApiVersions v0, SaslHandshake, SaslAuthenticate) to record what the
+client sent, host-name checking included. TLS end to end with a real worker and the real broker (Tansu behind a
+TLS-terminating front, as Tansu 0.6 cannot serve TLS) is in tests/integration/test_tls.py; SASL against a broker
+cannot be shown (Tansu has no SASL).
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
-import datetime
 import http.client
-import ipaddress
 import json
 import logging
 import os
@@ -31,16 +31,14 @@ from typing import Any
 import boto3
 import botocore.config
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from kafka import KafkaConsumer, KafkaProducer
 
 from models.errors import InputError
 from tests.fault.helpers import AnswerCollector, StallingProxy, request, tiny_clips
 from tests.integration.worker_process import SECRET_KEY, WorkerProcess
 from tests.kafka_helpers import Topics, produce
+from tests.pki import SSL_PASSWORD, client_tls_settings, make_pki
+from tests.tls_front import TLSFront
 from worker.health import HealthServer
 from worker.localstack import KafkaBroker, S3Server
 from worker.metrics import Metrics
@@ -50,7 +48,6 @@ from worker.worker import kafka_security
 
 ROOT = Path(__file__).resolve().parents[1]
 SASL_PASSWORD = "planted-sasl-password-Q7x9"
-SSL_PASSWORD = "planted-ssl-key-password-K3m1"
 
 
 def _variants(secret: str) -> list[str]:
@@ -315,113 +312,18 @@ def test_endpoints_bind_to_the_chosen_address(bind: str, other: str) -> None:
 
 # TLS and SASL settings reach kafka-python ----------------------------------------------------------------
 
-def _ca(name: str) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(hours=2))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                                         content_commitment=False, key_encipherment=False, data_encipherment=False,
-                                         key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
-            .sign(key, hashes.SHA256()))
-    return key, cert
-
-
-def _issue(ca: tuple[ec.EllipticCurvePrivateKey, x509.Certificate], name: str, server: bool,
-           hosts: tuple[str, ...] = ("localhost", "127.0.0.1")) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.UTC)
-    usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
-    builder = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-               .issuer_name(ca[1].subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
-               .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(hours=2))
-               .add_extension(x509.ExtendedKeyUsage([usage]), critical=False))
-    if server:
-        names: list[x509.GeneralName] = []
-        for host in hosts:
-            try:
-                names.append(x509.IPAddress(ipaddress.ip_address(host)))
-            except ValueError:
-                names.append(x509.DNSName(host))
-        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
-    return key, builder.sign(ca[0], hashes.SHA256())
-
-
-def _write(path: Path, cert: x509.Certificate | None = None, key: Any = None, password: str | None = None) -> str:
-    if cert is not None:
-        path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    else:
-        encryption = (serialization.BestAvailableEncryption(password.encode()) if password
-                      else serialization.NoEncryption())
-        path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption))
-        path.chmod(0o600)
-    return str(path)
-
-
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """Our CA; a broker certificate for localhost/127.0.0.1 and a client certificate (password-protected key)
-    signed by it; a second CA and a broker certificate from it, which clients of our CA must refuse; and a
-    certificate of our CA for another host name."""
-    d = tmp_path_factory.mktemp("pki")
-    ca, rogue = _ca("videotag-test-ca"), _ca("rogue-ca")
-    broker, client = _issue(ca, "broker", server=True), _issue(ca, "videotag-client", server=False)
-    rogue_broker = _issue(rogue, "broker", server=True)
-    elsewhere = _issue(ca, "elsewhere", server=True, hosts=("kafka.example.com",))
-    return {
-        "ca": _write(d / "ca.pem", ca[1]),
-        "broker_cert": _write(d / "broker.pem", broker[1]), "broker_key": _write(d / "broker.key", key=broker[0]),
-        "client_cert": _write(d / "client.pem", client[1]),
-        "client_key": _write(d / "client.key", key=client[0], password=SSL_PASSWORD),
-        "rogue_cert": _write(d / "rogue.pem", rogue_broker[1]),
-        "rogue_key": _write(d / "rogue.key", key=rogue_broker[0]),
-        "elsewhere_cert": _write(d / "elsewhere.pem", elsewhere[1]),
-        "elsewhere_key": _write(d / "elsewhere.key", key=elsewhere[0]),
-    }
+    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
-class TinyTLSKafka:
-    """A TLS-only listener that speaks just enough Kafka to take a client through ApiVersions (v0) and SASL
-    (SaslHandshake v1, SaslAuthenticate v0), then hangs up on the first other request. Records events:
-    ("tls", peer CN) after a handshake, ("tls_error", reason), ("request", api_key), ("sasl", [authzid, user,
-    password])."""
+class TinyTLSKafka(TLSFront):
+    """A TLS-only listener (the front's handshake) that speaks just enough Kafka to take a client through
+    ApiVersions (v0) and SASL (SaslHandshake v1, SaslAuthenticate v0), then hangs up on the first other
+    request. Records, besides the front's events, ("request", api_key) and ("sasl", [authzid, user, password])."""
 
-    def __init__(self, cert: str, key: str, client_ca: str | None) -> None:
-        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self.context.load_cert_chain(cert, key)
-        if client_ca:  # mutual TLS: a client without a certificate of our CA fails the handshake
-            self.context.load_verify_locations(client_ca)
-            self.context.verify_mode = ssl.CERT_REQUIRED
-        self.events: list[tuple[Any, ...]] = []
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self._listener.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def close(self) -> None:
-        self._listener.close()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self._listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    def _serve(self, conn: socket.socket) -> None:
-        conn.settimeout(10)
-        try:
-            tls = self.context.wrap_socket(conn, server_side=True)
-        except (ssl.SSLError, OSError) as exc:
-            self.events.append(("tls_error", type(exc).__name__, str(exc)[:120]))
-            conn.close()
-            return
-        peer = tls.getpeercert() or {}
-        self.events.append(("tls", dict(item[0] for item in peer.get("subject", ())).get("commonName")))
-        try:
+    def _session(self, tls: ssl.SSLSocket) -> None:
+        with contextlib.suppress(struct.error):
             while (frame := self._read_frame(tls)) is not None:
                 api_key, version, correlation = struct.unpack_from(">hhi", frame)
                 client_id_len = struct.unpack_from(">h", frame, 8)[0]
@@ -444,10 +346,6 @@ class TinyTLSKafka:
                 else:
                     return
                 tls.sendall(struct.pack(">i", len(reply)) + reply)
-        except (OSError, struct.error):
-            pass
-        finally:
-            tls.close()
 
     @staticmethod
     def _read_frame(sock: ssl.SSLSocket) -> bytes | None:
@@ -461,9 +359,6 @@ class TinyTLSKafka:
             if size is None and len(data) >= 4:
                 size = struct.unpack(">i", data[:4])[0] + 4
         return data[4:size]
-
-    def kinds(self) -> list[str]:
-        return [event[0] for event in self.events]
 
 
 @contextlib.contextmanager
@@ -487,8 +382,7 @@ def _connect(kind: type, port: int, security: dict[str, Any], host: str = "127.0
 
 
 def _settings(pki: dict[str, str], **values: Any) -> Settings:
-    return Settings(ssl_cafile=pki["ca"], ssl_certfile=pki["client_cert"], ssl_keyfile=pki["client_key"],
-                    ssl_password=SSL_PASSWORD, **values)
+    return Settings(**(client_tls_settings(pki) | values))
 
 
 def test_kafka_security_passes_every_setting() -> None:

@@ -48,14 +48,15 @@ class Answer:
 
 
 class AnswerCollector:
-    """Reads the output and DLQ topics from the start in a background thread (no group), until closed."""
+    """Reads the output and DLQ topics from the start in a background thread (no group), until closed;
+    `security`: kafka-python TLS options, plaintext without."""
 
-    def __init__(self, bootstrap: str, topics: Topics) -> None:
+    def __init__(self, bootstrap: str, topics: Topics, **security: Any) -> None:
         self.answers: list[Answer] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest",
-                                       enable_auto_commit=False, request_timeout_ms=10000)
+                                       enable_auto_commit=False, request_timeout_ms=10000, **security)
         self._consumer.assign([TopicPartition(topics.output, 0), TopicPartition(topics.dlq, 0)])
         self._dlq = topics.dlq
         self._thread = threading.Thread(target=self._run, name="answers", daemon=True)
@@ -116,7 +117,33 @@ def sample_metric(text: str, name: str, labels: str = "") -> float:
     return 0.0
 
 
-class StallingProxy:
+class LoopbackServer:
+    """A listener on a free loopback port whose accept thread hands every connection to `_handle` (which
+    starts its own threads) until `close()`. Subclasses set their attributes before calling __init__."""
+
+    def __init__(self, name: str) -> None:
+        self._closed = threading.Event()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self._listener.getsockname()[1]
+        threading.Thread(target=self._accept, name=f"{name}-accept", daemon=True).start()
+
+    def close(self) -> None:
+        self._closed.set()
+        self._listener.close()
+
+    def _accept(self) -> None:
+        while not self._closed.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return
+            self._handle(conn)
+
+    def _handle(self, conn: socket.socket) -> None:
+        raise NotImplementedError
+
+
+class StallingProxy(LoopbackServer):
     """A loopback TCP proxy in front of an S3 server that can stall responses to chosen object keys.
 
     `rules` maps a fragment of the request path to a mode, checked for every chunk of the response:
@@ -133,10 +160,7 @@ class StallingProxy:
         self.rules: dict[str, str] = {}
         self.held: list[str] = []  # paths whose response was held at least once
         self._lock = threading.Lock()
-        self._closed = threading.Event()
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self._listener.getsockname()[1]
-        threading.Thread(target=self._accept, name="proxy-accept", daemon=True).start()
+        super().__init__("proxy")
 
     @property
     def endpoint_url(self) -> str:
@@ -154,23 +178,14 @@ class StallingProxy:
         with self._lock:
             return next((mode for fragment, mode in self.rules.items() if fragment in path), "pass")
 
-    def close(self) -> None:
-        self._closed.set()
-        self._listener.close()
-
-    def _accept(self) -> None:
-        while not self._closed.is_set():
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return
-            try:
-                upstream = socket.create_connection(("127.0.0.1", self.upstream_port), timeout=5)
-            except OSError:
-                client.close()
-                continue
-            upstream.settimeout(None)
-            _Connection(self, client, upstream).start()
+    def _handle(self, client: socket.socket) -> None:
+        try:
+            upstream = socket.create_connection(("127.0.0.1", self.upstream_port), timeout=5)
+        except OSError:
+            client.close()
+            return
+        upstream.settimeout(None)
+        _Connection(self, client, upstream).start()
 
 
 class _Connection:
