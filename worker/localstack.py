@@ -125,7 +125,25 @@ def _http_get(url: str) -> bytes | None:
         return None
 
 
-class _ChildProcess:
+class _Started:
+    """`with x:` starts x and stops it whatever happens."""
+
+    def start(self, timeout: float = 30) -> Self:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+class _ChildProcess(_Started):
     """Start/stop/kill of one server binary in its own process group, logging to a file."""
 
     name = "server"
@@ -201,17 +219,6 @@ class _ChildProcess:
         tail = self._log_tail()
         self.kill()
         return RuntimeError(f"{self.name} {why}; log {self._log_path} ends with:\n{tail}")
-
-    def start(self, timeout: float = 30) -> Self:
-        raise NotImplementedError
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
 
 class S3Server(_ChildProcess):
@@ -458,7 +465,7 @@ class KafkaBroker(_ChildProcess):
             admin.close()
 
 
-class LocalStack:
+class LocalStack(_Started):
     """An S3 server plus a memory-backed broker in a temp dir this object owns and deletes on `stop()`."""
 
     def __init__(self, *, access_key: str | None = None, secret_key: str | None = None) -> None:
@@ -503,11 +510,3 @@ class LocalStack:
             finally:
                 shutil.rmtree(self.root, ignore_errors=True)
                 _OWNED_DIRS.discard(self.root)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
