@@ -28,6 +28,7 @@ import os
 import shutil
 import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -229,12 +230,12 @@ def _is_current(target: Path, meta: dict[str, Any]) -> bool:
         return False
 
 
-def export(layer: paddle.nn.Layer, target: Path, input_shape: list[int | None], input_name: str,
-           meta: dict[str, Any]) -> Path:
+def export(layer: paddle.nn.Layer | Callable[[], paddle.nn.Layer], target: Path, input_shape: list[int | None],
+           input_name: str, meta: dict[str, Any]) -> Path:
     """`paddle.jit.save` the layer into `target`, atomically: a temporary sibling renamed into place.
 
     A current export already at `target` is reused (returned untouched); a stale one (other Paddle version,
-    other input shape) is replaced.
+    other input shape) is replaced. `layer` may be a function that makes it, called only when an export is due.
     """
     global export_count
     if _is_current(target, meta):
@@ -243,7 +244,8 @@ def export(layer: paddle.nn.Layer, target: Path, input_shape: list[int | None], 
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
         spec = paddle.static.InputSpec(list(input_shape), "float32", input_name)  # (it rewrites the list)
-        paddle.jit.save(layer, str(tmp / MODEL_STEM), input_spec=[spec])
+        made = layer if isinstance(layer, paddle.nn.Layer) else layer()
+        paddle.jit.save(made, str(tmp / MODEL_STEM), input_spec=[spec])
         (tmp / META_FILE).write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
         export_count += 1
         tmp.chmod(0o755)  # mkdtemp makes it private; the cache may be shared by users of one machine
@@ -280,13 +282,15 @@ def weights_key(weights: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in weights)[:64]
 
 
-def inference_engines(extractor_layer: paddle.nn.Layer, predictor_layer: paddle.nn.Layer, digest: str,
+def inference_engines(extractor_layer: paddle.nn.Layer | Callable[[], paddle.nn.Layer],
+                      predictor_layer: paddle.nn.Layer, digest: str,
                       seg_num: int, layers: int, cache_dir: str | Path, device: str = "cpu",
                       precision: str = "fp32", threads: int | None = None, tensorrt: bool = False,
                       *, predictor_backend: str = "dygraph", max_batch: int = DEFAULT_MAX_BATCH,
                       chunk: int | None = None, feature_size: int = 2048,
                       image_size: int = 224) -> tuple[Engine, Engine]:
-    """(extractor, predictor) engines for loaded layers, exporting them to `cache_dir` unless cached.
+    """(extractor, predictor) engines for loaded layers, exporting them to `cache_dir` unless cached (so the
+    extractor may be given as a function that loads it, called only for an export).
 
     `digest` names the weights (a file digest or a random-weights key). The extractor always runs on Paddle
     Inference. The predictor runs eagerly by default (`predictor_backend="dygraph"`): exported, its

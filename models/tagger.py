@@ -17,7 +17,7 @@ from models.labels import Tag, load_labels, top_k
 from models.preprocess import make_transform, normalise
 from models.resnet import tsn_resnet
 from models.video import SampledVideo, read_video
-from models.weights import file_digest, load_into, randomize
+from models.weights import file_digest, find_params, load_into, randomize
 
 RANDOM_WEIGHTS = "random-untrained"
 RANDOM_SEED = 0
@@ -125,17 +125,24 @@ def build_tagger(
         labels = [f"untrained-tag-{i}" for i in range(pcfg.num_classes)]
     else:
         labels = load_labels(label_file, pcfg.num_classes)
-    extractor = tsn_resnet(ecfg.layers)
     predictor = attention_lstm(pcfg.feature_size, pcfg.embedding_size, pcfg.lstm_size, pcfg.num_classes,
                                pcfg.dropout_rate)
     if allow_random_weights:
-        randomize(extractor, RANDOM_SEED)
+        random_extractor = tsn_resnet(ecfg.layers)
+        randomize(random_extractor, RANDOM_SEED)
         randomize(predictor, RANDOM_SEED + 1)
         weights = RANDOM_WEIGHTS
+
+        def extractor() -> paddle.nn.Layer:
+            return random_extractor
     else:
-        files = [load_into(extractor, extractor_weights, "tsn"),
-                 load_into(predictor, predictor_weights, "attention_lstm")]
-        weights = "sha256:" + file_digest(files)
+        extractor_file = find_params(extractor_weights, "tsn")
+        weights = "sha256:" + file_digest([extractor_file, load_into(predictor, predictor_weights, "attention_lstm")])
+
+        def extractor() -> paddle.nn.Layer:  # not needed at all when its export is cached (~2 s of a start)
+            layer = tsn_resnet(ecfg.layers)
+            load_into(layer, extractor_file, "tsn")
+            return layer
     info = {
         "extractor": f"TSN-ResNet{ecfg.layers}",
         "predictor": "AttentionLSTM",
@@ -146,15 +153,17 @@ def build_tagger(
         "precision": precision,
         "paddle": paddle.__version__,
     }
-    extractor_engine: Engine = DygraphEngine(extractor)
+    extractor_engine: Engine
     predictor_engine: Engine = DygraphEngine(predictor)
     if engine == "inference":
         from models.inference import inference_engines, random_weights_key
 
-        key = random_weights_key([extractor, predictor], RANDOM_SEED) if allow_random_weights else weights
+        key = random_weights_key([extractor(), predictor], RANDOM_SEED) if allow_random_weights else weights
         extractor_engine, predictor_engine = inference_engines(
             extractor, predictor, key, ecfg.seg_num, ecfg.layers, cache_dir, device, precision, threads, tensorrt,
             max_batch=batch_size)
+    else:
+        extractor_engine = DygraphEngine(extractor())
     return VideoTagger(ecfg, pcfg, extractor_engine, predictor_engine, labels,
                        preprocess=preprocess, batch_size=batch_size, max_width=max_width,
                        max_height=max_height, info=info)

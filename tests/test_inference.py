@@ -15,6 +15,7 @@ import paddle
 import pytest
 
 from models import inference
+from models import tagger as tagger_module
 from models.config import ExtractorConfig
 from models.inference import (
     EngineOptionsError,
@@ -143,14 +144,21 @@ def test_called_from_another_thread(engine_tagger: VideoTagger, frames: np.ndarr
 
 
 @pytest.mark.slow
-def test_export_cache_is_reused(r50_weights: Path, cache_dir: Path, engine_tagger: VideoTagger) -> None:
+def test_export_cache_is_reused(r50_weights: Path, cache_dir: Path, engine_tagger: VideoTagger,
+                                monkeypatch: pytest.MonkeyPatch) -> None:
     key = weights_key(engine_tagger.info["weights"])
     entry = cache_entry(cache_dir, key, "extractor", 50)
     program, params = inference.model_files(entry)
     stamps = (program.stat().st_mtime_ns, params.stat().st_mtime_ns)
     count = inference.export_count
+    loaded: list[str] = []
+    load_into = tagger_module.load_into
+    monkeypatch.setattr(tagger_module, "load_into", lambda model, location, stem: loaded.append(stem) or load_into(
+        model, location, stem))
     again = _build(r50_weights, cache_dir, "inference")
     assert inference.export_count == count, "the second build exported again"
+    assert loaded == ["attention_lstm"], "the extractor's weights were loaded though its export is cached"
+    assert again.info["weights"] == engine_tagger.info["weights"]
     assert (program.stat().st_mtime_ns, params.stat().st_mtime_ns) == stamps
     assert not [p for p in cache_dir.iterdir() if p.name.startswith(".")], "a temporary export was left behind"
     assert again.info["engine"] == "inference"
