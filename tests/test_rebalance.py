@@ -100,6 +100,10 @@ def _committed(consumer: FakeConsumer, tp: TopicPartition) -> int | None:
     return offsets[-1] if offsets else None
 
 
+def _sample(worker: Worker, name: str, labels: dict[str, str] | None = None) -> float | None:
+    return worker.metrics.registry.get_sample_value(name, labels or {})
+
+
 def _backlog(worker: Worker) -> list[tuple[int, int]]:
     return [(job.partition, job.offset) for job in worker._backlog]
 
@@ -115,6 +119,8 @@ def test_a_kept_partition_keeps_its_backlog_and_its_in_flight_videos_hold_the_co
     _rebalance(worker, consumer, {P0, P1}, {P0})
 
     assert _backlog(worker) == [(0, 2), (0, 3)]  # p1@0 is its new owner's to read from the last commit
+    assert _sample(worker, "videotag_rebalances_total", {"kind": "assigned"}) == 1
+    assert _sample(worker, "videotag_assigned_partitions") == 1
     assert (TOPIC, 1) not in worker.tracker.partitions
     _finish(worker, P0, 1)
     worker._step(accept=True)
@@ -163,6 +169,8 @@ def test_an_evicted_member_forgets_every_partition_even_one_assigned_back() -> N
     before = list(consumer.commits)
     worker._lost({P0, P1})  # kafka-python drops the positions: everything is read again from the last commit
     assert _backlog(worker) == [] and worker.tracker.partitions == {}
+    assert _sample(worker, "videotag_rebalances_total", {"kind": "lost"}) == 1
+    assert _sample(worker, "videotag_assigned_partitions") == 0
     worker._assigned({P0, P1})
     _finish(worker, P0, 0)  # a video of the old generation finishing later changes no commit
     worker._step(accept=True)

@@ -47,6 +47,14 @@ class Metrics:
             "Messages behind the partition's high watermark (fetch high watermark minus position).",
             ["topic", "partition"], registry=r,
         )
+        self.rebalances = Counter(
+            "videotag_rebalances",
+            "Consumer-group rebalances this worker went through: assigned (one completed) or lost (evicted).",
+            ["kind"], registry=r,
+        )
+        self.assigned_partitions = Gauge(
+            "videotag_assigned_partitions", "Input-topic partitions assigned to this worker.", registry=r
+        )
         self.video_bytes = Histogram(
             "videotag_video_bytes", "Size of fetched video objects.", buckets=BYTES_BUCKETS, registry=r
         )
@@ -60,6 +68,8 @@ class Metrics:
             self.stage_seconds.labels(stage=stage)
         for status in ("ok", "dlq"):
             self.videos_processed.labels(status=status)
+        for kind in ("assigned", "lost"):
+            self.rebalances.labels(kind=kind)
 
     def set_build_info(self, version: str) -> None:
         self.build_info.info({"version": version, "python": platform.python_version()})

@@ -285,6 +285,8 @@ class Worker:
         kept = {(tp.topic, tp.partition) for tp in assigned}
         self._forget(self._revoking - kept)
         self._revoking = set()
+        self.metrics.rebalances.labels(kind="assigned").inc()
+        self.metrics.assigned_partitions.set(len(kept))
         log.info("assigned %s", sorted(f"{t}[{p}]" for t, p in kept))
 
     def _lost(self, lost: set[TopicPartition]) -> None:
@@ -293,6 +295,8 @@ class Worker:
         self._apply_done()
         self._forget(self._revoking | {(tp.topic, tp.partition) for tp in lost})
         self._revoking = set()
+        self.metrics.rebalances.labels(kind="lost").inc()
+        self.metrics.assigned_partitions.set(0)
 
     def _forget(self, gone: set[tuple[str, int]]) -> None:
         """Another member owns these now and starts from their last commit: drop their unstarted messages;

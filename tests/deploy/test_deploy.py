@@ -671,7 +671,7 @@ def test_promql_metric_extraction(expr: str, expected: set[str]) -> None:
 def test_live_scrape_has_the_contract(exported: set[str]) -> None:
     assert {"videotag_videos_processed_total", "videotag_failures_total", "videotag_stage_seconds_bucket",
             "videotag_end_to_end_seconds_bucket", "videotag_consumer_lag", "videotag_inflight_videos",
-            "videotag_ready"} <= exported
+            "videotag_ready", "videotag_rebalances_total", "videotag_assigned_partitions"} <= exported
     assert not any(n.endswith("_created") for n in exported)
     assert unknown_metrics({"videotag_videos_processed", "videotag_stage_seconds"}, exported) == {
         "videotag_videos_processed", "videotag_stage_seconds"}, "family names without suffix are not samples"
