@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,12 +45,16 @@ class VideoTagger:
     max_width: int = 7680
     max_height: int = 4320
     info: dict[str, Any] = field(default_factory=dict)
+    # (path, seg_num, name) → SampledVideo in place of read_video here, e.g. models.decoder_process
+    sampler: Callable[[str | Path, int, str | None], SampledVideo] | None = None
 
     def __post_init__(self) -> None:
         cfg = self.extractor_config
         self.transform = make_transform(self.preprocess, cfg.short_size, cfg.target_size)
 
     def sample(self, path: str | Path, seg_num: int | None = None, name: str | None = None) -> SampledVideo:
+        if self.sampler is not None:
+            return self.sampler(path, seg_num or self.extractor_config.seg_num, name)
         return read_video(path, seg_num or self.extractor_config.seg_num, self.transform,
                           self.max_width, self.max_height, name=name)
 

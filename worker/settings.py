@@ -80,6 +80,7 @@ class Settings:
     retry_backoff_max_s: float = 30.0
     drain_grace_s: float = 120.0
     stuck_after_s: float = 900.0
+    decode_timeout_s: float = 600.0
     metrics_host: str = "0.0.0.0"
     metrics_port: int = 9100
     log_level: str = "INFO"

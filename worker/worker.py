@@ -29,6 +29,7 @@ from kafka import AsyncConsumerRebalanceListener, KafkaConsumer, KafkaProducer, 
 from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
+from models.decoder_process import isolate_decoding
 from models.errors import InputError
 from models.tagger import VideoTagger
 from worker.health import HealthServer
@@ -127,6 +128,8 @@ class Worker:
         self.metrics.model_info.info({k: str(v) for k, v in tagger.info.items()})
         self._model_thread.start()
         self._tagger = share_engines(tagger, self._model_thread)
+        if s.decode_timeout_s > 0:  # a crashing or hanging decoder costs one video, not the worker
+            self._tagger = isolate_decoding(self._tagger, s.decode_timeout_s)
         self.fetcher = ObjectFetcher(
             make_client(s.s3_endpoint_url, s.s3_region, s.s3_connect_timeout_s, s.s3_read_timeout_s),
             s.temp_dir, s.max_object_bytes, TempBudget(s.temp_dir_max_bytes),
