@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from tests.integration.worker_process import SpawnWorker, WorkerProcess
 from tests.kafka_helpers import Topics, unique_name
 from worker.localstack import KafkaBroker, S3Server
 
@@ -48,3 +50,19 @@ def topics(kafka_broker: KafkaBroker) -> Topics:
 @pytest.fixture
 def unique_group_id() -> str:
     return unique_name("group")
+
+
+@pytest.fixture
+def spawn(tmp_path: Path) -> Iterator[SpawnWorker]:
+    """spawn(broker, s3, topics, group_id, **settings) → a started `videotag worker` process (SIGKILLed at the
+    end of the test whatever happens)."""
+    started: list[WorkerProcess] = []
+
+    def start(broker: KafkaBroker, s3: S3Server, topics: Topics, group_id: str, **settings: str) -> WorkerProcess:
+        worker = WorkerProcess(tmp_path, broker, s3, topics, group_id, **settings)
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in started:
+        worker.close()

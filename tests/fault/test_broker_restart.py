@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.fault.conftest import SpawnWorker
 from tests.fault.helpers import AnswerCollector, request
+from tests.integration.worker_process import SpawnWorker
 from tests.kafka_helpers import Topics, produce, unique_name
 from worker.localstack import KafkaBroker, S3Server
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.fault.conftest import SpawnWorker
 from tests.fault.helpers import AnswerCollector, StallingProxy, request
+from tests.integration.worker_process import SpawnWorker
 from tests.kafka_helpers import Topics, produce
 from worker.localstack import KafkaBroker, S3Server
 

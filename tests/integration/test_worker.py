@@ -6,14 +6,14 @@ import json
 import signal
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import jsonschema
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
-from tests.integration.worker_process import SECRET_KEY, WorkerProcess
+from tests.integration.worker_process import SECRET_KEY, SpawnWorker, WorkerProcess
 from tests.kafka_helpers import Topics, consume_all, produce
 from worker import messages
 from worker.demo import make_clips
@@ -29,18 +29,10 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 
 
 @pytest.fixture
-def workers(tmp_path: Path, kafka_broker: KafkaBroker, s3_server: S3Server, topics: Topics,
-            unique_group_id: str) -> Iterator:
-    started: list[WorkerProcess] = []
-
-    def start(**settings: str) -> WorkerProcess:
-        worker = WorkerProcess(tmp_path, kafka_broker, s3_server, topics, unique_group_id, **settings)
-        started.append(worker)
-        return worker
-
-    yield start
-    for worker in started:
-        worker.close()
+def workers(spawn: SpawnWorker, kafka_broker: KafkaBroker, s3_server: S3Server, topics: Topics,
+            unique_group_id: str) -> Callable[..., WorkerProcess]:
+    """workers(**settings) → a worker process on this test's topics and group."""
+    return lambda **settings: spawn(kafka_broker, s3_server, topics, unique_group_id, **settings)
 
 
 def _request(video_id: str, bucket: str, key: str) -> bytes:

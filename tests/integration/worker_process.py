@@ -10,6 +10,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 from tests.kafka_helpers import FAST_GROUP_CONFIG, Topics
@@ -84,3 +85,6 @@ class WorkerProcess:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(10)
         self._log.close()
+
+
+SpawnWorker = Callable[..., WorkerProcess]  # the `spawn` fixture (tests/conftest.py)
