@@ -20,7 +20,7 @@ lint: setup
 	$(BIN)/ruff check .
 
 test: lint
-	$(BIN)/python -m pytest -q -p no:cacheprovider $(ARGS)
+	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=15 $(ARGS)
 
 chaos: setup
 	$(BIN)/python -m pytest -q -s -p no:cacheprovider -m chaos tests/fault
