@@ -46,6 +46,9 @@ class Settings:
     session_timeout_ms: int = 45000
     heartbeat_interval_ms: int = 3000
     max_poll_interval_ms: int = 300000
+    group_instance_id: str | None = None  # static membership; unset: $POD_NAME when set (see load_settings)
+    leave_group_on_stop: bool = True
+    partition_assignment_strategy: str = "range"
     # S3
     s3_endpoint_url: str | None = None
     s3_region: str | None = None
