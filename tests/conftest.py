@@ -1,15 +1,20 @@
-"""Session-wide real servers (SeaweedFS S3, Tansu broker) on free loopback ports, plus per-test names."""
+"""Session-wide real servers (SeaweedFS S3, Apache Kafka) on free loopback ports, plus per-test names.
+
+Without Java or Maven the Kafka tests skip, saying why; under CI (CI=true) that is a failure instead, so a
+machine that lost its JDK cannot turn the Kafka suites green by skipping them."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.apache_kafka import ApacheKafka, KafkaUnavailable
 from tests.integration.worker_process import SpawnWorker, WorkerProcess
 from tests.kafka_helpers import Topics, unique_name
-from worker.localstack import KafkaBroker, S3Server
+from worker.localstack import KafkaServer, S3Server
 
 
 @pytest.fixture(scope="session")
@@ -22,12 +27,22 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
 
 
 @pytest.fixture(scope="session")
-def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
-    broker = KafkaBroker(tmp_path_factory.mktemp("kafka")).start()
+def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaServer]:
+    broker = apache_kafka(tmp_path_factory.mktemp("kafka"))
     try:
         yield broker
     finally:
         broker.stop()
+
+
+def apache_kafka(data_dir: Path, properties: dict[str, str] | None = None) -> ApacheKafka:
+    """A started Apache Kafka; skips the test (fails it under CI) where Java or Maven is missing."""
+    try:
+        return ApacheKafka(data_dir, properties).start()
+    except KafkaUnavailable as exc:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"Apache Kafka is required under CI: {exc}")
+        pytest.skip(f"Apache Kafka unavailable: {exc}")
 
 
 @pytest.fixture
@@ -39,7 +54,7 @@ def bucket(s3_server: S3Server) -> str:
 
 
 @pytest.fixture
-def topics(kafka_broker: KafkaBroker) -> Topics:
+def topics(kafka_broker: KafkaServer) -> Topics:
     """Fresh input (3 partitions), output and dlq topics on the session broker."""
     names = Topics(input=unique_name("in"), output=unique_name("out"), dlq=unique_name("dlq"))
     kafka_broker.create_topics([names.input], partitions=3)
@@ -58,7 +73,7 @@ def spawn(tmp_path: Path) -> Iterator[SpawnWorker]:
     end of the test whatever happens)."""
     started: list[WorkerProcess] = []
 
-    def start(broker: KafkaBroker, s3: S3Server, topics: Topics, group_id: str, **settings: str) -> WorkerProcess:
+    def start(broker: KafkaServer, s3: S3Server, topics: Topics, group_id: str, **settings: str) -> WorkerProcess:
         worker = WorkerProcess(tmp_path, broker, s3, topics, group_id, **settings)
         started.append(worker)
         return worker

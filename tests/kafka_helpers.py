@@ -1,4 +1,4 @@
-"""Small Kafka helpers for tests that talk to the Tansu broker started by `tests/conftest.py`."""
+"""Small Kafka helpers for tests that talk to the broker started by `tests/conftest.py`."""
 
 from __future__ import annotations
 
@@ -9,9 +9,6 @@ from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.consumer.fetcher import ConsumerRecord
-
-# Tansu answers JoinGroup only after ~session_timeout/2; kafka-python's 45 s default means 23 s joins.
-FAST_GROUP_CONFIG: dict[str, int] = dict(session_timeout_ms=6000, heartbeat_interval_ms=1000)
 
 
 @dataclass(frozen=True)
@@ -58,9 +55,8 @@ def consume_all(bootstrap: str, topic: str, expected: int, timeout: float) -> li
         topic,
         bootstrap_servers=bootstrap,
         group_id=unique_name("consume-all"),
-        auto_offset_reset="earliest",  # 'latest' is unreliable on Tansu (broken end offsets)
+        auto_offset_reset="earliest",
         enable_auto_commit=False,
-        **FAST_GROUP_CONFIG,
     )
     records: list[ConsumerRecord] = []
     deadline = time.monotonic() + timeout

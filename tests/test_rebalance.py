@@ -21,6 +21,14 @@ TOPIC = "in"
 P0, P1 = TopicPartition(TOPIC, 0), TopicPartition(TOPIC, 1)
 
 
+class FakeCoordinator:
+    def __init__(self) -> None:
+        self.generation_id = 1
+
+    def group_metadata(self) -> FakeCoordinator:
+        return self
+
+
 class FakeConsumer:
     """Records commits; owns `assignment`; poll returns nothing (the test feeds records to the worker).
 
@@ -28,6 +36,7 @@ class FakeConsumer:
 
     def __init__(self, assignment: set[TopicPartition]) -> None:
         self._assignment = set(assignment)
+        self._coordinator = FakeCoordinator()
         self.commits: list[dict[tuple[str, int], int]] = []
         self.in_listener = False
 
@@ -67,10 +76,11 @@ def _record(tp: TopicPartition, offset: int) -> ConsumerRecord:
     return ConsumerRecord(tp.topic, tp.partition, -1, offset, 0, 0, None, value, [], None, -1, len(value), -1)
 
 
-def _worker(max_inflight: int = 2) -> tuple[Worker, FakeConsumer]:
-    worker = Worker(Settings(max_inflight=max_inflight))
+def _worker(max_inflight: int = 2, strategy: str = "range") -> tuple[Worker, FakeConsumer]:
+    worker = Worker(Settings(max_inflight=max_inflight, partition_assignment_strategy=strategy))
     consumer = FakeConsumer({P0, P1})
     worker.consumer = consumer  # type: ignore[assignment]
+    worker._not_connected = None
     worker._executor = NoExecutor()  # type: ignore[assignment]
     return worker, consumer
 
@@ -175,3 +185,61 @@ def test_an_evicted_member_forgets_every_partition_even_one_assigned_back() -> N
     _finish(worker, P0, 0)  # a video of the old generation finishing later changes no commit
     worker._step(accept=True)
     assert consumer.commits == before
+
+
+def _cooperative_rebalance(worker: Worker, consumer: FakeConsumer, revoked: set[TopicPartition],
+                           added: set[TopicPartition]) -> None:
+    """As kafka-python does under a cooperative assignor: the new assignment is in place first, then "revoked"
+    with what moved away (if anything), then "assigned" with what was added (only if anything was)."""
+    listener = _Rebalance(worker)
+    consumer._assignment = (consumer._assignment - revoked) | added
+    consumer.in_listener = True
+    try:
+        if revoked:
+            asyncio.run(listener.on_partitions_revoked(revoked))
+        if added:
+            asyncio.run(listener.on_partitions_assigned(added))
+    finally:
+        consumer.in_listener = False
+
+
+def test_a_cooperative_rebalance_that_only_removes_partitions_leaves_nothing_waiting() -> None:
+    worker, consumer = _worker(max_inflight=1, strategy="cooperative-sticky")
+    worker._accept(_record(P0, 0))
+    worker._accept(_record(P0, 1))
+    worker._accept(_record(P1, 0))
+    worker._step(accept=True)  # p0@0 in flight; p0@1 and p1@0 wait
+    _finish(worker, P0, 0)
+    _cooperative_rebalance(worker, consumer, revoked={P1}, added=set())  # "assigned" is never called
+    assert _backlog(worker) == [(0, 1)], "kept p0's backlog and dropped the moved p1's"
+    assert _sample(worker, "videotag_assigned_partitions") == 1
+    worker._step(accept=True)
+    assert [(j.partition, j.offset) for j in worker._active.values()] == [(0, 1)], "waited for an assignment"
+    assert _committed(consumer, P0) == 1
+
+
+def test_a_cooperative_revocation_commits_what_is_finished_and_forgets_the_rest() -> None:
+    worker, consumer = _worker(strategy="cooperative-sticky")
+    worker._accept(_record(P1, 0))
+    worker._accept(_record(P1, 1))
+    worker._step(accept=True)
+    _finish(worker, P1, 0)  # p1@1 still in flight: it finishes later but no longer counts
+    _cooperative_rebalance(worker, consumer, revoked={P1}, added=set())
+    assert consumer.commits[-1] == {(TOPIC, 1): 1}
+    assert (TOPIC, 1) not in worker.tracker.partitions
+    commits = len(consumer.commits)
+    _finish(worker, P1, 1)
+    worker._step(accept=True)
+    assert len(consumer.commits) == commits, "committed a partition this member no longer owns"
+
+
+def test_a_cooperative_addition_keeps_what_was_owned() -> None:
+    worker, consumer = _worker(strategy="cooperative-sticky")
+    consumer._assignment = {P0}
+    worker._accept(_record(P0, 0))
+    worker._accept(_record(P0, 1))
+    worker._accept(_record(P0, 2))
+    worker._step(accept=True)
+    _cooperative_rebalance(worker, consumer, revoked=set(), added={P1})
+    assert _backlog(worker) == [(0, 2)] and len(worker._active) == 2
+    assert _sample(worker, "videotag_assigned_partitions") == 2

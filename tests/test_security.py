@@ -40,11 +40,11 @@ from tests.kafka_helpers import Topics, produce
 from tests.pki import SSL_PASSWORD, client_tls_settings, make_pki
 from tests.tls_front import TLSFront
 from worker.health import HealthServer
-from worker.localstack import KafkaBroker, S3Server
+from worker.kafka_clients import security_options
+from worker.localstack import KafkaServer, S3Server
 from worker.metrics import Metrics
 from worker.settings import Settings
 from worker.storage import ObjectFetcher, TempBudget, TransientError, make_client
-from worker.worker import kafka_security
 
 ROOT = Path(__file__).resolve().parents[1]
 SASL_PASSWORD = "planted-sasl-password-Q7x9"
@@ -65,7 +65,7 @@ def _assert_no_secret(where: str, text: str, secrets: list[str]) -> None:
 # secrets in logs, metrics, dead letters; temp files in a real worker ---------------------------------------
 
 @pytest.mark.integration
-def test_no_secret_in_logs_metrics_or_answers(kafka_broker: KafkaBroker, topics: Topics, unique_group_id: str,
+def test_no_secret_in_logs_metrics_or_answers(kafka_broker: KafkaServer, topics: Topics, unique_group_id: str,
                                               tmp_path: Path) -> None:
     """A worker with S3 credentials in use (the S3 server checks signatures) and SASL/TLS passwords configured
     (PLAINTEXT: set but unused) handles good and bad requests and an S3 response that stalls mid-stream; then
@@ -371,7 +371,7 @@ def _tls_kafka(pki: dict[str, str], cert: str = "broker", mutual: bool = True) -
 
 
 def _connect(kind: type, port: int, security: dict[str, Any], host: str = "127.0.0.1") -> None:
-    """Build a client as the worker does (**kafka_security(settings)); it gives up once bootstrap fails."""
+    """Build a client as the worker does (**security_options(settings)); it gives up once bootstrap fails."""
     client = None
     with contextlib.suppress(Exception):
         client = kind(bootstrap_servers=f"{host}:{port}", request_timeout_ms=3000, bootstrap_timeout_ms=3000,
@@ -385,19 +385,19 @@ def _settings(pki: dict[str, str], **values: Any) -> Settings:
     return Settings(**(client_tls_settings(pki) | values))
 
 
-def test_kafka_security_passes_every_setting() -> None:
-    assert kafka_security(Settings()) == {"security_protocol": "PLAINTEXT"}
+def test_security_options_pass_every_setting() -> None:
+    assert security_options(Settings()) == {"security_protocol": "PLAINTEXT"}
     settings = Settings(security_protocol="SASL_SSL", ssl_cafile="/ca.pem", ssl_certfile="/c.pem", ssl_keyfile="/c.key",
                         ssl_password="kp", ssl_check_hostname=False, sasl_mechanism="SCRAM-SHA-512",
                         sasl_username="u", sasl_password="p")
-    assert kafka_security(settings) == {
+    assert security_options(settings) == {
         "security_protocol": "SASL_SSL", "ssl_cafile": "/ca.pem", "ssl_certfile": "/c.pem", "ssl_keyfile": "/c.key",
         "ssl_password": "kp", "ssl_check_hostname": False, "sasl_mechanism": "SCRAM-SHA-512",
         "sasl_plain_username": "u", "sasl_plain_password": "p"}
-    plain_sasl = kafka_security(Settings(security_protocol="SASL_PLAINTEXT", sasl_mechanism="PLAIN",
+    plain_sasl = security_options(Settings(security_protocol="SASL_PLAINTEXT", sasl_mechanism="PLAIN",
                                          sasl_username="u", sasl_password="p", ssl_cafile="/ca.pem"))
     assert "ssl_cafile" not in plain_sasl and plain_sasl["sasl_plain_password"] == "p"
-    assert "sasl_plain_password" not in kafka_security(Settings(security_protocol="SSL", sasl_password="p"))
+    assert "sasl_plain_password" not in security_options(Settings(security_protocol="SSL", sasl_password="p"))
     # kafka-python accepts every option it is given (it raises on unknown ones).
     for kind in (KafkaProducer, KafkaConsumer):
         with pytest.raises(Exception, match="Unrecognized configs"):
@@ -413,7 +413,7 @@ def test_tls_and_sasl_settings_reach_the_wire(pki: dict[str, str], kind: type) -
     settings = _settings(pki, security_protocol="SASL_SSL", sasl_mechanism="PLAIN", sasl_username="svc-videotag",
                          sasl_password=SASL_PASSWORD)
     with _tls_kafka(pki) as server:
-        _connect(kind, server.port, kafka_security(settings))
+        _connect(kind, server.port, security_options(settings))
     assert ("tls", "videotag-client") in server.events, server.events
     assert [b"svc-videotag", b"svc-videotag", SASL_PASSWORD.encode()] in [e[1] for e in server.events if e[0] == "sasl"]
     assert server.kinds()[:2] == ["tls", "request"]  # nothing before the handshake
@@ -421,7 +421,7 @@ def test_tls_and_sasl_settings_reach_the_wire(pki: dict[str, str], kind: type) -
 
 def test_ssl_without_sasl_connects_at_the_tls_level(pki: dict[str, str]) -> None:
     with _tls_kafka(pki) as server:
-        _connect(KafkaProducer, server.port, kafka_security(_settings(pki, security_protocol="SSL")))
+        _connect(KafkaProducer, server.port, security_options(_settings(pki, security_protocol="SSL")))
     assert ("tls", "videotag-client") in server.events and ("request", 18) in server.events
     assert "sasl" not in server.kinds()
 
@@ -430,7 +430,7 @@ def test_plaintext_client_gets_no_kafka_response_from_a_tls_endpoint(pki: dict[s
     """A client left on PLAINTEXT sends its Kafka request in clear: the TLS listener refuses it at the
     handshake, so no request is ever read and the client gets nothing it could parse as Kafka."""
     with _tls_kafka(pki, mutual=False) as server:
-        _connect(KafkaProducer, server.port, kafka_security(Settings(security_protocol="PLAINTEXT")))
+        _connect(KafkaProducer, server.port, security_options(Settings(security_protocol="PLAINTEXT")))
         with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
             request_frame = struct.pack(">hhih", 18, 0, 1, 4) + b"test"
             sock.sendall(struct.pack(">i", len(request_frame)) + request_frame)
@@ -446,25 +446,25 @@ def test_plaintext_client_gets_no_kafka_response_from_a_tls_endpoint(pki: dict[s
 
 def test_a_broker_certificate_from_another_ca_is_refused(pki: dict[str, str]) -> None:
     with _tls_kafka(pki, cert="rogue", mutual=False) as server:
-        _connect(KafkaProducer, server.port, kafka_security(_settings(pki, security_protocol="SSL")))
+        _connect(KafkaProducer, server.port, security_options(_settings(pki, security_protocol="SSL")))
     assert server.events and "request" not in server.kinds(), server.events
 
 
 def test_broker_host_name_is_checked(pki: dict[str, str]) -> None:
     """Our CA's certificate for kafka.example.com does not pass for 127.0.0.1, unless ssl_check_hostname is off."""
     with _tls_kafka(pki, cert="elsewhere", mutual=False) as server:
-        _connect(KafkaProducer, server.port, kafka_security(_settings(pki, security_protocol="SSL")))
+        _connect(KafkaProducer, server.port, security_options(_settings(pki, security_protocol="SSL")))
     assert server.events and "request" not in server.kinds(), server.events
     with _tls_kafka(pki, cert="elsewhere", mutual=False) as server:
         _connect(KafkaProducer, server.port,
-                 kafka_security(_settings(pki, security_protocol="SSL", ssl_check_hostname=False)))
+                 security_options(_settings(pki, security_protocol="SSL", ssl_check_hostname=False)))
     assert ("request", 18) in server.events, server.events
 
 
 def test_mutual_tls_refuses_a_client_without_a_certificate(pki: dict[str, str]) -> None:
     settings = Settings(security_protocol="SSL", ssl_cafile=pki["ca"])
     with _tls_kafka(pki, mutual=True) as server:
-        _connect(KafkaProducer, server.port, kafka_security(settings))
+        _connect(KafkaProducer, server.port, security_options(settings))
     assert server.events and "request" not in server.kinds(), server.events
 
 

@@ -1,8 +1,10 @@
 """Settings precedence and validation."""
 
+import re
+
 import pytest
 
-from worker.settings import Settings, SettingsError, load_settings
+from worker.settings import Settings, SettingsError, load_settings, settings_problems
 
 
 def test_precedence_defaults_file_env_flags(tmp_path):
@@ -31,3 +33,29 @@ def test_secrets_are_redacted():
     assert s.sasl_password == "hunter2"
     text = repr(s.redacted())
     assert "hunter2" not in text and "pw2" not in text
+
+
+def test_pod_name_is_the_static_member_id_unless_one_is_set() -> None:
+    assert load_settings(env={}).group_instance_id is None  # two local workers must never share an id
+    assert load_settings(env={"POD_NAME": "videotag-7d9f-x2"}).group_instance_id == "videotag-7d9f-x2"
+    explicit = {"POD_NAME": "videotag-7d9f-x2", "VIDEOTAG_GROUP_INSTANCE_ID": "node-a"}
+    assert load_settings(env=explicit).group_instance_id == "node-a"
+
+
+@pytest.mark.parametrize(("values", "named"), [
+    ({"publish_timeout_s": 30, "delivery_timeout_ms": 120000}, "publish_timeout_s"),
+    ({"delivery_timeout_ms": 1000, "publish_timeout_s": 2}, "delivery_timeout_ms (1000)"),
+    ({"heartbeat_interval_ms": 20000}, "heartbeat_interval_ms"),
+    ({"session_timeout_ms": 400000}, "max_poll_interval_ms"),
+    ({"decode_timeout_s": 1000}, "decode_timeout_s"),
+    ({"termination_grace_s": 60}, "termination_grace_s"),
+    ({"partition_assignment_strategy": "cooperative"}, "partition_assignment_strategy"),
+])
+def test_timeouts_that_disagree_are_refused_naming_the_setting(values: dict, named: str) -> None:
+    with pytest.raises(SettingsError, match=re.escape(named)):
+        load_settings(env={}, overrides=values)
+
+
+def test_the_shipped_defaults_and_a_chart_grace_period_agree() -> None:
+    assert settings_problems(Settings()) == []
+    assert load_settings(env={}, overrides={"termination_grace_s": 150}).termination_grace_s == 150

@@ -92,24 +92,27 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 def cmd_enqueue(args: argparse.Namespace) -> int:
     from worker.enqueue import enqueue, parse_target, replay_dlq
-    from worker.worker import kafka_security
+    from worker.kafka_clients import BrokerUnreachable
 
     settings = _settings(args)
-    security = kafka_security(settings)
-    if args.from_dlq:
-        count = replay_dlq(settings.bootstrap_servers, settings.dlq_topic, settings.input_topic, security)
-        print(f"replayed {count} requests from {settings.dlq_topic} to {settings.input_topic}", file=sys.stderr)
-        return EXIT_OK
     try:
         targets = [parse_target(t, args.bucket) for t in args.targets]
     except ValueError as exc:
         print(f"videotag enqueue: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    if not targets:
+    if not targets and not args.from_dlq:
         print("videotag enqueue: nothing to enqueue (KEY ... or s3://BUCKET/KEY ...)", file=sys.stderr)
         return EXIT_USAGE
-    for message in enqueue(settings.bootstrap_servers, settings.input_topic, targets, security):
-        print(json.dumps(message, ensure_ascii=False))
+    try:
+        if args.from_dlq:
+            count = replay_dlq(settings, settings.input_topic)
+            print(f"replayed {count} requests from {settings.dlq_topic} to {settings.input_topic}", file=sys.stderr)
+            return EXIT_OK
+        for message in enqueue(settings, settings.input_topic, targets):
+            print(json.dumps(message, ensure_ascii=False))
+    except BrokerUnreachable as exc:
+        print(f"videotag enqueue: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     return EXIT_OK
 
 

@@ -13,10 +13,9 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from kafka import KafkaConsumer
-
 from models.tagger import RANDOM_WEIGHTS
 from models.weights import WeightsError, find_params
+from worker import kafka_clients
 from worker.enqueue import enqueue
 from worker.localstack import LocalStack
 from worker.metrics import Metrics
@@ -58,9 +57,8 @@ def _has_weights(settings: Settings) -> bool:
     return True
 
 
-def _collect(bootstrap: str, topics: list[str], expected: int, timeout_s: float) -> list[tuple[str, dict]]:
-    consumer = KafkaConsumer(*topics, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest",
-                             enable_auto_commit=False)
+def _collect(settings: Settings, topics: list[str], expected: int, timeout_s: float) -> list[tuple[str, dict]]:
+    consumer = kafka_clients.reader(settings, *topics)
     seen: list[tuple[str, dict]] = []
     deadline = time.monotonic() + timeout_s
     try:
@@ -111,12 +109,11 @@ def run_demo(settings: Settings, videos: list[Path], timeout_s: float = 900.0) -
             thread.start()
             try:
                 start = time.monotonic()
-                enqueue(stack.bootstrap_servers, settings.input_topic, [(BUCKET, p.name) for p in videos])
+                enqueue(settings, settings.input_topic, [(BUCKET, p.name) for p in videos])
                 print(f"enqueued {len(videos)} videos; worker metrics on :{worker.health.port}/metrics"
                       if worker.health else "", file=sys.stderr)
                 print(f"results (top 5 of {settings.topk} tags):", flush=True)
-                seen = _collect(stack.bootstrap_servers, [settings.output_topic, settings.dlq_topic], len(videos),
-                                timeout_s)
+                seen = _collect(settings, [settings.output_topic, settings.dlq_topic], len(videos), timeout_s)
                 elapsed = time.monotonic() - start
             finally:
                 worker.request_stop()

@@ -7,9 +7,9 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from kafka import KafkaConsumer, KafkaProducer
-
+from worker import kafka_clients
 from worker.messages import original_value, request_message
+from worker.settings import Settings
 
 
 def parse_target(target: str, bucket: str | None) -> tuple[str, str]:
@@ -24,10 +24,10 @@ def parse_target(target: str, bucket: str | None) -> tuple[str, str]:
     return bucket, target
 
 
-def enqueue(bootstrap_servers: str, topic: str, targets: Iterable[tuple[str, str]],
-            security: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-    """Send one request per (bucket, key), keyed by video_id; returns the requests once all are acknowledged."""
-    producer = KafkaProducer(bootstrap_servers=bootstrap_servers, acks="all", **(security or {}))
+def enqueue(settings: Settings, topic: str, targets: Iterable[tuple[str, str]]) -> list[dict[str, Any]]:
+    """Send one request per (bucket, key), keyed by video_id; returns the requests once all are acknowledged.
+    Raises kafka_clients.BrokerUnreachable."""
+    producer = kafka_clients.producer(settings)
     try:
         sent = []
         for bucket, key in targets:
@@ -40,15 +40,11 @@ def enqueue(bootstrap_servers: str, topic: str, targets: Iterable[tuple[str, str
         producer.close()
 
 
-def replay_dlq(bootstrap_servers: str, dlq_topic: str, topic: str, security: dict[str, Any] | None = None,
-               idle_s: float = 5.0) -> int:
-    """Re-send the original message of every DLQ record (after the cause was fixed); returns the count.
-
-    Reads the DLQ from the start with a throw-away consumer (no group) until it is idle for `idle_s`.
-    """
-    consumer = KafkaConsumer(dlq_topic, bootstrap_servers=bootstrap_servers, group_id=None,
-                             auto_offset_reset="earliest", enable_auto_commit=False, **(security or {}))
-    producer = KafkaProducer(bootstrap_servers=bootstrap_servers, acks="all", **(security or {}))
+def replay_dlq(settings: Settings, topic: str, idle_s: float = 5.0) -> int:
+    """Re-send the original message of every record on the DLQ topic (after the cause was fixed) to `topic`;
+    returns the count. Reads the DLQ from the start outside any group until it is idle for `idle_s`."""
+    consumer = kafka_clients.reader(settings, settings.dlq_topic)
+    producer = kafka_clients.producer(settings)
     count = 0
     try:
         last = time.monotonic()

@@ -30,7 +30,7 @@ from botocore.exceptions import ClientError
 from kafka.admin import KafkaAdminClient
 from kafka.errors import TopicAlreadyExistsError
 
-__all__ = ["KafkaBroker", "LocalStack", "S3Server", "free_port"]
+__all__ = ["KafkaBroker", "KafkaServer", "LocalStack", "S3Server", "free_port"]
 
 LOOPBACK = "127.0.0.1"
 GRPC_OFFSET = 10000  # SeaweedFS puts each service's gRPC listener on port + 10000.
@@ -337,7 +337,70 @@ class S3Server(_ChildProcess):
                 raise
 
 
-class KafkaBroker(_ChildProcess):
+class KafkaServer(_ChildProcess):
+    """What every Kafka-protocol server child offers its users: an address, an admin client, topics."""
+
+    name = "Kafka broker"
+
+    def __init__(self, log_path: Path) -> None:
+        self._port: int | None = None
+        super().__init__(log_path)
+
+    @property
+    def port(self) -> int:
+        if self._port is None:
+            raise RuntimeError(f"{self.name} not started")
+        return self._port
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return f"{LOOPBACK}:{self.port}"
+
+    def client_options(self) -> dict[str, Any]:
+        """kafka-python options (beyond bootstrap_servers) that a client of this server needs: none here."""
+        return {}
+
+    def _answers(self, port: int) -> bool:
+        try:
+            admin = KafkaAdminClient(bootstrap_servers=f"{LOOPBACK}:{port}", request_timeout_ms=3000,
+                                     bootstrap_timeout_ms=3000, **self.client_options())
+        except Exception:
+            return False
+        try:
+            admin.list_topics()
+            return True
+        except Exception:
+            return False
+        finally:
+            admin.close()
+
+    def restart(self, timeout: float = 30) -> Self:
+        """Stop (if running) and start again on the same port, so existing bootstrap strings stay valid."""
+        self.stop()
+        return self.start(timeout)
+
+    def admin(self) -> KafkaAdminClient:
+        """An admin client for this broker; the caller closes it."""
+        return KafkaAdminClient(bootstrap_servers=self.bootstrap_servers, request_timeout_ms=10000,
+                                **self.client_options())
+
+    def create_topics(self, names: list[str], partitions: int = 1, config: dict[str, str] | None = None) -> None:
+        """Create the topics that do not exist yet (existing ones keep their partition count)."""
+        admin = self.admin()
+        try:
+            existing = set(admin.list_topics())
+            missing = [n for n in dict.fromkeys(names) if n not in existing]
+            if not missing:
+                return
+            spec = {n: {"num_partitions": partitions, "replication_factor": 1, "configs": config or {}}
+                    for n in missing}
+            with contextlib.suppress(TopicAlreadyExistsError):  # lost a race with another creator
+                admin.create_topics(spec)
+        finally:
+            admin.close()
+
+
+class KafkaBroker(KafkaServer):
     """Tansu Kafka-protocol broker on a loopback port; `memory://` storage, or `s3://` to survive restarts."""
 
     name = "Tansu broker"
@@ -360,18 +423,7 @@ class KafkaBroker(_ChildProcess):
         self.s3 = s3
         self.s3_bucket = s3_bucket
         self.storage = f"s3://{s3_bucket}/" if s3 is not None else storage
-        self._port: int | None = None
         super().__init__(self.log_dir / "tansu.log")
-
-    @property
-    def port(self) -> int:
-        if self._port is None:
-            raise RuntimeError("KafkaBroker not started")
-        return self._port
-
-    @property
-    def bootstrap_servers(self) -> str:
-        return f"{LOOPBACK}:{self.port}"
 
     def _env(self) -> dict[str, str]:
         # Tansu also reads its flags from env vars (LISTENER_URL, STORAGE_ENGINE, ...): flags win, but the
@@ -424,45 +476,6 @@ class KafkaBroker(_ChildProcess):
                 return True
             time.sleep(0.05)
         return False
-
-    @staticmethod
-    def _answers(port: int) -> bool:
-        try:
-            admin = KafkaAdminClient(
-                bootstrap_servers=f"{LOOPBACK}:{port}", request_timeout_ms=3000, bootstrap_timeout_ms=3000
-            )
-        except Exception:
-            return False
-        try:
-            admin.list_topics()
-            return True
-        except Exception:
-            return False
-        finally:
-            admin.close()
-
-    def restart(self, timeout: float = 20) -> Self:
-        """Stop (if running) and start again on the same port, so existing bootstrap strings stay valid."""
-        self.stop()
-        return self.start(timeout)
-
-    def admin(self) -> KafkaAdminClient:
-        """An admin client for this broker; the caller closes it."""
-        return KafkaAdminClient(bootstrap_servers=self.bootstrap_servers, request_timeout_ms=10000)
-
-    def create_topics(self, names: list[str], partitions: int = 1) -> None:
-        """Create the topics that do not exist yet (existing ones keep their partition count)."""
-        admin = self.admin()
-        try:
-            existing = set(admin.list_topics())
-            missing = [n for n in dict.fromkeys(names) if n not in existing]
-            if not missing:
-                return
-            spec = {n: {"num_partitions": partitions, "replication_factor": 1} for n in missing}
-            with contextlib.suppress(TopicAlreadyExistsError):  # lost a race with another creator
-                admin.create_topics(spec)
-        finally:
-            admin.close()
 
 
 class LocalStack(_Started):

@@ -55,6 +55,15 @@ class Metrics:
         self.assigned_partitions = Gauge(
             "videotag_assigned_partitions", "Input-topic partitions assigned to this worker.", registry=r
         )
+        self.group_generation = Gauge(
+            "videotag_group_generation",
+            "The consumer group's generation at this worker's last assignment: unchanged across a static member's "
+            "restart (no rebalance), one higher for every rebalance.", registry=r
+        )
+        self.input_partitions = Gauge(
+            "videotag_input_partitions", "Partitions of the input topic: the most workers that can be busy.",
+            registry=r
+        )
         self.video_bytes = Histogram(
             "videotag_video_bytes", "Size of fetched video objects.", buckets=BYTES_BUCKETS, registry=r
         )

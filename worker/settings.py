@@ -49,6 +49,10 @@ class Settings:
     group_instance_id: str | None = None  # static membership; unset: $POD_NAME when set (see load_settings)
     leave_group_on_stop: bool = True
     partition_assignment_strategy: str = "range"
+    delivery_timeout_ms: int = 120000
+    publish_timeout_s: float = 130.0
+    create_topics: bool = False
+    create_topics_partitions: int = 12
     # S3
     s3_endpoint_url: str | None = None
     s3_region: str | None = None
@@ -82,6 +86,7 @@ class Settings:
     retry_backoff_base_s: float = 0.5
     retry_backoff_max_s: float = 30.0
     drain_grace_s: float = 120.0
+    termination_grace_s: float | None = None
     stuck_after_s: float = 900.0
     decode_timeout_s: float = 600.0
     metrics_host: str = "0.0.0.0"
@@ -95,6 +100,38 @@ class Settings:
             if out.get(name):
                 out[name] = "***"
         return out
+
+
+ASSIGNMENT_STRATEGIES = ("range", "roundrobin", "sticky", "cooperative-sticky")
+STOP_MARGIN_S = 15.0  # after the drain: commit, leave the group, close clients
+KAFKA_REQUEST_TIMEOUT_MS = 30000  # kafka-python's producer default; delivery must allow one full request
+
+
+def settings_problems(s: Settings) -> list[str]:
+    """Settings that load but cannot work together, each named with the rule it breaks."""
+    problems = []
+    if s.partition_assignment_strategy not in ASSIGNMENT_STRATEGIES:
+        problems.append(f"partition_assignment_strategy {s.partition_assignment_strategy!r} is not one of "
+                        f"{', '.join(ASSIGNMENT_STRATEGIES)}")
+    if s.publish_timeout_s * 1000 <= s.delivery_timeout_ms:
+        problems.append(f"publish_timeout_s ({s.publish_timeout_s:g} s) must exceed delivery_timeout_ms "
+                        f"({s.delivery_timeout_ms} ms): else the worker re-sends a record its producer still retries")
+    if s.delivery_timeout_ms < KAFKA_REQUEST_TIMEOUT_MS + 5:
+        problems.append(f"delivery_timeout_ms ({s.delivery_timeout_ms}) must allow one produce request "
+                        f"({KAFKA_REQUEST_TIMEOUT_MS} ms) plus the linger")
+    if s.heartbeat_interval_ms * 3 > s.session_timeout_ms:
+        problems.append(f"heartbeat_interval_ms ({s.heartbeat_interval_ms}) must be at most a third of "
+                        f"session_timeout_ms ({s.session_timeout_ms}), so that a missed heartbeat is not an eviction")
+    if s.max_poll_interval_ms < s.session_timeout_ms:
+        problems.append(f"max_poll_interval_ms ({s.max_poll_interval_ms}) is the rebalance timeout and must be at "
+                        f"least session_timeout_ms ({s.session_timeout_ms})")
+    if s.decode_timeout_s > s.stuck_after_s:
+        problems.append(f"decode_timeout_s ({s.decode_timeout_s:g}) must not exceed stuck_after_s "
+                        f"({s.stuck_after_s:g}): a slow video would be called stuck before its decode times out")
+    if s.termination_grace_s is not None and s.drain_grace_s + STOP_MARGIN_S > s.termination_grace_s:
+        problems.append(f"drain_grace_s ({s.drain_grace_s:g}) + {STOP_MARGIN_S:g} s to stop must fit in "
+                        f"termination_grace_s ({s.termination_grace_s:g}): else the pod is killed mid-drain")
+    return problems
 
 
 def _field_types() -> dict[str, type]:
@@ -157,4 +194,12 @@ def load_settings(
             raise SettingsError(f"unknown setting {name!r}")
         if value is not None:
             values[name] = value
-    return Settings(**{name: _coerce(name, value) for name, value in values.items()})
+    if values.get("group_instance_id") is None and env.get("POD_NAME"):
+        # A container restarted in its pod keeps the pod's name: it takes its partitions back without a
+        # rebalance. Two processes on one host without POD_NAME stay dynamic: they must never share an id.
+        values["group_instance_id"] = env["POD_NAME"]
+    settings = Settings(**{name: _coerce(name, value) for name, value in values.items()})
+    problems = settings_problems(settings)
+    if problems:
+        raise SettingsError("; ".join(problems))
+    return settings

@@ -32,6 +32,7 @@ from kafka.structs import OffsetAndMetadata
 from models.decoder_process import isolate_decoding
 from models.errors import InputError
 from models.tagger import VideoTagger
+from worker import kafka_clients
 from worker.health import HealthServer
 from worker.messages import VideoRequest, dlq_message, parse_request, result_message
 from worker.metrics import Metrics
@@ -43,9 +44,9 @@ from worker.storage import ObjectFetcher, TempBudget, TransientError, make_clien
 
 log = logging.getLogger(__name__)
 INTERNAL_ERROR = "internal_error"
-PUBLISH_TIMEOUT_S = 30.0
 POLL_TIMEOUT_MS = 50  # also how soon a finished video frees its slot for the next one
-DLQ_MAX_BYTES = 1_000_000  # a dead letter must fit the producer's and broker's default 1 MiB record limit
+DLQ_MAX_BYTES = kafka_clients.RECORD_VALUE_LIMIT  # fits the producer's and broker's default 1 MiB record limit
+CONNECT_BACKOFF_MAX_S = 30.0
 
 
 class Abandoned(Exception):
@@ -66,29 +67,24 @@ class Job:
     started: float = field(default_factory=time.monotonic)
 
 
-def kafka_security(settings: Settings) -> dict[str, Any]:
-    """kafka-python client options for TLS and SASL, shared by every client the project creates."""
-    options: dict[str, Any] = {"security_protocol": settings.security_protocol}
-    if "SSL" in settings.security_protocol:
-        options |= {"ssl_cafile": settings.ssl_cafile, "ssl_certfile": settings.ssl_certfile,
-                    "ssl_keyfile": settings.ssl_keyfile, "ssl_password": settings.ssl_password,
-                    "ssl_check_hostname": settings.ssl_check_hostname}
-    if "SASL" in settings.security_protocol:
-        options |= {"sasl_mechanism": settings.sasl_mechanism, "sasl_plain_username": settings.sasl_username,
-                    "sasl_plain_password": settings.sasl_password}
-    return options
-
-
 class _Rebalance(AsyncConsumerRebalanceListener):
     """kafka-python 3 calls these on its IO thread while the main thread waits inside poll() or close(): they
-    may change the worker's state, but a blocking client call there raises, so the commit is awaited."""
+    may change the worker's state, but a blocking client call there raises, so the commit is awaited.
+
+    Eager assignors revoke everything before a rebalance and may assign some of it back; cooperative ones revoke
+    only what moves, after the new assignment is known, and call "assigned" only when something was added (a
+    rebalance that only removes partitions never calls it), so a cooperative revocation is final at once."""
 
     def __init__(self, worker: Worker) -> None:
         self.worker = worker
+        self.cooperative = kafka_clients.rebalance_protocol(worker.settings.partition_assignment_strategy) == \
+            "cooperative"
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         self.worker._revoked(revoked)
         await self.worker._commit_revoked()
+        if self.cooperative:
+            self.worker._forget_revoking()
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         self.worker._assigned(assigned)
@@ -116,6 +112,8 @@ class Worker:
         self._transient_streak = 0
         self._paused = False
         self._revoking: set[tuple[str, int]] = set()  # revoked, not yet known whether assigned back
+        self._not_connected = "not connected to Kafka yet"  # why there are no clients (None once there are)
+        self._producer_lock = threading.Lock()
 
     # lifecycle -------------------------------------------------------------------------------------------
 
@@ -134,28 +132,55 @@ class Worker:
             make_client(s.s3_endpoint_url, s.s3_region, s.s3_connect_timeout_s, s.s3_read_timeout_s),
             s.temp_dir, s.max_object_bytes, TempBudget(s.temp_dir_max_bytes),
         )
-        security = kafka_security(s)
-        self.producer = KafkaProducer(bootstrap_servers=s.bootstrap_servers, client_id=s.client_id, acks="all",
-                                      linger_ms=5, **security)
-        self.consumer = KafkaConsumer(
-            bootstrap_servers=s.bootstrap_servers, group_id=s.group_id, client_id=s.client_id,
-            enable_auto_commit=False, auto_offset_reset="earliest", max_poll_records=s.max_inflight,
-            session_timeout_ms=s.session_timeout_ms, heartbeat_interval_ms=s.heartbeat_interval_ms,
-            max_poll_interval_ms=s.max_poll_interval_ms, **security,
-        )
-        self.consumer.subscribe([s.input_topic], listener=_Rebalance(self))
         self.tagger = tagger
-        log.info("consuming %s as group %s", s.input_topic, s.group_id)
+        self._connect()
         return self
 
-    def run(self) -> None:
-        assert self.consumer is not None
+    def _connect(self) -> None:
+        """Preflight the topics and create the clients, retrying (not-ready, with backoff) until it works or the
+        worker is asked to stop: a broker that is down or a topic not yet created is not a reason to exit."""
+        s = self.settings
+        attempts = 0
         while not self._stopping.is_set():
+            attempts += 1
+            try:
+                checked = kafka_clients.preflight(s)
+                if checked.problems:
+                    raise kafka_clients.BrokerUnreachable("; ".join(checked.problems))
+                self.producer = kafka_clients.producer(s)
+                self.consumer = kafka_clients.group_consumer(s, max_poll_records=s.max_inflight)
+            except (kafka_clients.BrokerUnreachable, KafkaError) as exc:
+                self._close_clients()
+                self._not_connected = str(exc)
+                delay = min(CONNECT_BACKOFF_MAX_S, s.retry_backoff_base_s * 2 ** min(attempts, 16))
+                log.error("cannot start consuming (attempt %d, again in %.0f s): %s", attempts, delay, exc)
+                self._stopping.wait(delay)
+                continue
+            if checked.created:
+                log.info("created topics %s", list(checked.created))
+            self.metrics.input_partitions.set(checked.input_partitions)
+            self.consumer.subscribe([s.input_topic], listener=_Rebalance(self))
+            self._not_connected = None
+            log.info("consuming %s (%d partitions: at most that many busy workers) as group %s%s", s.input_topic,
+                     checked.input_partitions, s.group_id,
+                     f", static member {s.group_instance_id}" if s.group_instance_id else "")
+            return
+
+    def _close_clients(self) -> None:
+        for client in (self.consumer, self.producer):
+            if client is not None:
+                with contextlib.suppress(Exception):
+                    client.close()
+        self.consumer = self.producer = None
+
+    def run(self) -> None:
+        while self.consumer is not None and not self._stopping.is_set():
             self._step(accept=True)
 
     def drain(self) -> None:
         """Finish what is in flight (up to drain_grace_s) while staying in the group; then commit."""
-        assert self.consumer is not None
+        if self.consumer is None:
+            return
         dropped = len(self._backlog)
         self._backlog.clear()  # not started: uncommitted, so redelivered
         deadline = time.monotonic() + self.settings.drain_grace_s
@@ -171,10 +196,19 @@ class Worker:
     def stop(self) -> None:
         self._stopping.set()
         self._abandon.set()
+        connected = self.consumer is not None
         if self.consumer is not None:
-            self.consumer.close(autocommit=False)  # leaves the group now: no wait for a session timeout
+            self.consumer.close(autocommit=False)  # a dynamic member leaves the group now; a static one stays
         if self.producer is not None:
             self.producer.close(timeout=10)
+        self.consumer = self.producer = None
+        if connected and self.settings.group_instance_id and self.settings.leave_group_on_stop:
+            # Static members never leave on close (KIP-345): without this, a scale-down would leave this
+            # member's partitions unread until session_timeout_ms expires.
+            try:
+                log.info("%s", kafka_clients.remove_static_member(self.settings))
+            except Exception as exc:  # the broker may be gone too: the session timeout does it then
+                log.warning("could not remove static member %s: %s", self.settings.group_instance_id, exc)
         self._executor.shutdown(wait=False, cancel_futures=True)
         self._model_thread.stop()
         if self.health is not None:
@@ -189,6 +223,8 @@ class Worker:
     def ready(self) -> tuple[bool, str]:
         if self.tagger is None:
             return False, "model not loaded"
+        if self._not_connected is not None:
+            return False, self._not_connected
         if self.consumer is None or self.consumer._coordinator.coordinator_unknown():
             # kafka-python has no public "connected to the group" check; the coordinator link is that check.
             return False, "group coordinator (broker) not reachable"
@@ -285,12 +321,23 @@ class Worker:
         self._revoking = {(tp.topic, tp.partition) for tp in revoked}
 
     def _assigned(self, assigned: set[TopicPartition]) -> None:
+        """Eager: the whole new assignment (kept partitions included). Cooperative: only the added ones."""
+        assert self.consumer is not None
         kept = {(tp.topic, tp.partition) for tp in assigned}
         self._forget(self._revoking - kept)
         self._revoking = set()
+        generation = self.consumer._coordinator.group_metadata().generation_id  # no public accessor
         self.metrics.rebalances.labels(kind="assigned").inc()
-        self.metrics.assigned_partitions.set(len(kept))
-        log.info("assigned %s", sorted(f"{t}[{p}]" for t, p in kept))
+        self.metrics.group_generation.set(generation)
+        self.metrics.assigned_partitions.set(len(self.consumer.assignment()))
+        log.info("assigned %s (generation %d)", sorted(f"{t}[{p}]" for t, p in kept), generation)
+
+    def _forget_revoking(self) -> None:
+        """A cooperative revocation: these partitions are gone, whatever comes next."""
+        assert self.consumer is not None
+        self._forget(self._revoking)
+        self._revoking = set()
+        self.metrics.assigned_partitions.set(len(self.consumer.assignment()))
 
     def _lost(self, lost: set[TopicPartition]) -> None:
         """Evicted from the group (e.g. a missed session timeout): kafka-python drops the positions, so every
@@ -403,23 +450,48 @@ class Worker:
         self.metrics.videos_processed.labels(status="dlq").inc()
 
     def _publish(self, topic: str, key: str | None, message: dict[str, Any], job: Job) -> None:
-        """Blocks until the broker acknowledged (acks=all), retrying transient broker errors."""
-        assert self.producer is not None
+        """Blocks until the broker acknowledged (acks=all). The producer retries a record itself for up to
+        delivery_timeout_ms, which the wait covers, so a record is sent again only after the producer gave it
+        up; a producer in a fatal state is replaced first."""
         value = json.dumps(message, ensure_ascii=False).encode("utf-8")
         attempts = 0
         while True:
             attempts += 1
             t0 = time.perf_counter()
+            producer = self._live_producer()
             try:
-                self.producer.send(topic, key=key.encode("utf-8") if key else None, value=value).get(
-                    timeout=PUBLISH_TIMEOUT_S)
+                producer.send(topic, key=key.encode("utf-8") if key else None, value=value).get(
+                    timeout=self.settings.publish_timeout_s)
                 break
             except KafkaError as exc:
+                if kafka_clients.producer_broken(producer, exc):
+                    self._replace_producer(producer, exc)
                 self._backoff(attempts, "publish_failed", f"{topic}: {type(exc).__name__}")
         self._transient_streak = 0
         self.metrics.stage_seconds.labels(stage="publish").observe(time.perf_counter() - t0)
         if job.timestamp_ms > 0:
             self.metrics.end_to_end_seconds.observe(max(0.0, time.time() - job.timestamp_ms / 1e3))
+
+    def _live_producer(self) -> KafkaProducer:
+        with self._producer_lock:
+            if self.producer is None:
+                raise Abandoned  # stopping: clients are closed
+            return self.producer
+
+    def _replace_producer(self, broken: KafkaProducer, error: BaseException) -> None:
+        """Recreate a producer that can no longer deliver (once, however many threads saw it fail)."""
+        with self._producer_lock:
+            if self.producer is not broken or self._stopping.is_set():
+                return
+            log.error("producer unusable (%s: %s): replacing it", type(error).__name__, error)
+            with contextlib.suppress(Exception):
+                broken.close(timeout=0)
+            try:
+                self.producer = kafka_clients.producer(self.settings)
+            except kafka_clients.BrokerUnreachable as exc:
+                log.error("new producer failed: %s (next publish tries again)", exc)
+            else:
+                self.metrics.failures.labels(reason="producer_replaced").inc()
 
     def _backoff(self, attempts: int, code: str, message: str) -> None:
         """Sleep before the next try; transient causes are retried until they pass or the worker stops."""

@@ -1,8 +1,8 @@
 """The broker restarts mid-run: workers reconnect and go on; nothing is lost.
 
-The broker keeps its topics, records and committed offsets on `s3://` storage (an S3 server of its own, not
-the session's), so a restart is what a rolling broker upgrade looks like to the workers. The same S3 server
-holds the videos. The broker is restarted twice: once gracefully (SIGTERM), once by SIGKILL.
+An Apache Kafka of its own (not the session's) keeps its topics, records and committed offsets in its log dir, so
+a restart is what a rolling broker upgrade looks like to the workers. The broker is restarted twice: once
+gracefully (SIGTERM), once by SIGKILL.
 """
 
 from __future__ import annotations
@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import apache_kafka
 from tests.fault.helpers import AnswerCollector, request
 from tests.integration.worker_process import SpawnWorker
 from tests.kafka_helpers import Topics, produce, unique_name
-from worker.localstack import KafkaBroker, S3Server
+from worker.localstack import KafkaServer, S3Server
 
 pytestmark = pytest.mark.integration
 
@@ -23,7 +24,7 @@ SETTINGS = {"seg_num": "2", "max_inflight": "2", "retry_backoff_base_s": "0.2", 
 PER_PHASE = 10
 
 
-def _produce(broker: KafkaBroker, topics: Topics, bucket: str, keys: list[str], ids: list[str]) -> None:
+def _produce(broker: KafkaServer, topics: Topics, bucket: str, keys: list[str], ids: list[str]) -> None:
     deadline = time.monotonic() + 60
     while True:  # the broker may still be settling after its restart
         try:
@@ -38,11 +39,11 @@ def _produce(broker: KafkaBroker, topics: Topics, bucket: str, keys: list[str], 
 
 
 def test_broker_restart_loses_nothing(spawn: SpawnWorker, clips: list[Path], tmp_path: Path) -> None:
-    s3 = S3Server(tmp_path / "own-s3").start()
-    broker = KafkaBroker(tmp_path / "own-kafka", s3=s3)
+    broker = apache_kafka(tmp_path / "own-kafka")
+    s3 = S3Server(tmp_path / "own-s3")
     collector = None
     try:
-        broker.start()
+        s3.start()
         bucket = "videos"
         s3.create_bucket(bucket)
         keys = []

@@ -22,7 +22,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from tests.fault.helpers import AnswerCollector, request
 from tests.integration.worker_process import SpawnWorker, WorkerProcess
 from tests.kafka_helpers import Topics, consume_all
-from worker.localstack import KafkaBroker, S3Server
+from worker.localstack import KafkaServer, S3Server
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
 
@@ -61,7 +61,7 @@ def _plan(bucket: str, good_keys: list[str], rng: random.Random) -> list[tuple[s
     return plan
 
 
-def test_chaos_kills_lose_nothing(spawn: SpawnWorker, kafka_broker: KafkaBroker, s3_server: S3Server,
+def test_chaos_kills_lose_nothing(spawn: SpawnWorker, kafka_broker: KafkaServer, s3_server: S3Server,
                                   topics: Topics, bucket: str, unique_group_id: str, clips: list[Path]) -> None:
     seed = int(os.environ.get("CHAOS_SEED") or random.randrange(1 << 30))  # CHAOS_SEED=N replays a plan
     rng = random.Random(seed)
@@ -170,7 +170,7 @@ def _ready(worker: WorkerProcess) -> bool:
         return False
 
 
-def _committed(broker: KafkaBroker, topics: Topics, group_id: str) -> dict[int, int | None]:
+def _committed(broker: KafkaServer, topics: Topics, group_id: str) -> dict[int, int | None]:
     consumer = KafkaConsumer(bootstrap_servers=broker.bootstrap_servers, group_id=group_id, enable_auto_commit=False)
     try:
         return {p: consumer.committed(TopicPartition(topics.input, p)) for p in range(3)}

@@ -16,7 +16,7 @@ import pytest
 from tests.fault.helpers import AnswerCollector, request
 from tests.integration.worker_process import SpawnWorker
 from tests.kafka_helpers import Topics, produce
-from worker.localstack import KafkaBroker, S3Server
+from worker.localstack import KafkaServer, S3Server
 
 pytestmark = pytest.mark.integration
 
@@ -37,7 +37,7 @@ def _decoders_running(worker_pid: int) -> list[int]:
     return found
 
 
-def test_decode_timeout_dead_letters_and_moves_on(spawn: SpawnWorker, kafka_broker: KafkaBroker,
+def test_decode_timeout_dead_letters_and_moves_on(spawn: SpawnWorker, kafka_broker: KafkaServer,
                                                   s3_server: S3Server, topics: Topics, bucket: str,
                                                   unique_group_id: str, clips: list[Path]) -> None:
     client = s3_server.client()

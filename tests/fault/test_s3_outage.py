@@ -15,7 +15,7 @@ import pytest
 from tests.fault.helpers import AnswerCollector, request
 from tests.integration.worker_process import SpawnWorker, WorkerProcess
 from tests.kafka_helpers import Topics, produce
-from worker.localstack import KafkaBroker, S3Server
+from worker.localstack import KafkaServer, S3Server
 
 pytestmark = pytest.mark.integration
 
@@ -31,7 +31,7 @@ def _status(worker: WorkerProcess) -> int:
         return 0
 
 
-def test_s3_outage_is_retried_not_dead_lettered(spawn: SpawnWorker, kafka_broker: KafkaBroker, topics: Topics,
+def test_s3_outage_is_retried_not_dead_lettered(spawn: SpawnWorker, kafka_broker: KafkaServer, topics: Topics,
                                                 unique_group_id: str, clips: list[Path], tmp_path: Path) -> None:
     s3 = S3Server(tmp_path / "own-s3").start()
     collector = None

@@ -19,7 +19,7 @@ import pytest
 from tests.fault.helpers import AnswerCollector, StallingProxy, request
 from tests.integration.worker_process import SpawnWorker
 from tests.kafka_helpers import Topics, produce
-from worker.localstack import KafkaBroker, S3Server
+from worker.localstack import KafkaServer, S3Server
 
 pytestmark = pytest.mark.integration
 
@@ -29,7 +29,7 @@ STALL_S = 15.0
 FAILURES = ("videotag_failures_total", 'reason="s3_unavailable"')
 
 
-def test_stalled_s3_times_out_retries_and_recovers(spawn: SpawnWorker, kafka_broker: KafkaBroker,
+def test_stalled_s3_times_out_retries_and_recovers(spawn: SpawnWorker, kafka_broker: KafkaServer,
                                                    s3_server: S3Server, topics: Topics, bucket: str,
                                                    unique_group_id: str, clips: list[Path]) -> None:
     client = s3_server.client()

@@ -13,8 +13,8 @@ import time
 import pytest
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
 
-from tests.kafka_helpers import FAST_GROUP_CONFIG, Topics
-from worker.localstack import KafkaBroker
+from tests.kafka_helpers import Topics
+from worker.localstack import KafkaServer
 
 pytestmark = pytest.mark.integration
 
@@ -32,13 +32,13 @@ class _Assignments(ConsumerRebalanceListener):
         self.assigned.append(set(assigned))
 
 
-def _consumer(broker: KafkaBroker, group_id: str) -> KafkaConsumer:
+def _consumer(broker: KafkaServer, group_id: str) -> KafkaConsumer:
     return KafkaConsumer(bootstrap_servers=broker.bootstrap_servers, group_id=group_id, enable_auto_commit=False,
-                         auto_offset_reset="earliest", max_poll_records=1, **FAST_GROUP_CONFIG)
+                         auto_offset_reset="earliest", max_poll_records=1)
 
 
 def test_a_partition_kept_across_a_rebalance_keeps_its_fetch_position(
-        kafka_broker: KafkaBroker, topics: Topics, unique_group_id: str) -> None:
+        kafka_broker: KafkaServer, topics: Topics, unique_group_id: str) -> None:
     producer = KafkaProducer(bootstrap_servers=kafka_broker.bootstrap_servers, acks="all")
     for partition in range(3):
         for i in range(PER_PARTITION):

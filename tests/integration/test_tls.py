@@ -24,9 +24,9 @@ from tests.integration.worker_process import WorkerProcess
 from tests.kafka_helpers import Topics, produce, unique_name
 from tests.pki import CLIENT_CN, SSL_PASSWORD, client_tls_settings, make_pki
 from tests.tls_front import TLSFront, TLSFrontedBroker
+from worker.kafka_clients import security_options
 from worker.localstack import S3Server
 from worker.settings import Settings
-from worker.worker import kafka_security
 
 pytestmark = pytest.mark.integration
 
@@ -39,7 +39,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def security(pki: dict[str, str]) -> dict[str, Any]:
     """The kafka-python options the worker builds from its TLS settings, for the test's own clients."""
-    return kafka_security(Settings(**client_tls_settings(pki)))
+    return security_options(Settings(**client_tls_settings(pki)))
 
 
 @pytest.fixture(scope="module")

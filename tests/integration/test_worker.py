@@ -17,7 +17,7 @@ from tests.integration.worker_process import SECRET_KEY, SpawnWorker, WorkerProc
 from tests.kafka_helpers import Topics, consume_all, produce
 from worker import messages
 from worker.demo import make_clips
-from worker.localstack import KafkaBroker, S3Server
+from worker.localstack import KafkaServer, S3Server
 
 pytestmark = pytest.mark.integration
 
@@ -29,7 +29,7 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 
 
 @pytest.fixture
-def workers(spawn: SpawnWorker, kafka_broker: KafkaBroker, s3_server: S3Server, topics: Topics,
+def workers(spawn: SpawnWorker, kafka_broker: KafkaServer, s3_server: S3Server, topics: Topics,
             unique_group_id: str) -> Callable[..., WorkerProcess]:
     """workers(**settings) → a worker process on this test's topics and group."""
     return lambda **settings: spawn(kafka_broker, s3_server, topics, unique_group_id, **settings)
@@ -50,7 +50,7 @@ def _upload(s3_server: S3Server, bucket: str, clips: list[Path], copies: int) ->
     return keys
 
 
-def _answers(broker: KafkaBroker, topics: Topics, expected: int, timeout: float = 120) -> dict[str, list[dict]]:
+def _answers(broker: KafkaServer, topics: Topics, expected: int, timeout: float = 120) -> dict[str, list[dict]]:
     """video_id → every result and DLQ record published for it (duplicates included)."""
     out = consume_all(broker.bootstrap_servers, topics.output, expected, timeout)
     records = [json.loads(r.value) for r in out]

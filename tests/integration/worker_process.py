@@ -13,8 +13,8 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.kafka_helpers import FAST_GROUP_CONFIG, Topics
-from worker.localstack import KafkaBroker, S3Server, free_port
+from tests.kafka_helpers import Topics
+from worker.localstack import KafkaServer, S3Server, free_port
 
 # Small and fast: ResNet-50 with seeded random weights, few frames. Fidelity is tested elsewhere.
 FAST_MODEL = {"allow_random_weights": "true", "layers": "50", "engine": "dygraph", "seg_num": "4",
@@ -23,7 +23,7 @@ SECRET_KEY = "integration-secret-key-7f3a"
 
 
 class WorkerProcess:
-    def __init__(self, log_dir: Path, broker: KafkaBroker, s3: S3Server, topics: Topics, group_id: str,
+    def __init__(self, log_dir: Path, broker: KafkaServer, s3: S3Server, topics: Topics, group_id: str,
                  **settings: str) -> None:
         self.metrics_port = free_port()
         self.log_path = log_dir / f"worker-{self.metrics_port}.log"
@@ -34,7 +34,7 @@ class WorkerProcess:
             "group_id": group_id, "metrics_host": "127.0.0.1", "metrics_port": str(self.metrics_port),
             "temp_dir": str(log_dir / f"tmp-{self.metrics_port}"), "drain_grace_s": "60",
             "retry_backoff_base_s": "0.2", "retry_backoff_max_s": "2",
-            **{k: str(v) for k, v in FAST_GROUP_CONFIG.items()}, **FAST_MODEL, **settings,
+            **FAST_MODEL, **settings,
         }
         env |= {f"VIDEOTAG_{k.upper()}": v for k, v in values.items()}
         env |= {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": SECRET_KEY, "AWS_DEFAULT_REGION": "us-east-1"}
