@@ -45,6 +45,9 @@ CHART_DERIVED = {
     "extractor_weights", "predictor_weights", "label_file", "temp_dir", "model_cache_dir",
     "metrics_host", "metrics_port", "device",
     "sasl_password", "ssl_password", "ssl_cafile", "ssl_certfile", "ssl_keyfile",
+    # The pod's name, which the worker reads from $POD_NAME: one id in the ConfigMap that every replica shares
+    # would have the broker fence all of them but one.
+    "group_instance_id",
 }
 # values.yaml `config` defaults that differ from worker/settings.py on purpose.
 CONFIG_OVERRIDES = {"bootstrap_servers"}
@@ -96,8 +99,8 @@ def test_the_deployment_files_exist() -> None:
         CHART / "Chart.yaml", CHART / "values.yaml", CHART / "values.schema.json", CHART / "README.md",
         TEMPLATES / "_helpers.tpl", TEMPLATES / "NOTES.txt", DOC,
     ] + [TEMPLATES / f"{name}.yaml" for name in (
-        "deployment", "configmap", "service", "serviceaccount", "servicemonitor", "prometheusrule",
-        "scaledobject", "hpa", "pdb")]
+        "workload", "configmap", "service", "headless-service", "serviceaccount", "servicemonitor",
+        "prometheusrule", "scaledobject", "hpa", "pdb")]
     missing = [rel(p) for p in expected if not p.is_file()]
     assert not missing, f"missing: {missing}"
 
@@ -329,6 +332,8 @@ INVALID_VALUES = [
     ("resources.limits.memory", "lots"), ("tmp.medium", "Disk"), ("probes.liveness.periodSeconds", 0),
     ("securityContext.runAsUser", 0), ("securityContext.privileged", True), ("extraEnv", [{"value": "x"}]),
     ("imagePullSecrets", ["regcred"]), ("nodeSelector", {"gpu": True}), ("serviceAccount.annotations", []),
+    ("workload", "ReplicaSet"), ("workload", "statefulset"), ("config.group_instance_id", "videotag-0"),
+    ("config.leave_group_on_stop", "false"), ("config.partition_assignment_strategy", "cooperative"),
 ]
 
 
@@ -342,7 +347,8 @@ def test_schema_rejects_invalid_values(key: str, value: Any) -> None:
     ("weights.source", "pvc"), ("weights.source", "image"), ("gpu.enabled", True),
     ("config.s3_endpoint_url", "http://minio:9000"), ("config.sasl_mechanism", "SCRAM-SHA-512"),
     ("podDisruptionBudget.maxUnavailable", "25%"), ("resources.limits.cpu", 4), ("tmp.medium", "Memory"),
-    ("config.drain_grace_s", 30.5), ("extraEnv", [{"name": "A", "value": "b"}]),
+    ("config.drain_grace_s", 30.5), ("extraEnv", [{"name": "A", "value": "b"}]), ("workload", "StatefulSet"),
+    ("config.leave_group_on_stop", False), ("config.partition_assignment_strategy", "cooperative-sticky"),
 ])
 def test_schema_accepts_valid_variants(key: str, value: Any) -> None:
     errors = [e.message for e in validator().iter_errors(_set(values(), key, value))]
@@ -425,26 +431,25 @@ def test_readme_documents_every_value() -> None:
 
 
 # --------------------------------------------------------------------------------------------------------
-# What the templates promise (checked on the source; rendered checks below need helm)
+# What the templates promise (checked on the source; the rendered checks are below)
 
-def test_deployment_template_contract() -> None:
-    deployment = (TEMPLATES / "deployment.yaml").read_text(encoding="utf-8")
+def test_workload_template_contract() -> None:
+    workload = (TEMPLATES / "workload.yaml").read_text(encoding="utf-8")
     for needle in [
         "path: /healthz", "path: /readyz", "livenessProbe:", "readinessProbe:", "runAsNonRoot: true",
         '"readOnlyRootFilesystem" true', "terminationGracePeriodSeconds: {{ .Values.terminationGracePeriodSeconds",
         '["worker", "--config", "/etc/videotag/worker.yaml"]', "mountPath: /etc/videotag/worker.yaml",
         "mountPath: /tmp", "emptyDir:", "persistentVolumeClaim:", "initContainers:", ".Values.gpu.resourceName",
-        "secretKeyRef:", "checksum/config",
+        "secretKeyRef:", "checksum/config", "kind: {{ .Values.workload }}", "name: POD_NAME",
+        "fieldPath: metadata.name", "serviceName:", "name: VIDEOTAG_LEAVE_GROUP_ON_STOP",
     ]:
-        assert needle in deployment, f"deployment.yaml lacks {needle!r}"
-    assert "replicas:" in deployment and 'eq .Values.autoscaling.mode "none"' in deployment
+        assert needle in workload, f"workload.yaml lacks {needle!r}"
+    assert "replicas:" in workload and 'eq .Values.autoscaling.mode "none"' in workload
     helpers = (TEMPLATES / "_helpers.tpl").read_text(encoding="utf-8")
     assert re.search(r"le \(float64 \.Values\.terminationGracePeriodSeconds\) \$drain\s*}}\s*{{-? fail", helpers)
-    for path in template_files():
-        if path.suffix == ".yaml" and path.name not in ("serviceaccount.yaml", "service.yaml"):
-            text = path.read_text(encoding="utf-8")
-            if re.search(r"^kind: (Deployment|ConfigMap)$", text, re.M):
-                assert text.startswith('{{- include "videotag-worker.validate" . }}'), path.name
+    for name in ("workload.yaml", "configmap.yaml"):  # rendered in every mode
+        text = (TEMPLATES / name).read_text(encoding="utf-8")
+        assert text.startswith('{{- include "videotag-worker.validate" . }}'), name
 
 
 def test_template_env_names_are_settings() -> None:
@@ -453,7 +458,8 @@ def test_template_env_names_are_settings() -> None:
         names |= set(re.findall(r"VIDEOTAG_([A-Z0-9_]+)", path.read_text(encoding="utf-8")))
     unknown = sorted(n for n in names if n.lower() not in FIELD_TYPES)
     assert names and not unknown, f"VIDEOTAG_* variables that are no setting: {unknown}"
-    assert {n.lower() for n in names} >= CHART_DERIVED, "every derived setting is set by the chart"
+    # group_instance_id comes from $POD_NAME (test_every_mode_passes_the_pod_name)
+    assert {n.lower() for n in names} >= CHART_DERIVED - {"group_instance_id"}, "every derived setting is set"
 
 
 def test_scaledobject_template_contract() -> None:
@@ -466,7 +472,10 @@ def test_scaledobject_template_contract() -> None:
         assert needle in text, f"scaledobject.yaml lacks {needle!r}"
     assert values()["autoscaling"]["keda"]["allowIdleConsumers"] is False
     assert 'eq .Values.autoscaling.mode "keda"' in text
-    assert 'eq .Values.autoscaling.mode "hpa"' in (TEMPLATES / "hpa.yaml").read_text(encoding="utf-8")
+    hpa = (TEMPLATES / "hpa.yaml").read_text(encoding="utf-8")
+    assert 'eq .Values.autoscaling.mode "hpa"' in hpa
+    for scaler in (text, hpa):
+        assert "    kind: {{ .Values.workload }}\n" in scaler, "the autoscaler targets the workload's kind"
 
 
 def test_cli_accepts_the_commands_the_deployment_runs() -> None:
@@ -476,7 +485,7 @@ def test_cli_accepts_the_commands_the_deployment_runs() -> None:
     args = parser.parse_args(["weights", "download", "--dest", "/weights", "--label-dest", "/weights/label_3396.txt",
                               "--from", "https://mirror.example/videotag/"])
     assert (args.dest, args.label_dest) == ("/weights", "/weights/label_3396.txt")
-    download_lines = [line for p in [*DOCKERFILES, TEMPLATES / "deployment.yaml", COMPOSE]
+    download_lines = [line for p in [*DOCKERFILES, TEMPLATES / "workload.yaml", COMPOSE]
                       for line in p.read_text(encoding="utf-8").splitlines()
                       if "weights download" in line and not line.lstrip().startswith("#")]
     assert download_lines
