@@ -52,6 +52,7 @@ CHART_DERIVED = {
     # The pod's name, which the worker reads from $POD_NAME: one id in the ConfigMap that every replica shares
     # would have the broker fence all of them but one.
     "group_instance_id",
+    "termination_grace_s",  # terminationGracePeriodSeconds of the pod spec
 }
 # values.yaml `config` defaults that differ from worker/settings.py on purpose.
 CONFIG_OVERRIDES = {"bootstrap_servers"}

@@ -13,7 +13,7 @@ import jsonschema
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
-from tests.integration.worker_process import SECRET_KEY, SpawnWorker, WorkerProcess
+from tests.integration.worker_process import SECRET_KEY, SpawnWorker, WorkerProcess, wait_for_assignment
 from tests.kafka_helpers import Topics, consume_all, produce
 from worker import messages
 from worker.demo import make_clips
@@ -135,6 +135,7 @@ def test_two_workers_share_the_partitions(workers, kafka_broker, s3_server, topi
     pair = [workers(), workers()]
     for worker in pair:
         worker.wait_ready()
+    wait_for_assignment(pair, partitions=3)
     produce(kafka_broker.bootstrap_servers, topics.input, [_request(k, bucket, k) for k in keys],
             keys=[k.encode() for k in keys])
     answers = _answers(kafka_broker, topics, expected=12)

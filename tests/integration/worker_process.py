@@ -87,4 +87,16 @@ class WorkerProcess:
         self._log.close()
 
 
+def wait_for_assignment(workers: list[WorkerProcess], partitions: int, timeout: float = 60) -> None:
+    """Until each worker holds a partition and together they hold all `partitions`: the group has settled, so
+    records produced from now on are not caught in the joins' rebalances."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        held = [w.metric("videotag_assigned_partitions") for w in workers]
+        if all(held) and sum(held) == partitions:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"partitions held {held}, expected {partitions} over {len(workers)} workers")
+
+
 SpawnWorker = Callable[..., WorkerProcess]  # the `spawn` fixture (tests/conftest.py)
