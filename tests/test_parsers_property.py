@@ -269,7 +269,7 @@ def _liar_avi(source: Path, dest: Path, frames: int) -> Path:
     return dest
 
 
-# name → outcome of read_video (an error code, or "result")
+# name → outcome of in-process decoding (an error code, or "result")
 CORPUS = {
     "giant-declared.y4m": "resolution_too_large",  # 12000x12000 in the header, 1 KB of data
     "wide.mp4": "resolution_too_large",  # a real 7696x16 H.264 stream
@@ -306,19 +306,18 @@ def corpus() -> dict[str, Path]:
 READ_ALL = r"""
 import json, resource, sys, time
 from models.errors import InputError
-from models.preprocess import faithful_transform
-from models.video import read_video
+from models.video import InProcessDecoder
 
 def peak_kib():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
-transform = faithful_transform()
+decode = InProcessDecoder("faithful", 256, 224, 7680, 4320)
 base = peak_kib()
 out = {}
 for path in sys.argv[1:]:
     started = time.perf_counter()
     try:
-        video = read_video(path, 4, transform)
+        video = decode(path, 4)
         outcome = {"outcome": "result", "decoded": video.frames_decoded, "reported": video.frames_reported}
     except InputError as exc:
         outcome = {"outcome": exc.code}
@@ -328,7 +327,7 @@ print(json.dumps({"base_kib": base, "files": out}))
 """
 
 
-def test_bad_corpus_through_read_video(corpus: dict[str, Path], tmp_path: Path) -> None:
+def test_bad_corpus_through_in_process_decoding(corpus: dict[str, Path], tmp_path: Path) -> None:
     """Each file ends with a stable code or a normal result, in bounded time and memory, writing nothing."""
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     run = subprocess.run([sys.executable, "-c", READ_ALL, *map(str, corpus.values())], cwd=tmp_path, env=env,
@@ -337,7 +336,7 @@ def test_bad_corpus_through_read_video(corpus: dict[str, Path], tmp_path: Path) 
     base = report["base_kib"]
     for name, path in corpus.items():
         got = report["files"][str(path)]
-        print(f"read_video {name}: {got['outcome']} in {got['seconds']:.2f} s, peak RSS "
+        print(f"decoded {name}: {got['outcome']} in {got['seconds']:.2f} s, peak RSS "
               f"+{(got['peak_kib'] - base) / 1024:.0f} MiB")
         assert got["outcome"] == CORPUS[name], (name, got)
         assert got["seconds"] < 60, (name, got)

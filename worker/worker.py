@@ -381,7 +381,8 @@ class Worker:
         self.metrics.frames_decoded.inc(result.video.frames_decoded)
         video = result.video
         frames = {"decoded": video.frames_decoded, "reported": video.frames_reported,
-                  "sampled": len(video.order), "width": video.width, "height": video.height}
+                  "sampled": len(video.order), "width": video.width, "height": video.height,
+                  "decoder": video.decoder}
         timings["total"] = (time.perf_counter() - t0) * 1e3
         message = result_message(request, result.tags, self.tagger.info if self.tagger else {}, timings, frames)
         self._publish(self.settings.output_topic, request.video_id, message, job)
