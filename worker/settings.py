@@ -2,6 +2,7 @@
 
 Every field here is a setting; docs/configuration.md describes each one. Credentials are not settings of
 their own for S3 (boto3's standard chain: AWS_* variables, shared files, IRSA) and are never logged.
+Values are checked when loaded: a setting of the wrong type, or outside its choices, refuses to start.
 """
 
 from __future__ import annotations
@@ -17,8 +18,13 @@ from typing import Any
 
 import yaml
 
+from worker.messages import MAX_EVENT_RECORDS, VIDEO_ID_FROM
+
 ENV_PREFIX = "VIDEOTAG_"
 SECRET_FIELDS = frozenset({"sasl_password", "ssl_password"})
+CHOICES = {"s3_event_video_id": VIDEO_ID_FROM}
+# Text settings that hold a comma-separated list; a YAML list is accepted for them too.
+LIST_FIELDS = frozenset({"allowed_buckets"})
 
 
 class SettingsError(ValueError):
@@ -55,6 +61,8 @@ class Settings:
     s3_connect_timeout_s: float = 5.0
     s3_read_timeout_s: float = 30.0
     s3_event_video_id: str = "key"
+    max_event_records: int = MAX_EVENT_RECORDS
+    allowed_buckets: str | None = None  # comma-separated; unset: any bucket
     max_object_bytes: int = 2 * 1024**3
     temp_dir: str | None = None
     temp_dir_max_bytes: int = 8 * 1024**3
@@ -88,6 +96,9 @@ class Settings:
     metrics_port: int = 9100
     log_level: str = "INFO"
 
+    def allowed_bucket_names(self) -> frozenset[str] | None:
+        return None if self.allowed_buckets is None else frozenset(split_list(self.allowed_buckets))
+
     def redacted(self) -> dict[str, Any]:
         """The settings as a dict that is safe to log."""
         out = dataclasses.asdict(self)
@@ -111,10 +122,16 @@ def _field_types() -> dict[str, type]:
 FIELD_TYPES = _field_types()
 
 
+def split_list(text: str) -> list[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
 def _coerce(name: str, value: Any) -> Any:
     kind = FIELD_TYPES[name]
     if value is None:
         return None
+    if name in LIST_FIELDS and isinstance(value, list):
+        value = ",".join(str(item) for item in value)
     try:
         if kind is bool:
             if isinstance(value, bool):
@@ -157,4 +174,16 @@ def load_settings(
             raise SettingsError(f"unknown setting {name!r}")
         if value is not None:
             values[name] = value
-    return Settings(**{name: _coerce(name, value) for name, value in values.items()})
+    settings = Settings(**{name: _coerce(name, value) for name, value in values.items()})
+    _check(settings)
+    return settings
+
+
+def _check(settings: Settings) -> None:
+    for name, choices in CHOICES.items():
+        if getattr(settings, name) not in choices:
+            raise SettingsError(f"setting {name!r}: {getattr(settings, name)!r} is not one of {list(choices)}")
+    if settings.max_event_records < 1:
+        raise SettingsError("setting 'max_event_records': must be at least 1")
+    if settings.allowed_buckets is not None and not split_list(settings.allowed_buckets):
+        raise SettingsError("setting 'allowed_buckets': names no bucket (unset it to allow any)")
