@@ -87,7 +87,7 @@ def read_video(path: str | Path, seg_num: int, transform: FrameTransform,
         raise
 
 
-@dataclass(frozen=True)
+@dataclass
 class InProcessDecoder:
     """A `VideoTagger.sampler` that decodes with OpenCV in this process, and sends what OpenCV cannot read to
     the PyAV reader in a child (which has no time limit here, like the in-process decoding)."""
@@ -100,7 +100,7 @@ class InProcessDecoder:
     transform: FrameTransform = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "transform", make_transform(self.preprocess, self.short_size, self.crop_size))
+        self.transform = make_transform(self.preprocess, self.short_size, self.crop_size)
 
     def __call__(self, path: str | Path, seg_num: int, name: str | None = None) -> SampledVideo:
         try:
