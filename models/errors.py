@@ -1,4 +1,8 @@
-"""Errors about one input video: a stable machine-readable code and a message for people."""
+"""Errors about one input video: a stable machine-readable code and a message for people.
+
+`NeedsFallback` is no error of the input: it says that OpenCV cannot read a file that the PyAV reader (which
+runs in a process of its own, models/decoder_process.py) should try.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +19,11 @@ class InputError(Exception):
         return {"code": self.code, "message": self.message}
 
 
+class NeedsFallback(Exception):
+    """OpenCV cannot read this file (it does not open, its codec has no decoder in the OpenCV wheel, or no
+    frame decodes): the PyAV reader decides what it is."""
+
+
 # Stable codes, shared by the CLI output and the worker's dead-letter records.
 NOT_FOUND = "not_found"
 EMPTY_FILE = "empty_file"
@@ -24,3 +33,4 @@ NO_FRAMES = "no_frames"
 RESOLUTION_TOO_LARGE = "resolution_too_large"
 DECODE_TIMEOUT = "decode_timeout"
 DECODER_CRASHED = "decoder_crashed"
+NO_VIDEO_STREAM = "no_video_stream"

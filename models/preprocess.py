@@ -1,14 +1,16 @@
 """Per-frame preprocessing: resize, centre crop, normalise — the original TSN reader's arithmetic.
 
-A transform takes one decoded BGR frame and returns the uint8 RGB crop [224, 224, 3]; only crops are kept
+A transform takes one decoded RGB frame and returns the uint8 RGB crop [224, 224, 3]; only crops are kept
 in memory. `normalise` turns a stack of crops into the extractor's float input.
+
+OpenCV is imported only by the transform that uses it (`fast`): the PyAV decoder process imports this module
+and must not load OpenCV's FFmpeg beside PyAV's (models/decoder_process.py).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-import cv2
 import numpy as np
 from PIL import Image
 
@@ -38,8 +40,8 @@ def _center_crop(image: np.ndarray, size: int) -> np.ndarray:
 def faithful_transform(short_size: int = 256, crop_size: int = 224) -> FrameTransform:
     """PIL bilinear resize, as the original. PIL filters over the whole footprint when downscaling."""
 
-    def transform(bgr: np.ndarray) -> np.ndarray:
-        image = Image.fromarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+    def transform(rgb: np.ndarray) -> np.ndarray:
+        image = Image.fromarray(rgb)
         size = scaled_size(image.width, image.height, short_size)
         if size is not None:
             image = image.resize(size, Image.BILINEAR)
@@ -49,16 +51,17 @@ def faithful_transform(short_size: int = 256, crop_size: int = 224) -> FrameTran
 
 
 def fast_transform(short_size: int = 256, crop_size: int = 224) -> FrameTransform:
-    """OpenCV area resize of the BGR frame, then colour conversion of the crop only: several times
-    cheaper than the faithful path, with pixels a few grey levels apart (tags measured in bench)."""
+    """OpenCV area resize: several times cheaper than the faithful path, with pixels a few grey levels apart
+    (tags measured in bench)."""
+    import cv2
 
-    def transform(bgr: np.ndarray) -> np.ndarray:
-        height, width = bgr.shape[:2]
+    def transform(rgb: np.ndarray) -> np.ndarray:
+        height, width = rgb.shape[:2]
         size = scaled_size(width, height, short_size)
         if size is not None:
             shrinking = size[0] * size[1] < width * height
-            bgr = cv2.resize(bgr, size, interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
-        return cv2.cvtColor(_center_crop(bgr, crop_size), cv2.COLOR_BGR2RGB)
+            rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+        return np.ascontiguousarray(_center_crop(rgb, crop_size))
 
     return transform
 

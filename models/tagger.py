@@ -15,9 +15,10 @@ from models.attention_lstm import attention_lstm
 from models.config import ExtractorConfig, PredictorConfig
 from models.engines import DygraphEngine, Engine
 from models.labels import Tag, load_labels, top_k
-from models.preprocess import make_transform, normalise
+from models.preprocess import normalise
 from models.resnet import tsn_resnet
-from models.video import SampledVideo, read_video
+from models.sampling import SampledVideo
+from models.video import InProcessDecoder
 from models.weights import file_digest, find_params, load_into, randomize
 
 RANDOM_WEIGHTS = "random-untrained"
@@ -45,18 +46,19 @@ class VideoTagger:
     max_width: int = 7680
     max_height: int = 4320
     info: dict[str, Any] = field(default_factory=dict)
-    # (path, seg_num, name) → SampledVideo in place of read_video here, e.g. models.decoder_process
+    # (path, seg_num, name) → SampledVideo; unset: decoded in this process (models.video.InProcessDecoder),
+    # models.decoder_process.isolate_decoding puts every video in a child instead.
     sampler: Callable[[str | Path, int, str | None], SampledVideo] | None = None
 
     def __post_init__(self) -> None:
-        cfg = self.extractor_config
-        self.transform = make_transform(self.preprocess, cfg.short_size, cfg.target_size)
+        if self.sampler is None:
+            cfg = self.extractor_config
+            self.sampler = InProcessDecoder(self.preprocess, cfg.short_size, cfg.target_size, self.max_width,
+                                            self.max_height)
 
     def sample(self, path: str | Path, seg_num: int | None = None, name: str | None = None) -> SampledVideo:
-        if self.sampler is not None:
-            return self.sampler(path, seg_num or self.extractor_config.seg_num, name)
-        return read_video(path, seg_num or self.extractor_config.seg_num, self.transform,
-                          self.max_width, self.max_height, name=name)
+        assert self.sampler is not None  # set in __post_init__
+        return self.sampler(path, seg_num or self.extractor_config.seg_num, name)
 
     def features(self, video: SampledVideo) -> np.ndarray:
         """[seg_num, 2048]; each distinct frame goes through the network once."""

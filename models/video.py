@@ -1,137 +1,111 @@
-"""Decoding and frame sampling, as the original reader, holding only the sampled frames.
+"""The OpenCV reader, and decoding in this process: OpenCV here, the PyAV fallback in a child process.
 
-The original decodes every frame into memory and then picks `seg_num` of them; here frames are grabbed
-sequentially and only the picked ones are colour-converted and preprocessed, so memory does not grow with
-the video's length and the input to the network is the same.
+OpenCV decodes what it can, with the pixels the original saw. What it cannot read (a file it does not open,
+a codec its wheel has no decoder for, such as AV1, or a stream of which no frame decodes) raises
+NeedsFallback, and `InProcessDecoder` hands that file to the PyAV reader in a child process: PyAV and
+OpenCV's FFmpeg are never loaded in one process (models/decoder_process.py says why).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from models import errors
-from models.errors import InputError
-from models.preprocess import FrameTransform
+from models.decoder_process import DecoderProcess
+from models.errors import InputError, NeedsFallback
+from models.preprocess import FrameTransform, make_transform
+from models.sampling import SampledVideo, sample_video
 
-# Container signatures, to tell a damaged video from a file that is no video at all.
-_VIDEO_MAGIC = (b"\x1a\x45\xdf\xa3", b"RIFF", b"OggS", b"FLV", b"\x00\x00\x01\xba", b"\x00\x00\x01\xb3")
-# After this many failed reads in a row the stream is over: a container that declares millions of frames
-# it does not have must not cost millions of calls. A real stream never fails this often and recovers.
-MAX_CONSECUTIVE_FAILURES = 256
+if "av" in sys.modules:  # the invariant models/decoder_process.py keeps: one FFmpeg per process
+    raise ImportError("models.video (OpenCV) imported in a process that has loaded PyAV")
 
-
-@dataclass(frozen=True)
-class SampledVideo:
-    crops: np.ndarray  # [U, H, W, 3] uint8: each distinct sampled frame once
-    order: np.ndarray  # [seg_num] index into crops, in sampling order (short videos repeat frames)
-    frames_decoded: int  # len(frames) of the original reader
-    frames_reported: int
-    width: int
-    height: int
-    fps: float
-
-    @property
-    def frames(self) -> np.ndarray:
-        return self.crops[self.order]
+DECODER = "opencv"
+# Codecs (FOURCC, upper case) the OpenCV wheel opens but has no decoder for: it reports a plausible frame
+# count, then every read fails. Known here so that such files go to PyAV without a pass of failing reads.
+UNDECODABLE_FOURCCS = frozenset({"AV01"})
 
 
-def sample_indices(num_frames: int, seg_num: int) -> list[int]:
-    """The original infer-mode sampler (seglen 1): the middle frame of each of `seg_num` equal segments,
-    or every frame in turn, repeated, when the video has fewer frames than segments."""
-    average_dur = int(num_frames / seg_num)
-    picks = []
-    for i in range(seg_num):
-        idx = (average_dur - 1) // 2 + i * average_dur if average_dur >= 1 else i
-        picks.append(idx % num_frames)
-    return picks
+def opencv_decodes(fourcc: str) -> bool:
+    """Whether OpenCV's wheel decodes a stream of this codec (its CAP_PROP_FOURCC as text)."""
+    return fourcc.upper() not in UNDECODABLE_FOURCCS
 
 
-def _looks_like_video(path: Path) -> bool:
-    with path.open("rb") as f:
-        head = f.read(12)
-    return head[4:8] in (b"ftyp", b"moov", b"mdat", b"wide", b"free") or head.startswith(_VIDEO_MAGIC)
+def _fourcc(capture: cv2.VideoCapture) -> str:
+    code = int(capture.get(cv2.CAP_PROP_FOURCC))
+    return code.to_bytes(4, "little").decode("latin-1").strip("\0 ")
 
 
-def _open(path: Path, name: str) -> cv2.VideoCapture:
-    capture = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
-    if not capture.isOpened():
-        capture.release()
-        if _looks_like_video(path):
-            raise InputError(errors.CORRUPT_VIDEO, f"{name}: video container is damaged or truncated")
-        raise InputError(errors.NOT_A_VIDEO, f"{name}: not a video file OpenCV/FFmpeg can read")
-    return capture
+class _CaptureReader:
+    """`cv2.VideoCapture` as a FrameReader: BGR frames converted to RGB, the spec's first step."""
 
+    def __init__(self, path: Path, name: str) -> None:
+        capture = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
+        if not capture.isOpened():
+            capture.release()
+            raise NeedsFallback(f"{name}: OpenCV cannot open it")
+        if not opencv_decodes(fourcc := _fourcc(capture)):
+            capture.release()
+            raise NeedsFallback(f"{name}: OpenCV has no decoder for {fourcc}")
+        self.capture = capture
+        self.width = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH))
+        self.height = int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
+        self.frames_reported = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+        self.read_calls: int | None = max(self.frames_reported, 0)
+        self.fps = float(capture.get(cv2.CAP_PROP_FPS))
 
-def _decode_picks(path: Path, name: str, reported: int, wanted: set[int], keep: dict[int, np.ndarray],
-                  transform: FrameTransform) -> int:
-    """Replay the original's `reported` read calls; transform the decoded frames whose ordinal is wanted.
+    def grab(self) -> bool:
+        return bool(self.capture.grab())
 
-    Returns the number of frames decoded (the original's len(frames)).
-    """
-    capture = _open(path, name)
-    decoded = failures = 0
-    try:
-        for _ in range(reported):
-            if not capture.grab():
-                failures += 1
-                if failures >= MAX_CONSECUTIVE_FAILURES:
-                    break
-                continue
-            failures = 0
-            if decoded in wanted and decoded not in keep:
-                ok, frame = capture.retrieve()
-                if not ok:
-                    raise InputError(errors.CORRUPT_VIDEO, f"{name}: frame {decoded} does not decode")
-                keep[decoded] = transform(frame)
-            decoded += 1
-    finally:
-        capture.release()
-    return decoded
+    def retrieve(self) -> np.ndarray | None:
+        ok, frame = self.capture.retrieve()
+        return cv2.cvtColor(frame, cv2.COLOR_BGR2RGB) if ok else None
+
+    def close(self) -> None:
+        self.capture.release()
 
 
 def read_video(path: str | Path, seg_num: int, transform: FrameTransform,
                max_width: int = 7680, max_height: int = 4320, name: str | None = None) -> SampledVideo:
-    """Sample `seg_num` frames of a video file exactly as the original reader, preprocessed by `transform`.
+    """Sample `seg_num` frames of a video file with OpenCV, exactly as the original reader (models/sampling.py).
 
-    Raises InputError for a missing, empty, non-video or damaged file, no decodable frame, or a resolution
-    above the limit (either orientation). Messages call the video `name` (default: the file name).
+    Raises InputError for a missing or empty file or a resolution above the limit (either orientation), and
+    NeedsFallback for a file OpenCV cannot read. Messages call the video `name` (default: the file name).
     """
     path = Path(path)
     name = name or path.name
-    if not path.is_file():
-        raise InputError(errors.NOT_FOUND, f"{path}: no such file")
-    if path.stat().st_size == 0:
-        raise InputError(errors.EMPTY_FILE, f"{name}: file is empty (0 bytes)")
-    capture = _open(path, name)
-    width = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH))
-    height = int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
-    reported = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
-    fps = float(capture.get(cv2.CAP_PROP_FPS))
-    capture.release()
-    if max(width, height) > max(max_width, max_height) or min(width, height) > min(max_width, max_height):
-        raise InputError(errors.RESOLUTION_TOO_LARGE,
-                         f"{name}: {width}x{height} is above the {max_width}x{max_height} limit")
-    # Optimistic single pass: assume every reported frame decodes. If some do not, the sampling positions
-    # shift, and a second pass fetches the frames that the first one did not keep.
-    keep: dict[int, np.ndarray] = {}
-    decoded = _decode_picks(path, name, reported, set(sample_indices(max(reported, 1), seg_num)), keep, transform)
-    if decoded == 0:
-        raise InputError(errors.NO_FRAMES, f"{name}: no decodable frame ({reported} reported)")
-    picks = sample_indices(decoded, seg_num)
-    if missing := set(picks) - set(keep):
-        _decode_picks(path, name, reported, missing, keep, transform)
-    distinct = sorted(set(picks))
-    position = {ordinal: i for i, ordinal in enumerate(distinct)}
-    return SampledVideo(
-        crops=np.stack([keep[i] for i in distinct]),
-        order=np.array([position[i] for i in picks], dtype=np.int64),
-        frames_decoded=decoded,
-        frames_reported=reported,
-        width=width,
-        height=height,
-        fps=fps,
-    )
+    try:
+        return sample_video(path, name, lambda: _CaptureReader(path, name), DECODER, seg_num, transform,
+                            max_width, max_height)
+    except InputError as exc:
+        if exc.code == errors.NO_FRAMES:  # e.g. a codec this wheel lacks that is not in UNDECODABLE_FOURCCS
+            raise NeedsFallback(exc.message) from exc
+        raise
+
+
+@dataclass
+class InProcessDecoder:
+    """A `VideoTagger.sampler` that decodes with OpenCV in this process, and sends what OpenCV cannot read to
+    the PyAV reader in a child (which has no time limit here, like the in-process decoding)."""
+
+    preprocess: str
+    short_size: int
+    crop_size: int
+    max_width: int
+    max_height: int
+    transform: FrameTransform = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.transform = make_transform(self.preprocess, self.short_size, self.crop_size)
+
+    def __call__(self, path: str | Path, seg_num: int, name: str | None = None) -> SampledVideo:
+        try:
+            return read_video(path, seg_num, self.transform, self.max_width, self.max_height, name)
+        except NeedsFallback:
+            fallback = DecoderProcess(self.preprocess, self.short_size, self.crop_size, self.max_width,
+                                      self.max_height, timeout_s=None, decoders=("pyav",))
+            return fallback(path, seg_num, name)

@@ -12,7 +12,7 @@ import pytest
 from models import errors
 from models.errors import InputError
 from models.preprocess import faithful_transform
-from models.video import read_video
+from models.video import InProcessDecoder, read_video
 from tests.model_fixtures import (
     LABELS,
     VIDEOS,
@@ -81,10 +81,11 @@ def test_error_codes_are_stable() -> None:
 
 @pytest.mark.parametrize("case", ["not_found", "empty_file", "corrupt_video", "not_a_video:random",
                                   "not_a_video:text", "no_frames"])
-def test_read_video_bad_input_codes(bad_files: dict[str, Path], case: str) -> None:
+def test_bad_input_codes(bad_files: dict[str, Path], case: str) -> None:
+    """In-process decoding: OpenCV, and PyAV in a child for what OpenCV cannot open or decode."""
     path = bad_files[case]
     with pytest.raises(InputError) as info:
-        read_video(path, 8, faithful_transform())
+        InProcessDecoder("faithful", 256, 224, 7680, 4320)(path, 8)
     assert info.value.code == case.split(":")[0]
     assert path.name in info.value.message
 

@@ -16,3 +16,19 @@ def test_every_setting_is_documented():
 def test_example_worker_config_loads():
     settings = load_settings(ROOT / "configs" / "worker.yaml", env={})
     assert settings.input_topic == "videotag.requests" and settings.seg_num == 300
+
+
+def test_messages_md_shows_every_input_shape_and_each_example_parses():
+    """docs/messages.md's input examples (the JSON blocks before the Result section) are real inputs."""
+    import json
+    import re
+
+    from worker.messages import message_shape, parse_request
+
+    text = (ROOT / "docs" / "messages.md").read_text(encoding="utf-8")
+    inputs = text[text.index("## Request"):text.index("## Result")]
+    examples = [json.loads(block) for block in re.findall(r"```json\n(.*?)```", inputs, re.S)]
+    shapes = {message_shape(example) for example in examples}
+    assert shapes == {"request", "s3_event", "s3_test_event", "eventbridge", "sns"}
+    videos = [(r.bucket, r.key) for example in examples for r in parse_request(json.dumps(example).encode())]
+    assert videos == [("uploads", "2026/11/v-123.mp4")] + [("uploads", "2026/11/my video.mp4")] * 4

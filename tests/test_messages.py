@@ -93,3 +93,135 @@ def test_dlq_record_keeps_the_original_bytes(raw):
     jsonschema.validate(record, messages.schema("dlq"))
     assert original_value(json.loads(json.dumps(record))) == raw
     assert record["original"]["offset"] == 9 and record["error"]["code"] == "invalid_json"
+
+
+# Every input shape, as AWS, MinIO and SNS send it -----------------------------------------------------------
+
+S3_RECORD = {
+    "eventVersion": "2.1", "eventSource": "aws:s3", "awsRegion": "us-east-1", "eventTime": "2026-11-24T10:00:00.000Z",
+    "eventName": "ObjectCreated:Put", "userIdentity": {"principalId": "AWS:AIDAEXAMPLE"},
+    "s3": {"s3SchemaVersion": "1.0", "configurationId": "videotag",
+           "bucket": {"name": "uploads", "arn": "arn:aws:s3:::uploads"},
+           "object": {"key": "2026/11/my+video%C3%A9.mp4", "size": 1048576, "sequencer": "0055AED6DCD90281E5"}},
+}
+S3_TEST_EVENT = {"Service": "Amazon S3", "Event": "s3:TestEvent", "Time": "2026-11-24T10:00:00.000Z",
+                 "Bucket": "uploads", "RequestId": "5582815E1AEA5ADF", "HostId": "8cLeGAmw098X5cv4Zkwcmo8vvZa3eH3e"}
+EVENTBRIDGE = {
+    "version": "0", "id": "17793124-05d4-b198-2fde-7ededc63b103", "detail-type": "Object Created",
+    "source": "aws.s3", "account": "111122223333", "time": "2026-11-24T10:00:00Z", "region": "us-east-1",
+    "resources": ["arn:aws:s3:::uploads"],
+    "detail": {"version": "0", "bucket": {"name": "uploads"},
+               "object": {"key": "2026/11/my video+é.mp4", "size": 1048576, "etag": "b1946ac92492d2347c6235b4d2611184"},
+               "request-id": "N4N7GDK58NMKJ12R", "requester": "111122223333", "reason": "PutObject"},
+}
+MINIO_EVENT = {
+    "EventName": "s3:ObjectCreated:Put", "Key": "uploads/2026/11/my video.mp4",
+    "Records": [{"eventVersion": "2.0", "eventSource": "minio:s3", "eventName": "s3:ObjectCreated:Put",
+                 "s3": {"bucket": {"name": "uploads", "arn": "arn:aws:s3:::uploads"},
+                        "object": {"key": "2026%2F11%2Fmy+video.mp4", "size": 1048576, "contentType": "video/mp4"}},
+                 "source": {"host": "172.17.0.1", "userAgent": "MinIO (linux; amd64) minio-go/v7.0.70"}}],
+}
+
+
+def sns(inner: object) -> dict:
+    return {"Type": "Notification", "MessageId": "22b80b92-fdea-4c2c-8f9d-bdfb0c7bf324",
+            "TopicArn": "arn:aws:sns:us-east-1:111122223333:uploads", "Subject": "Amazon S3 Notification",
+            "Message": json.dumps(inner), "Timestamp": "2026-11-24T10:00:00.000Z", "SignatureVersion": "1",
+            "Signature": "EXAMPLE", "SigningCertURL": "https://sns.example/cert.pem"}
+
+
+def _parse(document: object, **options) -> list[tuple[str, str, str]]:
+    return [(r.bucket, r.key, r.video_id) for r in parse_request(json.dumps(document).encode(), **options)]
+
+
+@pytest.mark.parametrize(
+    ("document", "shape", "expected"),
+    [
+        ({"Records": [S3_RECORD]}, "s3_event", [("uploads", "2026/11/my videoé.mp4", "2026/11/my videoé.mp4")]),
+        (MINIO_EVENT, "s3_event", [("uploads", "2026/11/my video.mp4", "2026/11/my video.mp4")]),
+        (S3_TEST_EVENT, "s3_test_event", []),
+        (EVENTBRIDGE, "eventbridge", [("uploads", "2026/11/my video+é.mp4", "2026/11/my video+é.mp4")]),  # as is
+        ({**EVENTBRIDGE, "detail-type": "Object Deleted"}, "eventbridge", []),
+        (sns({"Records": [S3_RECORD]}), "sns", [("uploads", "2026/11/my videoé.mp4", "2026/11/my videoé.mp4")]),
+        (sns(S3_TEST_EVENT), "sns", []),
+        (sns(EVENTBRIDGE), "sns", [("uploads", "2026/11/my video+é.mp4", "2026/11/my video+é.mp4")]),
+        (sns({"video_id": "uploads/k", "bucket": "uploads", "key": "k"}), "sns", [("uploads", "k", "uploads/k")]),
+    ],
+)
+def test_every_input_shape(document: dict, shape: str, expected: list) -> None:
+    assert messages.message_shape(document) == shape
+    assert _parse(document) == expected
+    # (the wrapped request names its video_id "uploads/k" itself: the same under both settings)
+    assert _parse(document, video_id_from="bucket_key") == [(b, k, f"{b}/{k}") for b, k, _ in expected]
+
+
+@pytest.mark.parametrize(
+    ("document", "code"),
+    [
+        ({**EVENTBRIDGE, "detail": {"bucket": {"name": "uploads"}}}, "schema_violation"),
+        ({**EVENTBRIDGE, "detail": {"bucket": {"name": ""}, "object": {"key": "k"}}}, "schema_violation"),
+        ({**EVENTBRIDGE, "detail": "text"}, "schema_violation"),
+        ({**sns({}), "Message": "{not json"}, "invalid_json"),
+        ({**sns({}), "Message": "NaN"}, "invalid_json"),
+        (sns(sns({"Records": [S3_RECORD]})), "schema_violation"),  # SNS does not wrap its own notifications
+    ],
+)
+def test_malformed_events(document: dict, code: str) -> None:
+    with pytest.raises(InputError) as info:
+        _parse(document)
+    assert info.value.code == code
+
+
+def test_records_per_message_are_capped() -> None:
+    records = {"Records": [S3_RECORD] * 3}
+    assert len(_parse(records, max_records=3)) == 3
+    with pytest.raises(InputError) as info:
+        _parse(records, max_records=2)
+    assert info.value.code == "too_many_records" and "3 records" in info.value.message
+    with pytest.raises(InputError) as info:  # the cap counts records, deletions included
+        _parse({"Records": [{**S3_RECORD, "eventName": "ObjectRemoved:Delete"}] * 3}, max_records=2)
+    assert info.value.code == "too_many_records"
+    with pytest.raises(InputError) as info:  # wrapped or not
+        _parse(sns(records), max_records=2)
+    assert info.value.code == "too_many_records"
+
+
+@pytest.mark.parametrize("document", [{"video_id": "v", "bucket": "uploads", "key": "k"}, {"Records": [S3_RECORD]},
+                                      EVENTBRIDGE, sns(EVENTBRIDGE), MINIO_EVENT])
+def test_allowed_buckets(document: dict) -> None:
+    assert _parse(document, allowed_buckets=frozenset({"uploads", "other"}))
+    with pytest.raises(InputError) as info:
+        _parse(document, allowed_buckets=frozenset({"other"}))
+    assert info.value.code == "bucket_not_allowed" and "'uploads'" in info.value.message
+    assert _parse(S3_TEST_EVENT, allowed_buckets=frozenset({"other"})) == []  # names no bucket to read
+
+
+def test_one_bucket_outside_the_list_refuses_the_whole_event() -> None:
+    elsewhere = {**S3_RECORD, "s3": {**S3_RECORD["s3"], "bucket": {"name": "elsewhere"}}}
+    with pytest.raises(InputError) as info:
+        _parse({"Records": [S3_RECORD, elsewhere]}, allowed_buckets=frozenset({"uploads"}))
+    assert info.value.code == "bucket_not_allowed"
+
+
+def test_a_message_without_videos_is_committable_at_once() -> None:
+    """The worker starts no job for a test event and commits past it (with nothing before it unfinished)."""
+    from types import SimpleNamespace
+
+    from worker.settings import Settings
+    from worker.worker import Worker
+
+    worker = Worker(Settings())
+    try:
+        for offset, document in enumerate([S3_TEST_EVENT, {"video_id": "v", "bucket": "uploads", "key": "k"},
+                                           sns(S3_TEST_EVENT)]):
+            worker._accept(SimpleNamespace(topic="t", partition=0, offset=offset, timestamp=0, key=None,
+                                           value=json.dumps(document).encode()))
+            if offset == 0:
+                assert not worker._backlog and worker.tracker.to_commit() == {("t", 0): 1}
+        assert len(worker._backlog) == 1
+        assert worker.tracker.to_commit() == {("t", 0): 1}  # the request at offset 1 is not done
+        job = worker._backlog.popleft()
+        worker.tracker.finished(job.state, job.offset)
+        assert worker.tracker.to_commit() == {("t", 0): 3}  # past both test events
+    finally:
+        worker._executor.shutdown()

@@ -3,7 +3,8 @@ through a real worker.
 
 The parser contract (worker/messages.py): any message either parses into VideoRequests whose fields are
 strings, or raises models.errors.InputError with one of a fixed set of codes; never anything else, since an
-exception escaping the consumer loop would crash every worker that receives the message in turn.
+exception escaping the consumer loop would crash every worker that receives the message in turn. Each input
+shape (request, S3 and MinIO events, s3:TestEvent, EventBridge, SNS-wrapped) has its own properties.
 
 The corpus is generated under tests/data/bad/ at test time (gitignored), never committed.
 """
@@ -29,14 +30,14 @@ from worker.messages import MAX_MESSAGE_BYTES, VideoRequest, parse_request
 
 ROOT = Path(__file__).resolve().parents[1]
 BAD_DIR = ROOT / "tests" / "data" / "bad"
-PARSER_CODES = {"invalid_json", "schema_violation", "message_too_large"}
+PARSER_CODES = {"invalid_json", "schema_violation", "message_too_large", "too_many_records", "bucket_not_allowed"}
 PROPERTY = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
-def check(value: bytes | None, video_id_from: str = "key") -> list[VideoRequest] | None:
+def check(value: bytes | None, video_id_from: str = "key", **options) -> list[VideoRequest] | None:
     """The parser contract; returns the requests, or None when the message was rejected."""
     try:
-        requests = parse_request(value, video_id_from)
+        requests = parse_request(value, video_id_from, **options)
     except InputError as exc:
         assert exc.code in PARSER_CODES, exc.code
         assert isinstance(exc.message, str) and len(exc.message) <= 1000, len(exc.message)
@@ -99,6 +100,33 @@ def s3_events(draw: st.DrawFn) -> dict:
     return {"Records": draw(st.one_of(st.just(records), json_values))}
 
 
+@st.composite
+def eventbridge_events(draw: st.DrawFn) -> dict:
+    detail: object = {"bucket": {"name": draw(bucket_names)}, "object": {"key": draw(field_values)}}
+    if draw(st.integers(0, 4)) == 0:
+        detail = draw(json_values)
+    kind = draw(st.one_of(st.sampled_from(["Object Created", "Object Deleted", "Object Restore Completed"]),
+                          json_values))
+    return {"version": "0", "source": "aws.s3", "detail-type": kind, "detail": detail}
+
+
+test_events = st.builds(lambda extra: {**extra, "Event": "s3:TestEvent"},
+                        st.dictionaries(st.text(max_size=10).filter(lambda k: k != "Records"), json_values,
+                                        max_size=4))
+
+
+def sns(inner: object) -> dict:
+    return {"Type": "Notification", "TopicArn": "arn:aws:sns:us-east-1:1:uploads", "Message": json.dumps(inner)}
+
+
+def outcome(value: bytes, video_id_from: str = "key", **options) -> object:
+    """The requests a message yields, or the code it is refused with."""
+    try:
+        return parse_request(value, video_id_from, **options)
+    except InputError as exc:
+        return exc.code
+
+
 def encode(document: object, ensure_ascii: bool) -> bytes:
     # Lone surrogates cannot be UTF-8: surrogatepass makes the invalid bytes a hostile producer could send.
     return json.dumps(document, ensure_ascii=ensure_ascii).encode("utf-8", "surrogatepass")
@@ -143,6 +171,67 @@ def test_s3_event_shaped_documents(document: dict, video_id_from: str, ensure_as
             assert request.key in {urllib.parse.unquote_plus(r["s3"]["object"]["key"]) for r in document["Records"]}
             expected = request.key if video_id_from == "key" else f"{request.bucket}/{request.key}"
             assert request.video_id == expected
+
+
+@PROPERTY
+@given(eventbridge_events(), st.sampled_from(["key", "bucket_key"]), st.booleans())
+def test_eventbridge_shaped_documents(document: dict, video_id_from: str, ensure_ascii: bool) -> None:
+    requests = check(encode(document, ensure_ascii), video_id_from)
+    if requests:
+        [request] = requests
+        assert document["detail-type"] == "Object Created"
+        assert request.key == document["detail"]["object"]["key"]  # as sent: EventBridge does not URL-encode
+        assert request.bucket == document["detail"]["bucket"]["name"]
+        assert request.video_id == (request.key if video_id_from == "key" else f"{request.bucket}/{request.key}")
+
+
+@PROPERTY
+@given(test_events, st.booleans())
+def test_s3_test_events_yield_nothing(document: dict, ensure_ascii: bool) -> None:
+    assert check(encode(document, ensure_ascii)) in ([], None)
+    if ensure_ascii:  # valid UTF-8 whatever the extra fields hold: always skipped, never dead-lettered
+        assert check(encode(document, ensure_ascii)) == []
+
+
+@PROPERTY
+@given(st.one_of(s3_events(), eventbridge_events(), test_events, requests_like()),
+       st.sampled_from(["key", "bucket_key"]), st.booleans())
+def test_sns_wrapped_documents_are_their_message(inner: dict, video_id_from: str, ensure_ascii: bool) -> None:
+    """An SNS notification yields what its Message would yield sent as it is (SNS escapes it as JSON text)."""
+    assert outcome(encode(sns(inner), ensure_ascii), video_id_from) == outcome(encode(inner, True), video_id_from)
+
+
+@PROPERTY
+@given(s3_events(), st.text(max_size=30), st.booleans())
+def test_minio_events_are_s3_events(document: dict, key: str, ensure_ascii: bool) -> None:
+    """MinIO adds EventName and Key beside the Records; they change nothing."""
+    minio = {"EventName": "s3:ObjectCreated:Put", "Key": key, **document}
+    assert outcome(encode(minio, ensure_ascii)) == outcome(encode(document, ensure_ascii))
+
+
+@PROPERTY
+@given(st.integers(1, 40), st.integers(1, 40), st.booleans())
+def test_records_per_message_are_capped(records: int, cap: int, wrapped: bool) -> None:
+    document: dict = {"Records": [{"eventName": "ObjectCreated:Put", "s3": {"bucket": {"name": "uploads"},
+                                                                            "object": {"key": f"v{i}.mp4"}}}
+                                  for i in range(records)]}
+    got = outcome(encode(sns(document) if wrapped else document, True), max_records=cap)
+    assert got == "too_many_records" if records > cap else len(got) == records
+
+
+@PROPERTY
+@given(st.one_of(requests_like(), s3_events(), eventbridge_events()), st.data(), st.booleans())
+def test_allowed_buckets_refuse_every_other_bucket(document: dict, data: st.DataObject, ensure_ascii: bool) -> None:
+    value = encode(document, ensure_ascii)
+    anywhere = outcome(value)
+    named = sorted({request.bucket for request in anywhere}) if isinstance(anywhere, list) else []
+    allowed = frozenset(data.draw(st.lists(st.sampled_from(named), max_size=3)) if named else []) | data.draw(
+        st.frozensets(st.text(max_size=8), max_size=2))
+    limited = outcome(value, allowed_buckets=allowed)
+    if isinstance(anywhere, str) or set(named) <= allowed:  # refused anyway, for the same reason; or all allowed
+        assert limited == anywhere
+    else:
+        assert limited == "bucket_not_allowed"
 
 
 @PROPERTY
@@ -269,7 +358,7 @@ def _liar_avi(source: Path, dest: Path, frames: int) -> Path:
     return dest
 
 
-# name → outcome of read_video (an error code, or "result")
+# name → outcome of in-process decoding (an error code, or "result")
 CORPUS = {
     "giant-declared.y4m": "resolution_too_large",  # 12000x12000 in the header, 1 KB of data
     "wide.mp4": "resolution_too_large",  # a real 7696x16 H.264 stream
@@ -306,19 +395,18 @@ def corpus() -> dict[str, Path]:
 READ_ALL = r"""
 import json, resource, sys, time
 from models.errors import InputError
-from models.preprocess import faithful_transform
-from models.video import read_video
+from models.video import InProcessDecoder
 
 def peak_kib():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
-transform = faithful_transform()
+decode = InProcessDecoder("faithful", 256, 224, 7680, 4320)
 base = peak_kib()
 out = {}
 for path in sys.argv[1:]:
     started = time.perf_counter()
     try:
-        video = read_video(path, 4, transform)
+        video = decode(path, 4)
         outcome = {"outcome": "result", "decoded": video.frames_decoded, "reported": video.frames_reported}
     except InputError as exc:
         outcome = {"outcome": exc.code}
@@ -328,7 +416,7 @@ print(json.dumps({"base_kib": base, "files": out}))
 """
 
 
-def test_bad_corpus_through_read_video(corpus: dict[str, Path], tmp_path: Path) -> None:
+def test_bad_corpus_through_in_process_decoding(corpus: dict[str, Path], tmp_path: Path) -> None:
     """Each file ends with a stable code or a normal result, in bounded time and memory, writing nothing."""
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     run = subprocess.run([sys.executable, "-c", READ_ALL, *map(str, corpus.values())], cwd=tmp_path, env=env,
@@ -337,7 +425,7 @@ def test_bad_corpus_through_read_video(corpus: dict[str, Path], tmp_path: Path) 
     base = report["base_kib"]
     for name, path in corpus.items():
         got = report["files"][str(path)]
-        print(f"read_video {name}: {got['outcome']} in {got['seconds']:.2f} s, peak RSS "
+        print(f"decoded {name}: {got['outcome']} in {got['seconds']:.2f} s, peak RSS "
               f"+{(got['peak_kib'] - base) / 1024:.0f} MiB")
         assert got["outcome"] == CORPUS[name], (name, got)
         assert got["seconds"] < 60, (name, got)

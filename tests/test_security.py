@@ -187,8 +187,9 @@ def test_temp_files_are_private_and_always_removed(s3_server: S3Server, bucket: 
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """0600 even under umask 0, and gone after success, a corrupt video, an exception in the caller, an S3
     stream that stalls mid-body, and a refused oversize object (never written at all)."""
-    from models.preprocess import faithful_transform
-    from models.video import read_video
+    from models.video import InProcessDecoder
+
+    decode = InProcessDecoder("faithful", 256, 224, 7680, 4320)
 
     clip = tiny_clips(tmp_path)[0]
     client = s3_server.client()
@@ -209,12 +210,12 @@ def test_temp_files_are_private_and_always_removed(s3_server: S3Server, bucket: 
             with fetcher.fetch(bucket, "good.mp4") as (path, size):
                 seen["good"] = {stat.S_IMODE(path.stat().st_mode)}
                 assert path.parent == temp and size == clip.stat().st_size
-                read_video(path, 2, faithful_transform())
+                decode(path, 2)
             assert list(temp.iterdir()) == []
 
             with pytest.raises(InputError, match="corrupt_video"), fetcher.fetch(bucket, "corrupt.mp4") as (path, _):
                 seen["corrupt"] = {stat.S_IMODE(path.stat().st_mode)}
-                read_video(path, 2, faithful_transform())
+                decode(path, 2)
             assert list(temp.iterdir()) == []
 
             with pytest.raises(RuntimeError), fetcher.fetch(bucket, "good.mp4"):

@@ -59,3 +59,24 @@ def test_timeouts_that_disagree_are_refused_naming_the_setting(values: dict, nam
 def test_the_shipped_defaults_and_a_chart_grace_period_agree() -> None:
     assert settings_problems(Settings()) == []
     assert load_settings(env={}, overrides={"termination_grace_s": 150}).termination_grace_s == 150
+
+
+@pytest.mark.parametrize(("text", "env"), [("s3_event_video_id: bucket/key\n", {}),
+                                           ("", {"VIDEOTAG_S3_EVENT_VIDEO_ID": "Key"}),
+                                           ("max_event_records: 0\n", {}),
+                                           ("allowed_buckets: ' , '\n", {}), ("allowed_buckets: []\n", {})])
+def test_event_settings_are_checked_at_load(tmp_path, text, env):
+    config = tmp_path / "w.yaml"
+    config.write_text(text)
+    with pytest.raises(SettingsError):
+        load_settings(config, env=env)
+
+
+def test_allowed_buckets_from_a_list_or_comma_separated(tmp_path):
+    assert load_settings(env={}).allowed_bucket_names() is None  # unset: any bucket
+    config = tmp_path / "w.yaml"
+    config.write_text("allowed_buckets: [uploads, archive]\ns3_event_video_id: bucket_key\n")
+    s = load_settings(config, env={})
+    assert s.allowed_bucket_names() == frozenset({"uploads", "archive"}) and s.s3_event_video_id == "bucket_key"
+    s = load_settings(env={"VIDEOTAG_ALLOWED_BUCKETS": " uploads,archive ,", "VIDEOTAG_MAX_EVENT_RECORDS": "5"})
+    assert s.allowed_bucket_names() == frozenset({"uploads", "archive"}) and s.max_event_records == 5

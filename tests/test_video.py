@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from models import sampling as sampling_module
 from models import video as video_module
 from models.preprocess import (
     faithful_transform,
@@ -19,7 +20,8 @@ from models.preprocess import (
     normalise,
     scaled_size,
 )
-from models.video import read_video, sample_indices
+from models.sampling import sample_indices
+from models.video import read_video
 from tests.model_fixtures import VIDEOS, make_clip, require_shared
 
 MEAN = (0.485, 0.456, 0.406)
@@ -84,7 +86,7 @@ def naive_read(path: Path, seg_num: int, transform) -> tuple[np.ndarray, int, in
     for _ in range(reported):
         ok, frame = capture.read()
         if ok:
-            frames.append(frame)
+            frames.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
     capture.release()
     crops = np.stack([transform(frames[i]) for i in spec_indices(len(frames), seg_num)])
     return crops, len(frames), reported
@@ -97,9 +99,9 @@ class CountingTransform:
         self.inner = faithful_transform()
         self.calls = 0
 
-    def __call__(self, bgr: np.ndarray) -> np.ndarray:
+    def __call__(self, rgb: np.ndarray) -> np.ndarray:
         self.calls += 1
-        return self.inner(bgr)
+        return self.inner(rgb)
 
 
 @pytest.fixture(scope="module")
@@ -161,14 +163,14 @@ def test_streaming_reader_equals_naive_reader_on_long_clip(clips: dict[str, Path
 def test_streaming_reader_when_fewer_frames_decode_than_declared(clips: dict[str, Path], seg_num: int,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     passes = []
-    decode_picks = video_module._decode_picks
+    decode_picks = sampling_module._decode_picks
     signature = inspect.signature(decode_picks)
 
     def spy(*args, **kwargs):
         passes.append(set(signature.bind(*args, **kwargs).arguments["wanted"]))  # the frames a pass keeps
         return decode_picks(*args, **kwargs)
 
-    monkeypatch.setattr(video_module, "_decode_picks", spy)
+    monkeypatch.setattr(sampling_module, "_decode_picks", spy)
     transform = CountingTransform()
     sampled = read_video(clips["truncated"], seg_num, transform)
     reference, decoded, reported = naive_read(clips["truncated"], seg_num, faithful_transform())
@@ -222,7 +224,7 @@ def test_second_pass_logic_with_a_fake_capture(monkeypatch: pytest.MonkeyPatch, 
     monkeypatch.setattr(video_module.cv2, "VideoCapture", FakeCapture)
     path = tmp_path / "fake.mp4"
     path.write_bytes(b"\x00\x00\x00\x18ftypisom" + bytes(100))
-    sampled = read_video(path, 8, lambda bgr: bgr[:1, :1].copy())
+    sampled = read_video(path, 8, lambda rgb: rgb[:1, :1].copy())
     stream = [i for i in range(30) if i not in failing]  # what the original's frames list holds
     assert sampled.frames_decoded == len(stream) == 27
     assert sampled.frames_reported == 40
@@ -255,10 +257,10 @@ def test_scaled_size(size: tuple[int, int], expected: tuple[int, int] | None) ->
     assert scaled_size(*size, 256) == expected
 
 
-def pil_reference(bgr: np.ndarray) -> np.ndarray:
+def pil_reference(rgb: np.ndarray) -> np.ndarray:
     """Spec §2 with PIL directly: RGB image, BILINEAR resize to (341, 256)/(256, 341) unless the short side is
     256, float32, crop 224 at int(round(...))."""
-    image = Image.fromarray(np.ascontiguousarray(bgr[:, :, ::-1]))
+    image = Image.fromarray(rgb)
     w, h = image.size
     if not ((w <= h and w == 256) or (h <= w and h == 256)):
         image = image.resize((256, 341) if w < h else (341, 256), Image.BILINEAR)
@@ -271,21 +273,21 @@ def pil_reference(bgr: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize("shape", [(272, 640), (640, 272), (144, 176), (256, 300), (300, 300), (720, 1280)])
 def test_faithful_transform_equals_pil(shape: tuple[int, int]) -> None:
     rng = np.random.default_rng(sum(shape))
-    bgr = rng.integers(0, 256, (*shape, 3), dtype=np.uint8)
-    ours = faithful_transform()(bgr)
+    rgb = rng.integers(0, 256, (*shape, 3), dtype=np.uint8)
+    ours = faithful_transform()(rgb)
     assert ours.shape == (224, 224, 3) and ours.dtype == np.uint8
-    np.testing.assert_array_equal(ours.astype(np.float32), pil_reference(bgr))
+    np.testing.assert_array_equal(ours.astype(np.float32), pil_reference(rgb))
 
 
 def test_faithful_resize_is_not_opencv_bilinear() -> None:
     """PIL's BILINEAR filters over the whole footprint when downscaling; cv2.INTER_LINEAR does not. A
     transform built on the latter would differ by far more than rounding on a detailed frame."""
     rng = np.random.default_rng(1)
-    bgr = rng.integers(0, 256, (720, 1280, 3), dtype=np.uint8)
-    ours = faithful_transform()(bgr).astype(np.int16)
-    rgb = cv2.cvtColor(cv2.resize(bgr, (341, 256), interpolation=cv2.INTER_LINEAR), cv2.COLOR_BGR2RGB)
+    rgb = rng.integers(0, 256, (720, 1280, 3), dtype=np.uint8)
+    ours = faithful_transform()(rgb).astype(np.int16)
+    resized = cv2.resize(rgb, (341, 256), interpolation=cv2.INTER_LINEAR)
     top, left = round((256 - 224) / 2), round((341 - 224) / 2)
-    opencv = rgb[top : top + 224, left : left + 224].astype(np.int16)
+    opencv = resized[top : top + 224, left : left + 224].astype(np.int16)
     assert np.abs(ours - opencv).mean() > 5
 
 
@@ -299,8 +301,8 @@ def test_center_crop_offsets_round_half_to_even(width: int, left: int) -> None:
     for transform in (faithful_transform(), fast_transform()):
         columns = np.broadcast_to(np.arange(width, dtype=np.uint16)[None, :], (256, width))
         rows = np.broadcast_to(np.arange(256, dtype=np.uint16)[:, None], (256, width))
-        bgr = np.stack([rows % 256, columns % 256, columns // 256], axis=-1).astype(np.uint8)  # B=row, G, R=col
-        crop = transform(bgr)  # RGB
+        rgb = np.stack([columns // 256, columns % 256, rows % 256], axis=-1).astype(np.uint8)  # R=col, G, B=row
+        crop = transform(rgb)
         got_left = int(crop[0, 0, 1]) + 256 * int(crop[0, 0, 0])
         assert got_left == left
         assert int(crop[0, 0, 2]) == 16  # top: (256 - 224) / 2
@@ -335,17 +337,17 @@ def _smooth_image(width: int, height: int) -> np.ndarray:
 
 @pytest.mark.parametrize("size", [(640, 360), (320, 240), (176, 144), (300, 700), (256, 300)])
 def test_fast_transform_close_to_faithful_on_smooth_image(size: tuple[int, int]) -> None:
-    bgr = _smooth_image(*size)
-    faithful = faithful_transform()(bgr).astype(np.int16)
-    fast = fast_transform()(bgr).astype(np.int16)
+    rgb = _smooth_image(*size)
+    faithful = faithful_transform()(rgb).astype(np.int16)
+    fast = fast_transform()(rgb).astype(np.int16)
     assert fast.shape == faithful.shape == (224, 224, 3)
     assert np.abs(fast - faithful).max() <= 3
     assert np.abs(fast - faithful).mean() <= 0.5
 
 
 def test_make_transform() -> None:
-    bgr = _smooth_image(320, 240)
-    np.testing.assert_array_equal(make_transform("faithful")(bgr), faithful_transform()(bgr))
-    np.testing.assert_array_equal(make_transform("fast")(bgr), fast_transform()(bgr))
+    rgb = _smooth_image(320, 240)
+    np.testing.assert_array_equal(make_transform("faithful")(rgb), faithful_transform()(rgb))
+    np.testing.assert_array_equal(make_transform("fast")(rgb), fast_transform()(rgb))
     with pytest.raises(ValueError, match="preprocess"):
         make_transform("bicubic")

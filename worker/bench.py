@@ -42,8 +42,8 @@ from PIL import Image
 from models.config import ExtractorConfig, PredictorConfig
 from models.labels import top_k
 from models.preprocess import normalise, scaled_size
+from models.sampling import sample_indices
 from models.tagger import VideoTagger, build_tagger
-from models.video import sample_indices
 from worker.settings import Settings
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".flv", ".mpg", ".mpeg", ".m4v", ".ts")

@@ -1,7 +1,12 @@
 """The message contract (docs/messages.md, worker/schemas/): parsing requests, building results and DLQ records.
 
-Requests are validated against the same JSON Schema files that document them. S3 event notifications (AWS,
-MinIO) are accepted too, so that the object store itself can enqueue uploads.
+Requests are validated against the same JSON Schema files that document them. The object store can enqueue
+uploads itself: S3 event notifications (AWS `Records`, MinIO), AWS's `s3:TestEvent`, EventBridge "Object
+Created" events, and any of them wrapped in an SNS notification are accepted too.
+
+Invariants: a message either yields its requests (none for a test event or deletions: it is committed with
+nothing published) or raises InputError with one of this module's codes, for the message as a whole; a message
+with more than `max_records` records, or naming a bucket outside `allowed_buckets`, starts no video.
 """
 
 from __future__ import annotations
@@ -23,6 +28,10 @@ from models.errors import InputError
 INVALID_JSON = "invalid_json"
 SCHEMA_VIOLATION = "schema_violation"
 MESSAGE_TOO_LARGE = "message_too_large"
+TOO_MANY_RECORDS = "too_many_records"
+BUCKET_NOT_ALLOWED = "bucket_not_allowed"
+MAX_EVENT_RECORDS = 1000  # the default of the max_event_records setting
+VIDEO_ID_FROM = ("key", "bucket_key")  # values of the s3_event_video_id setting
 MAX_ATTRIBUTES_DEPTH = 64  # far below the interpreter's recursion limit, which json.dumps of the result hits
 MAX_MESSAGE_BYTES = 1 << 20  # requests are a few hundred bytes; S3 events batch at most a few records
 HOSTNAME = socket.gethostname()
@@ -58,10 +67,16 @@ def _violation(name: str, document: Any) -> str | None:
     return f"{where}: {error.message[:300]}"
 
 
-def _s3_event_requests(document: dict[str, Any], video_id_from: str) -> list[VideoRequest]:
+def _video_id(bucket: str, key: str, video_id_from: str) -> str:
+    return key if video_id_from == "key" else f"{bucket}/{key}"
+
+
+def _s3_event_requests(document: dict[str, Any], video_id_from: str, max_records: int) -> list[VideoRequest]:
     records = document.get("Records")
     if not isinstance(records, list) or not records:
         raise InputError(SCHEMA_VIOLATION, "S3 event without Records")
+    if len(records) > max_records:
+        raise InputError(TOO_MANY_RECORDS, f"S3 event with {len(records)} records, the limit is {max_records}")
     requests = []
     for i, record in enumerate(records):
         try:
@@ -75,9 +90,43 @@ def _s3_event_requests(document: dict[str, Any], video_id_from: str) -> list[Vid
         if event and not event.startswith(("ObjectCreated", "s3:ObjectCreated")):
             continue  # deletions, tagging, ...: nothing to tag
         key = urllib.parse.unquote_plus(raw_key)  # S3 and MinIO URL-encode keys in events
-        video_id = key if video_id_from == "key" else f"{bucket}/{key}"
-        requests.append(VideoRequest(video_id=video_id, bucket=bucket, key=key))
+        requests.append(VideoRequest(video_id=_video_id(bucket, key, video_id_from), bucket=bucket, key=key))
     return requests
+
+
+def _eventbridge_requests(document: dict[str, Any], video_id_from: str) -> list[VideoRequest]:
+    if document.get("detail-type") != "Object Created":
+        return []  # Object Deleted, Object Restore Completed, ...: nothing to tag
+    try:
+        bucket = document["detail"]["bucket"]["name"]
+        key = document["detail"]["object"]["key"]  # not URL-encoded, unlike S3 notifications
+    except (KeyError, TypeError) as exc:
+        raise InputError(SCHEMA_VIOLATION,
+                         f"EventBridge event without detail.bucket.name and detail.object.key ({exc!r})") from exc
+    if not isinstance(bucket, str) or not isinstance(key, str) or not bucket or not key:
+        raise InputError(SCHEMA_VIOLATION, "EventBridge event: bucket name and object key must be strings")
+    return [VideoRequest(video_id=_video_id(bucket, key, video_id_from), bucket=bucket, key=key)]
+
+
+def message_shape(document: Any) -> str:
+    """Which input a JSON document is: "s3_event" (AWS or MinIO `Records`), "s3_test_event" (sent by AWS when
+    notifications are configured), "eventbridge" (an event from aws.s3), "sns" (a notification whose Message
+    holds one of these), else "request" (validated against request.schema.json)."""
+    if not isinstance(document, dict):
+        return "request"
+    if "Records" in document:
+        return "s3_event"
+    if document.get("Event") == "s3:TestEvent":
+        return "s3_test_event"
+    if document.get("source") == "aws.s3" and "detail-type" in document:
+        return "eventbridge"
+    if document.get("Type") == "Notification" and isinstance(document.get("Message"), str):
+        return "sns"
+    return "request"
+
+
+def bucket_allowed(bucket: str, allowed_buckets: frozenset[str] | None) -> bool:
+    return allowed_buckets is None or bucket in allowed_buckets
 
 
 def _nesting(value: Any) -> int:
@@ -108,31 +157,47 @@ def _not_json(constant: str) -> Any:
     raise ValueError(f"{constant} is not JSON")  # Python's json accepts it; our consumers' parsers would not
 
 
-def parse_request(value: bytes | None, video_id_from: str = "key") -> list[VideoRequest]:
-    """The videos a message asks for (an S3 event may name several, or none worth tagging).
+def _loads(text: str) -> Any:
+    try:
+        return json.loads(text, parse_constant=_not_json)
+    except ValueError as exc:
+        raise InputError(INVALID_JSON, f"not UTF-8 JSON: {str(exc)[:200]}") from exc
 
-    Raises InputError (permanent: goes to the DLQ) for anything that is not a valid request.
+
+def parse_request(value: bytes | None, video_id_from: str = "key", max_records: int = MAX_EVENT_RECORDS,
+                  allowed_buckets: frozenset[str] | None = None) -> list[VideoRequest]:
+    """The videos a message asks for (an event may name several, or none worth tagging).
+
+    Raises InputError (permanent: goes to the DLQ) for anything that is not a valid request, an event with
+    more than `max_records` records, or a request for a bucket outside `allowed_buckets` (None: any bucket).
     """
     if value is None:
         raise InputError(INVALID_JSON, "message has no value (tombstone)")
     if len(value) > MAX_MESSAGE_BYTES:
         raise InputError(MESSAGE_TOO_LARGE, f"message of {len(value)} bytes, the limit is {MAX_MESSAGE_BYTES}")
     try:
-        document = json.loads(value.decode("utf-8"), parse_constant=_not_json)
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        requests = _requests(_loads(value.decode("utf-8")), video_id_from, max_records)
+    except UnicodeDecodeError as exc:
         raise InputError(INVALID_JSON, f"not UTF-8 JSON: {str(exc)[:200]}") from exc
-    try:
-        requests = _requests(document, video_id_from)
-    except RecursionError as exc:  # nesting that json.loads accepts but validation cannot walk
+    except RecursionError as exc:  # nesting that json.loads or validation cannot walk
         raise InputError(INVALID_JSON, "JSON nested too deeply") from exc
     for request in requests:
         _vet(request)
+        if not bucket_allowed(request.bucket, allowed_buckets):
+            raise InputError(BUCKET_NOT_ALLOWED, f"bucket {request.bucket!r} is not in allowed_buckets")
     return requests
 
 
-def _requests(document: Any, video_id_from: str) -> list[VideoRequest]:
-    if isinstance(document, dict) and "Records" in document:
-        return _s3_event_requests(document, video_id_from)
+def _requests(document: Any, video_id_from: str, max_records: int, wrapped: bool = False) -> list[VideoRequest]:
+    shape = message_shape(document)
+    if shape == "sns" and not wrapped:  # one level: SNS does not wrap its own notifications
+        return _requests(_loads(document["Message"]), video_id_from, max_records, wrapped=True)
+    if shape == "s3_event":
+        return _s3_event_requests(document, video_id_from, max_records)
+    if shape == "s3_test_event":
+        return []
+    if shape == "eventbridge":
+        return _eventbridge_requests(document, video_id_from)
     if problem := _violation("request", document):
         raise InputError(SCHEMA_VIOLATION, problem)
     return [VideoRequest(

@@ -2,6 +2,7 @@
 
 Every field here is a setting; docs/configuration.md describes each one. Credentials are not settings of
 their own for S3 (boto3's standard chain: AWS_* variables, shared files, IRSA) and are never logged.
+Values are checked when loaded: a setting of the wrong type, or outside its choices, refuses to start.
 """
 
 from __future__ import annotations
@@ -17,8 +18,14 @@ from typing import Any
 
 import yaml
 
+from worker.messages import MAX_EVENT_RECORDS, VIDEO_ID_FROM
+
 ENV_PREFIX = "VIDEOTAG_"
 SECRET_FIELDS = frozenset({"sasl_password", "ssl_password"})
+ASSIGNMENT_STRATEGIES = ("range", "roundrobin", "sticky", "cooperative-sticky")
+CHOICES = {"s3_event_video_id": VIDEO_ID_FROM, "partition_assignment_strategy": ASSIGNMENT_STRATEGIES}
+# Text settings that hold a comma-separated list; a YAML list is accepted for them too.
+LIST_FIELDS = frozenset({"allowed_buckets"})
 
 
 class SettingsError(ValueError):
@@ -59,6 +66,8 @@ class Settings:
     s3_connect_timeout_s: float = 5.0
     s3_read_timeout_s: float = 30.0
     s3_event_video_id: str = "key"
+    max_event_records: int = MAX_EVENT_RECORDS
+    allowed_buckets: str | None = None  # comma-separated; unset: any bucket
     max_object_bytes: int = 2 * 1024**3
     temp_dir: str | None = None
     temp_dir_max_bytes: int = 8 * 1024**3
@@ -93,6 +102,9 @@ class Settings:
     metrics_port: int = 9100
     log_level: str = "INFO"
 
+    def allowed_bucket_names(self) -> frozenset[str] | None:
+        return None if self.allowed_buckets is None else frozenset(split_list(self.allowed_buckets))
+
     def redacted(self) -> dict[str, Any]:
         """The settings as a dict that is safe to log."""
         out = dataclasses.asdict(self)
@@ -102,17 +114,18 @@ class Settings:
         return out
 
 
-ASSIGNMENT_STRATEGIES = ("range", "roundrobin", "sticky", "cooperative-sticky")
 STOP_MARGIN_S = 15.0  # after the drain: commit, leave the group, close clients
 KAFKA_REQUEST_TIMEOUT_MS = 30000  # kafka-python's producer default; delivery must allow one full request
 
 
 def settings_problems(s: Settings) -> list[str]:
     """Settings that load but cannot work together, each named with the rule it breaks."""
-    problems = []
-    if s.partition_assignment_strategy not in ASSIGNMENT_STRATEGIES:
-        problems.append(f"partition_assignment_strategy {s.partition_assignment_strategy!r} is not one of "
-                        f"{', '.join(ASSIGNMENT_STRATEGIES)}")
+    problems = [f"setting {name!r}: {getattr(s, name)!r} is not one of {list(choices)}"
+                for name, choices in CHOICES.items() if getattr(s, name) not in choices]
+    if s.max_event_records < 1:
+        problems.append("setting 'max_event_records': must be at least 1")
+    if s.allowed_buckets is not None and not split_list(s.allowed_buckets):
+        problems.append("setting 'allowed_buckets': names no bucket (unset it to allow any)")
     if s.publish_timeout_s * 1000 <= s.delivery_timeout_ms:
         problems.append(f"publish_timeout_s ({s.publish_timeout_s:g} s) must exceed delivery_timeout_ms "
                         f"({s.delivery_timeout_ms} ms): else the worker re-sends a record its producer still retries")
@@ -148,10 +161,16 @@ def _field_types() -> dict[str, type]:
 FIELD_TYPES = _field_types()
 
 
+def split_list(text: str) -> list[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
 def _coerce(name: str, value: Any) -> Any:
     kind = FIELD_TYPES[name]
     if value is None:
         return None
+    if name in LIST_FIELDS and isinstance(value, list):
+        value = ",".join(str(item) for item in value)
     try:
         if kind is bool:
             if isinstance(value, bool):

@@ -263,10 +263,14 @@ class Worker:
     def _accept(self, record: Any) -> None:
         self.metrics.messages_consumed.inc()
         try:
-            requests: list[VideoRequest | None] = list(parse_request(record.value, self.settings.s3_event_video_id))
+            s = self.settings
+            requests: list[VideoRequest | None] = list(parse_request(
+                record.value, s.s3_event_video_id, s.max_event_records, s.allowed_bucket_names()))
             error = None
         except InputError as exc:
             requests, error = [None], exc
+        # A message with no video (an s3:TestEvent, deletions) starts no job: the tracker counts it done at once,
+        # so the next commit passes it as soon as everything before it is done.
         state = self.tracker.started(record.topic, record.partition, record.offset, len(requests))
         for request in requests:
             self._backlog.append(Job(record.topic, record.partition, record.offset, record.timestamp, record.key,
@@ -428,7 +432,8 @@ class Worker:
         self.metrics.frames_decoded.inc(result.video.frames_decoded)
         video = result.video
         frames = {"decoded": video.frames_decoded, "reported": video.frames_reported,
-                  "sampled": len(video.order), "width": video.width, "height": video.height}
+                  "sampled": len(video.order), "width": video.width, "height": video.height,
+                  "decoder": video.decoder}
         timings["total"] = (time.perf_counter() - t0) * 1e3
         message = result_message(request, result.tags, self.tagger.info if self.tagger else {}, timings, frames)
         self._publish(self.settings.output_topic, request.video_id, message, job)
