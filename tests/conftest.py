@@ -73,8 +73,9 @@ def spawn(tmp_path: Path) -> Iterator[SpawnWorker]:
     end of the test whatever happens)."""
     started: list[WorkerProcess] = []
 
-    def start(broker: KafkaServer, s3: S3Server, topics: Topics, group_id: str, **settings: str) -> WorkerProcess:
-        worker = WorkerProcess(tmp_path, broker, s3, topics, group_id, **settings)
+    def start(broker: KafkaServer, s3: S3Server, topics: Topics, group_id: str, env: dict[str, str] | None = None,
+              **settings: str) -> WorkerProcess:
+        worker = WorkerProcess(tmp_path, broker, s3, topics, group_id, env, **settings)
         started.append(worker)
         return worker
 

@@ -49,10 +49,11 @@ def produce(
         producer.close()
 
 
-def consume_all(bootstrap: str, topic: str, expected: int, timeout: float) -> list[ConsumerRecord]:
-    """Read `topic` from the start in a fresh group until `expected` records arrived or `timeout` passed."""
+def consume_all(bootstrap: str, topic: str | list[str], expected: int, timeout: float) -> list[ConsumerRecord]:
+    """Read `topic` (or several) from the start in a fresh group until `expected` records arrived in all or
+    `timeout` passed."""
     consumer = KafkaConsumer(
-        topic,
+        *([topic] if isinstance(topic, str) else topic),
         bootstrap_servers=bootstrap,
         group_id=unique_name("consume-all"),
         auto_offset_reset="earliest",

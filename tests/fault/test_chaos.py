@@ -1,6 +1,6 @@
-"""Chaos: 200 requests (a fifth of them bad) through three workers while one of them is SIGKILLed every few
-seconds and restarted. Every request must end with a result or a dead letter (at-least-once: duplicates are
-allowed and counted), and none may be lost.
+"""Chaos: 200 requests (a fifth of them bad) through three workers (pods, as the chart runs them: static group
+members, shipped timeouts) while one of them is SIGKILLed every few seconds and restarted. Every request must
+end with a result or a dead letter (at-least-once: duplicates are allowed and counted), and none may be lost.
 
 Chosen for a 2-core machine: 128x96 one-second clips, seg_num 2, ResNet-50 with random weights, 3 workers
 with max_inflight 2; requests arrive at about 2/s while the chaos loop runs (at most 8 kills, at most 100 s).
@@ -29,11 +29,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.chaos]
 REQUESTS = 200
 BAD_EVERY = 5  # one request in five is bad
 WORKERS = 3
-# max_poll_interval_ms is also the rebalance timeout a member sends with JoinGroup: Tansu waits that long for a
-# SIGKILLed member (which never polls again) before it completes a rebalance, so the 300 s default stalls the
-# whole group for minutes after a kill. The worker polls every 50 ms, so 15 s is never reached.
-SETTINGS = {"seg_num": "2", "max_inflight": "2", "retry_backoff_base_s": "0.2", "retry_backoff_max_s": "2",
-            "max_poll_interval_ms": "15000"}
+SETTINGS = {"seg_num": "2", "max_inflight": "2", "retry_backoff_base_s": "0.2", "retry_backoff_max_s": "2"}
 MAX_KILLS = 8
 CHAOS_S = 100.0
 KILL_EVERY_S = (6.0, 10.0)
@@ -76,10 +72,10 @@ def test_chaos_kills_lose_nothing(spawn: SpawnWorker, kafka_broker: KafkaServer,
     plan = _plan(bucket, good_keys, rng)
     expected = {ident: outcome for ident, _, outcome in plan}
 
-    def start_worker() -> WorkerProcess:
-        return spawn(kafka_broker, s3_server, topics, unique_group_id, **SETTINGS)
+    def start_worker(slot: int) -> WorkerProcess:  # a pod: the restarted container keeps its name
+        return spawn(kafka_broker, s3_server, topics, unique_group_id, env={"POD_NAME": f"chaos-{slot}"}, **SETTINGS)
 
-    slots = [start_worker() for _ in range(WORKERS)]
+    slots = [start_worker(slot) for slot in range(WORKERS)]
     for worker in slots:
         worker.wait_ready()
     collector = AnswerCollector(kafka_broker.bootstrap_servers, topics)
@@ -100,7 +96,7 @@ def test_chaos_kills_lose_nothing(spawn: SpawnWorker, kafka_broker: KafkaServer,
                 inflight = slots[victim].metric("videotag_inflight_videos")
                 slots[victim].close()  # SIGKILL to the process group, then reap
                 kills.append((time.monotonic(), inflight))
-                slots[victim] = start_worker()
+                slots[victim] = start_worker(victim)
         except BaseException as exc:  # reported by the test thread
             chaos_errors.append(exc)
 

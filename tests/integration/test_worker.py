@@ -52,10 +52,8 @@ def _upload(s3_server: S3Server, bucket: str, clips: list[Path], copies: int) ->
 
 def _answers(broker: KafkaServer, topics: Topics, expected: int, timeout: float = 120) -> dict[str, list[dict]]:
     """video_id → every result and DLQ record published for it (duplicates included)."""
-    out = consume_all(broker.bootstrap_servers, topics.output, expected, timeout)
-    records = [json.loads(r.value) for r in out]
-    dlq = consume_all(broker.bootstrap_servers, topics.dlq, max(0, expected - len(records)), 10)
-    records += [json.loads(r.value) for r in dlq]
+    records = [json.loads(r.value) for r in consume_all(broker.bootstrap_servers, [topics.output, topics.dlq],
+                                                          expected, timeout)]
     answers: dict[str, list[dict]] = {}
     for record in records:
         answers.setdefault(record.get("video_id") or record["original"]["value"], []).append(record)

@@ -24,10 +24,11 @@ SECRET_KEY = "integration-secret-key-7f3a"
 
 class WorkerProcess:
     def __init__(self, log_dir: Path, broker: KafkaServer, s3: S3Server, topics: Topics, group_id: str,
-                 **settings: str) -> None:
+                 env: dict[str, str] | None = None, **settings: str) -> None:
+        """`settings` become VIDEOTAG_* variables; `env` adds other variables (POD_NAME, say)."""
         self.metrics_port = free_port()
         self.log_path = log_dir / f"worker-{self.metrics_port}.log"
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("VIDEOTAG_", "AWS_"))}
+        environ = {k: v for k, v in os.environ.items() if not k.startswith(("VIDEOTAG_", "AWS_", "POD_NAME"))}
         values = {
             "bootstrap_servers": broker.bootstrap_servers, "s3_endpoint_url": s3.endpoint_url,
             "input_topic": topics.input, "output_topic": topics.output, "dlq_topic": topics.dlq,
@@ -36,11 +37,12 @@ class WorkerProcess:
             "retry_backoff_base_s": "0.2", "retry_backoff_max_s": "2",
             **FAST_MODEL, **settings,
         }
-        env |= {f"VIDEOTAG_{k.upper()}": v for k, v in values.items()}
-        env |= {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": SECRET_KEY, "AWS_DEFAULT_REGION": "us-east-1"}
+        environ |= {f"VIDEOTAG_{k.upper()}": v for k, v in values.items()}
+        environ |= {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": SECRET_KEY, "AWS_DEFAULT_REGION": "us-east-1"}
+        environ |= env or {}
         self.temp_dir = Path(values["temp_dir"])
         self._log = self.log_path.open("wb")
-        self.process = subprocess.Popen([sys.executable, "-m", "worker.cli", "worker"], env=env,
+        self.process = subprocess.Popen([sys.executable, "-m", "worker.cli", "worker"], env=environ,
                                         stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def get(self, path: str, timeout: float = 2.0) -> tuple[int, str]:
