@@ -94,6 +94,8 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
     from worker.enqueue import enqueue, parse_target, replay_dlq
     from worker.kafka_clients import BrokerUnreachable
 
+    if logging.getLogger().level > logging.DEBUG:  # a failure is reported below in one line, not by the library
+        logging.getLogger("kafka").setLevel(logging.CRITICAL)
     settings = _settings(args)
     try:
         targets = [parse_target(t, args.bucket) for t in args.targets]
