@@ -89,10 +89,14 @@ def reader(settings: Settings, *topics: str) -> KafkaConsumer:
                     **_common(settings))
 
 
-def producer(settings: Settings) -> KafkaProducer:
-    """Idempotent, acks=all; a record is retried by the producer itself for up to `delivery_timeout_ms`."""
+def producer(settings: Settings, transactional_id: str | None = None) -> KafkaProducer:
+    """Idempotent, acks=all; a record is retried by the producer itself for up to `delivery_timeout_ms`. With a
+    `transactional_id`, a transactional producer whose open transaction the broker aborts after
+    `transaction_timeout_ms` if it dies with one."""
+    transactional = {"transactional_id": transactional_id,
+                     "transaction_timeout_ms": settings.transaction_timeout_ms} if transactional_id else {}
     return _connect(KafkaProducer, acks="all", linger_ms=LINGER_MS, delivery_timeout_ms=settings.delivery_timeout_ms,
-                    **_common(settings))
+                    **transactional, **_common(settings))
 
 
 def admin(settings: Settings) -> KafkaAdminClient:

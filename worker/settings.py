@@ -23,7 +23,8 @@ from worker.messages import MAX_EVENT_RECORDS, VIDEO_ID_FROM
 ENV_PREFIX = "VIDEOTAG_"
 SECRET_FIELDS = frozenset({"sasl_password", "ssl_password"})
 ASSIGNMENT_STRATEGIES = ("range", "roundrobin", "sticky", "cooperative-sticky")
-CHOICES = {"s3_event_video_id": VIDEO_ID_FROM, "partition_assignment_strategy": ASSIGNMENT_STRATEGIES}
+CHOICES = {"s3_event_video_id": VIDEO_ID_FROM, "partition_assignment_strategy": ASSIGNMENT_STRATEGIES,
+           "delivery": ("at_least_once", "exactly_once")}
 # Text settings that hold a comma-separated list; a YAML list is accepted for them too.
 LIST_FIELDS = frozenset({"allowed_buckets"})
 
@@ -57,6 +58,8 @@ class Settings:
     leave_group_on_stop: bool = True
     partition_assignment_strategy: str = "range"
     delivery_timeout_ms: int = 120000
+    delivery: str = "at_least_once"
+    transaction_timeout_ms: int = 30000
     publish_timeout_s: float = 130.0
     create_topics: bool = False
     create_topics_partitions: int = 12

@@ -41,6 +41,7 @@ from worker.offsets import OffsetTracker, PartitionOffsets
 from worker.pipeline import ModelThread, share_engines
 from worker.settings import Settings
 from worker.storage import ObjectFetcher, TempBudget, TransientError, make_client
+from worker.transactions import HeldOutputs, Outcome, Output, Transactions
 
 log = logging.getLogger(__name__)
 INTERNAL_ERROR = "internal_error"
@@ -65,6 +66,7 @@ class Job:
     request: VideoRequest | None = None
     error: InputError | None = None
     started: float = field(default_factory=time.monotonic)
+    outputs: list[Output] = field(default_factory=list)  # exactly-once: published with the offset commit
 
 
 class _Rebalance(AsyncConsumerRebalanceListener):
@@ -114,6 +116,10 @@ class Worker:
         self._revoking: set[tuple[str, int]] = set()  # revoked, not yet known whether assigned back
         self._not_connected = "not connected to Kafka yet"  # why there are no clients (None once there are)
         self._producer_lock = threading.Lock()
+        self._exactly_once = settings.delivery == "exactly_once"
+        self._held = HeldOutputs()
+        self.transactions: Transactions | None = None
+        self._transaction_retry_at = 0.0
 
     # lifecycle -------------------------------------------------------------------------------------------
 
@@ -147,7 +153,11 @@ class Worker:
                 checked = kafka_clients.preflight(s)
                 if checked.problems:
                     raise kafka_clients.BrokerUnreachable("; ".join(checked.problems))
-                self.producer = kafka_clients.producer(s)
+                if self._exactly_once:
+                    self.transactions = Transactions(s, lambda tid: kafka_clients.producer(s, tid))
+                    self.transactions.start()
+                else:
+                    self.producer = kafka_clients.producer(s)
                 self.consumer = kafka_clients.group_consumer(s, max_poll_records=s.max_inflight)
             except (kafka_clients.BrokerUnreachable, KafkaError) as exc:
                 self._close_clients()
@@ -167,11 +177,11 @@ class Worker:
             return
 
     def _close_clients(self) -> None:
-        for client in (self.consumer, self.producer):
+        for client in (self.consumer, self.producer, self.transactions):
             if client is not None:
                 with contextlib.suppress(Exception):
                     client.close()
-        self.consumer = self.producer = None
+        self.consumer = self.producer = self.transactions = None
 
     def run(self) -> None:
         while self.consumer is not None and not self._stopping.is_set():
@@ -191,7 +201,7 @@ class Worker:
             log.warning("grace period over with %d videos unfinished: they will be redelivered", len(self._active))
             self._abandon.set()
         self._apply_done()
-        self._commit()
+        self._commit(final=True)
 
     def stop(self) -> None:
         self._stopping.set()
@@ -201,7 +211,9 @@ class Worker:
             self.consumer.close(autocommit=False)  # a dynamic member leaves the group now; a static one stays
         if self.producer is not None:
             self.producer.close(timeout=10)
-        self.consumer = self.producer = None
+        if self.transactions is not None:
+            self.transactions.close()
+        self.consumer = self.producer = self.transactions = None
         if connected and self.settings.group_instance_id and self.settings.leave_group_on_stop:
             # Static members never leave on close (KIP-345): without this, a scale-down would leave this
             # member's partitions unread until session_timeout_ms expires.
@@ -288,19 +300,85 @@ class Worker:
             except queue.Empty:
                 break
             self._active.pop(id(job), None)
+            tp = (job.topic, job.partition)
+            if self._exactly_once and self.tracker.partitions.get(tp) is job.state:  # not of a forgotten partition
+                self._held.hold(tp, job.offset, job.outputs)
             self.tracker.finished(job.state, job.offset)
         self.metrics.inflight_videos.set(len(self._active))
 
-    def _commit(self) -> None:
-        """Commit the progress of every partition, except those in a rebalance (their next owner is unknown)."""
+    def _commit(self, final: bool = False) -> None:
+        """Commit the progress of every partition, except those in a rebalance (their next owner is unknown).
+        `final`: the last commit before stopping, waited for."""
         assert self.consumer is not None
+        if self._exactly_once:
+            self._commit_transaction(final)
+            return
         offsets = {tp: off for tp, off in self.tracker.to_commit().items() if tp not in self._revoking}
         if offsets:
             with self._committing(offsets):
                 self.consumer.commit(_wire(offsets))
 
+    def _commit_transaction(self, final: bool) -> None:
+        """Exactly-once: one transaction at a time publishes the held outputs of a contiguous run of finished
+        messages per partition and commits the run's end; a failed one is aborted and tried again after a
+        backoff (its outputs were never visible)."""
+        assert self.consumer is not None and self.transactions is not None
+        transactions = self.transactions
+        outcome = transactions.finished(wait=final)
+        if outcome is not None:
+            self._transaction_done(outcome)
+        if transactions.busy or (time.monotonic() < self._transaction_retry_at and not final):
+            return
+        commits = {tp: off for tp, off in self.tracker.to_commit().items() if tp not in self._revoking}
+        if not commits or (transactions.producer is None and not self._renew_transactional_producer()):
+            return
+        transactions.submit(commits, self._held.below(commits), self.consumer.group_metadata())
+        if final:
+            self._transaction_done(transactions.finished(wait=True))
+
+    def _transaction_done(self, outcome: Outcome | None) -> None:
+        assert self.transactions is not None
+        if outcome is None:
+            return
+        if outcome.error is None:
+            self.tracker.committed(outcome.commits)
+            self._held.release(outcome.commits)
+            self._transient_streak = 0
+            now = time.time()
+            for out in outcome.published:
+                if out.request_timestamp_ms > 0:
+                    self.metrics.end_to_end_seconds.observe(max(0.0, now - out.request_timestamp_ms / 1e3))
+            return
+        error = outcome.error
+        self._transient_streak += 1
+        self.metrics.failures.labels(reason="transaction_failed").inc()
+        delay = min(self.settings.retry_backoff_max_s, self.settings.retry_backoff_base_s * 2 ** min(
+            self._transient_streak, 16))
+        self._transaction_retry_at = time.monotonic() + delay
+        log.warning("transaction of %s aborted (%s: %s); again in %.1f s", outcome.commits, type(error).__name__,
+                    error, delay)
+        if self.transactions.producer is None or kafka_clients.producer_broken(self.transactions.producer, error):
+            self._renew_transactional_producer()
+
+    def _renew_transactional_producer(self) -> bool:
+        """A new producer under the same transactional id (a new epoch: the broken one is fenced)."""
+        assert self.transactions is not None
+        try:
+            self.transactions.replace_producer()
+        except (KafkaError, kafka_clients.BrokerUnreachable) as exc:
+            log.error("new transactional producer failed: %s (the next transaction tries again)", exc)
+            self._transaction_retry_at = time.monotonic() + self.settings.retry_backoff_max_s
+            return False
+        self.metrics.failures.labels(reason="producer_replaced").inc()
+        return True
+
     async def _commit_revoked(self) -> None:
+        """At-least-once only: a transaction cannot be run from the listener (it would block kafka-python's IO
+        thread), and exactly-once needs none here: what it has not committed was never visible, and the
+        partition's next owner redoes it."""
         assert self.consumer is not None
+        if self._exactly_once:
+            return
         offsets = {tp: off for tp, off in self.tracker.to_commit().items() if tp in self._revoking}
         if offsets:
             with self._committing(offsets):
@@ -359,6 +437,7 @@ class Worker:
             return
         for topic, partition in gone:
             self.tracker.forget(topic, partition)
+            self._held.forget((topic, partition))
             with contextlib.suppress(KeyError):  # its new owner reports it now; a stale series would alert
                 self.metrics.consumer_lag.remove(topic, str(partition))
         self._backlog = deque(job for job in self._backlog if (job.topic, job.partition) not in gone)
@@ -459,6 +538,9 @@ class Worker:
         delivery_timeout_ms, which the wait covers, so a record is sent again only after the producer gave it
         up; a producer in a fatal state is replaced first."""
         value = json.dumps(message, ensure_ascii=False).encode("utf-8")
+        if self._exactly_once:  # published with its offset's commit (_commit_transaction)
+            job.outputs.append(Output(topic, key.encode("utf-8") if key else None, value, job.timestamp_ms))
+            return
         attempts = 0
         while True:
             attempts += 1

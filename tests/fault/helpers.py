@@ -45,18 +45,19 @@ class Answer:
     code: str | None  # DLQ error code
     timestamp_ms: int  # Kafka timestamp of the answer (set by the worker's producer)
     value: dict[str, Any]
+    received: float = 0.0  # wall-clock time the collector read it: minus timestamp_ms, how long it was not visible
 
 
 class AnswerCollector:
     """Reads the output and DLQ topics from the start in a background thread (no group), until closed;
-    `security`: kafka-python TLS options, plaintext without."""
+    `options`: more kafka-python consumer options (TLS, `isolation_level="read_committed"`)."""
 
-    def __init__(self, bootstrap: str, topics: Topics, **security: Any) -> None:
+    def __init__(self, bootstrap: str, topics: Topics, **options: Any) -> None:
         self.answers: list[Answer] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest",
-                                       enable_auto_commit=False, request_timeout_ms=10000, **security)
+                                       enable_auto_commit=False, request_timeout_ms=10000, **options)
         self._consumer.assign([TopicPartition(topics.output, 0), TopicPartition(topics.dlq, 0)])
         self._dlq = topics.dlq
         self._thread = threading.Thread(target=self._run, name="answers", daemon=True)
@@ -77,9 +78,9 @@ class AnswerCollector:
         value = json.loads(record.value)
         if record.topic == self._dlq:
             ident = value["original"].get("key") or value.get("video_id") or value["original"]["value"]
-            answer = Answer(ident, "dlq", value["error"]["code"], record.timestamp, value)
+            answer = Answer(ident, "dlq", value["error"]["code"], record.timestamp, value, time.time())
         else:
-            answer = Answer(value["video_id"], "result", None, record.timestamp, value)
+            answer = Answer(value["video_id"], "result", None, record.timestamp, value, time.time())
         with self._lock:
             self.answers.append(answer)
 
