@@ -25,7 +25,7 @@ import pytest
 from kafka import KafkaProducer
 
 from tests.fault.helpers import AnswerCollector, request
-from tests.integration.worker_process import SpawnWorker, WorkerProcess
+from tests.integration.worker_process import SpawnWorker, WorkerProcess, wait_for_assignment
 from tests.kafka_helpers import Topics
 from worker.localstack import KafkaServer, S3Server
 
@@ -72,6 +72,8 @@ def test_churn_with_shipped_defaults_answers_every_request(
     slots = [start(0), start(1)]
     for worker in slots:
         worker.wait_ready()
+    wait_for_assignment(slots, partitions=3)
+    generation = max(_metric(w, "videotag_group_generation") for w in slots)
     collector = AnswerCollector(kafka_broker.bootstrap_servers, topics)
     restarts: list[Restart] = []
     errors: list[BaseException] = []
@@ -111,6 +113,7 @@ def test_churn_with_shipped_defaults_answers_every_request(
         thread.join(CHURN_S + 30)  # the churn runs its full length whatever was answered
         time.sleep(3)  # late duplicates of a redelivery
         answers = collector.by_id()
+        final = {_metric(w, "videotag_group_generation") for w in slots if _metric(w, "videotag_assigned_partitions")}
     finally:
         stop.set()
         collector.close()
@@ -127,15 +130,17 @@ def test_churn_with_shipped_defaults_answers_every_request(
           f"({REQUESTS // BAD_EVERY} bad), {len(restarts)} kills+restarts; answered {len(answers)}, lost "
           f"{len(missing)}, duplicates {duplicates}; restarts without a rebalance {len(kept)}/{len(followed)}; "
           f"restart to assignment p50 {_p50(assigned)} max {_max(assigned)}; restart to first result p50 "
-          f"{_p50(first)} max {_max(first)}; wait p50 {_p50(waits)} max {_max(waits)}; total {elapsed:.0f} s")
+          f"{_p50(first)} max {_max(first)}; wait p50 {_p50(waits)} max {_max(waits)}; group generation "
+          f"{generation:.0f} before, {sorted(final)} after; total {elapsed:.0f} s")
     assert missing == set(), f"unanswered after {elapsed:.0f} s: {sorted(missing)}"
     assert len(restarts) >= 8, f"only {len(restarts)} restarts"
     wrong = {i: {a.kind if a.kind == "result" else a.code for a in answers[i]} for i, _, want in plan
              if {a.kind if a.kind == "result" else a.code for a in answers[i]} != {want}}
     assert wrong == {}, wrong
-    if static:
+    if static:  # restarts (however many got as far as joining) never rebalanced the group
         generations = [(r.generation_before, r.generation_after) for r in followed]
-        assert len(followed) >= 4 and len(kept) == len(followed), f"a restart rebalanced the group: {generations}"
+        assert followed and len(kept) == len(followed), f"a restart rebalanced the group: {generations}"
+        assert final == {generation}, f"the group rebalanced during the churn: generation {generation} → {final}"
 
 
 def _follow(worker: WorkerProcess, restart: Restart, stop: threading.Event, seconds: float) -> None:
