@@ -32,7 +32,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 
-from models import errors
+from models import cancel, errors
 from models.errors import InputError, NeedsFallback
 from models.preprocess import make_transform
 from models.sampling import SampledVideo
@@ -74,6 +74,7 @@ class DecoderProcess:
                    "short_size": self.short_size, "crop_size": self.crop_size,
                    "max_width": self.max_width, "max_height": self.max_height, "decoder": decoder}
         child = subprocess.Popen(self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        cancel.register(child)  # a cancelled video (deadline, revoked partition, stop) kills its decoder now
         try:
             timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
             out, _ = child.communicate(json.dumps(request).encode(), timeout=timeout)
@@ -83,6 +84,7 @@ class DecoderProcess:
             if child.poll() is None:
                 child.kill()
             child.wait()
+        cancel.check()
         reply = io.BytesIO(out)
         header = _header(reply.readline())
         if child.returncode != 0 or header is None:

@@ -225,3 +225,16 @@ def test_a_message_without_videos_is_committable_at_once() -> None:
         assert worker.tracker.to_commit() == {("t", 0): 3}  # past both test events
     finally:
         worker._executor.shutdown()
+
+
+def test_attributes_are_bounded_so_that_every_result_fits_a_record() -> None:
+    from worker.messages import MAX_ATTRIBUTES_BYTES
+
+    fits = {"note": "x" * (MAX_ATTRIBUTES_BYTES - 20)}
+    [req] = parse_request(_request(attributes=fits))
+    assert req.attributes == fits
+    with pytest.raises(InputError) as refused:
+        parse_request(_request(attributes={"note": "x" * 900_000}))
+    assert refused.value.code == "schema_violation" and "65536" in str(refused.value)
+    with pytest.raises(InputError):  # multi-byte characters count as their UTF-8 bytes
+        parse_request(_request(attributes={"note": "视" * (MAX_ATTRIBUTES_BYTES // 3 + 10)}))

@@ -100,6 +100,7 @@ def _rebalance(worker: Worker, consumer: FakeConsumer, revoked: set[TopicPartiti
 
 def _finish(worker: Worker, tp: TopicPartition, offset: int) -> None:
     job = next(j for j in worker._active.values() if (j.partition, j.offset) == (tp.partition, offset))
+    job.finished = True  # answered, as _process marks it
     worker._done.put(job)
 
 
@@ -243,3 +244,31 @@ def test_a_cooperative_addition_keeps_what_was_owned() -> None:
     _cooperative_rebalance(worker, consumer, revoked=set(), added={P1})
     assert _backlog(worker) == [(0, 2)] and len(worker._active) == 2
     assert _sample(worker, "videotag_assigned_partitions") == 2
+
+
+def test_a_revoked_partitions_videos_are_cancelled_and_free_their_slots() -> None:
+    worker, consumer = _worker(max_inflight=2)
+    worker._accept(_record(P0, 0))
+    worker._accept(_record(P1, 0))
+    worker._accept(_record(P0, 1))
+    worker._step(accept=True)  # p0@0 and p1@0 in flight
+    running = {(j.partition, j.offset): j for j in worker._active.values()}
+    _rebalance(worker, consumer, {P0, P1}, {P0})
+    assert running[(1, 0)].token.reason == "revoked" and not running[(0, 0)].token.cancelled
+    worker._done.put(running[(1, 0)])  # its thread stops at its next check and hands it back unanswered
+    worker._step(accept=True)
+    assert [(j.partition, j.offset) for j in worker._active.values()] == [(0, 0), (0, 1)], "the slot stayed taken"
+    assert (TOPIC, 1) not in worker.tracker.partitions
+
+
+def test_a_video_past_its_deadline_is_cancelled_and_the_worker_stays_healthy_until_stuck() -> None:
+    worker, _ = _worker()
+    worker.settings.video_timeout_s = 0.0
+    worker._accept(_record(P0, 0))
+    worker._step(accept=True)
+    [job] = worker._active.values()
+    assert job.token.reason == "video_timeout"
+    assert worker.healthy() == (True, "ok")
+    worker._last_progress -= worker.settings.stuck_after_s + 1
+    healthy, why = worker.healthy()
+    assert not healthy and "none finished" in why

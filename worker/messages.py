@@ -34,6 +34,7 @@ MAX_EVENT_RECORDS = 1000  # the default of the max_event_records setting
 VIDEO_ID_FROM = ("key", "bucket_key")  # values of the s3_event_video_id setting
 MAX_ATTRIBUTES_DEPTH = 64  # far below the interpreter's recursion limit, which json.dumps of the result hits
 MAX_MESSAGE_BYTES = 1 << 20  # requests are a few hundred bytes; S3 events batch at most a few records
+MAX_ATTRIBUTES_BYTES = 64 * 1024  # echoed into the result: bounded so that every result fits a Kafka record
 HOSTNAME = socket.gethostname()
 
 
@@ -146,11 +147,14 @@ def _vet(request: VideoRequest) -> None:
     if _nesting(request.attributes) > MAX_ATTRIBUTES_DEPTH:
         raise InputError(INVALID_JSON, f"attributes nested deeper than {MAX_ATTRIBUTES_DEPTH} levels")
     try:
-        json.dumps([request.video_id, request.bucket, request.key, request.trace_id, request.submitted_at,
-                    request.attributes],
+        json.dumps([request.video_id, request.bucket, request.key, request.trace_id, request.submitted_at],
                    ensure_ascii=False).encode("utf-8")
+        size = len(json.dumps(request.attributes, ensure_ascii=False).encode("utf-8"))
     except UnicodeEncodeError as exc:
         raise InputError(SCHEMA_VIOLATION, "a string holds a lone surrogate (not Unicode text)") from exc
+    if size > MAX_ATTRIBUTES_BYTES:
+        raise InputError(SCHEMA_VIOLATION, f"attributes of {size} bytes serialised, the limit is "
+                                           f"{MAX_ATTRIBUTES_BYTES} (they are echoed into the result)")
 
 
 def _not_json(constant: str) -> Any:

@@ -16,8 +16,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from models import cancel
 from models.engines import Engine
 from models.tagger import VideoTagger
+
+CANCEL_POLL_S = 0.25  # how soon a video waiting for its batch notices that it was cancelled
 
 
 @dataclass
@@ -50,7 +53,12 @@ class ModelThread:
         def call(batch: np.ndarray) -> np.ndarray:
             future: Future[np.ndarray] = Future()
             self._queue.put(_Request(engine, batch, future))
-            return future.result()
+            while True:  # a cancelled video stops waiting (its batch still runs: a network run cannot be stopped)
+                cancel.check()
+                try:
+                    return future.result(timeout=CANCEL_POLL_S)
+                except TimeoutError:
+                    continue
 
         return call
 

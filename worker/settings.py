@@ -95,11 +95,13 @@ class Settings:
     # Worker
     max_inflight: int = 2
     retry_max_attempts: int = 5
+    retry_budget_s: float = 600.0
     retry_backoff_base_s: float = 0.5
     retry_backoff_max_s: float = 30.0
     drain_grace_s: float = 120.0
     termination_grace_s: float | None = None
     stuck_after_s: float = 900.0
+    video_timeout_s: float = 840.0
     decode_timeout_s: float = 600.0
     metrics_host: str = "0.0.0.0"
     metrics_port: int = 9100
@@ -141,9 +143,10 @@ def settings_problems(s: Settings) -> list[str]:
     if s.max_poll_interval_ms < s.session_timeout_ms:
         problems.append(f"max_poll_interval_ms ({s.max_poll_interval_ms}) is the rebalance timeout and must be at "
                         f"least session_timeout_ms ({s.session_timeout_ms})")
-    if s.decode_timeout_s > s.stuck_after_s:
-        problems.append(f"decode_timeout_s ({s.decode_timeout_s:g}) must not exceed stuck_after_s "
-                        f"({s.stuck_after_s:g}): a slow video would be called stuck before its decode times out")
+    if not s.decode_timeout_s <= s.video_timeout_s < s.stuck_after_s:
+        problems.append(f"decode_timeout_s ({s.decode_timeout_s:g}) ≤ video_timeout_s ({s.video_timeout_s:g}) < "
+                        f"stuck_after_s ({s.stuck_after_s:g}) must hold: a video's decode ends within its deadline, "
+                        "and a video past its deadline is cancelled before the worker is called stuck")
     if s.termination_grace_s is not None and s.drain_grace_s + STOP_MARGIN_S > s.termination_grace_s:
         problems.append(f"drain_grace_s ({s.drain_grace_s:g}) + {STOP_MARGIN_S:g} s to stop must fit in "
                         f"termination_grace_s ({s.termination_grace_s:g}): else the pod is killed mid-drain")

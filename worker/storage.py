@@ -17,6 +17,7 @@ import boto3
 import botocore.config
 import botocore.exceptions
 
+from models import cancel
 from models.errors import InputError
 
 NO_SUCH_KEY = "no_such_key"
@@ -36,9 +37,11 @@ class TransientError(Exception):
     """Worth retrying: the storage or the network may recover (5xx, timeouts, refused connections, 403s
     from rotating credentials)."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, outage: bool = False, status: int = 0) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
+        self.outage = outage  # no answer at all: the store (or the way to it) is down for everyone
+        self.status = status  # the HTTP status of an answer (0: none)
 
 
 class TempBudget:
@@ -79,11 +82,11 @@ def _classify(exc: Exception, bucket: str, key: str) -> Exception:
         status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
         if code in _PERMANENT:
             return InputError(_PERMANENT[code], f"s3://{bucket}/{key}: {code}")
-        return TransientError(f"s3_{status or code}", f"s3://{bucket}/{key}: {code or status}")
+        return TransientError(f"s3_{status or code}", f"s3://{bucket}/{key}: {code or status}", status=status)
     if isinstance(exc, botocore.exceptions.ParamValidationError):
         return InputError(INVALID_REQUEST, f"s3://{bucket}/{key}: {str(exc)[:300]}")
     # Timeouts, refused or dropped connections, truncated bodies.
-    return TransientError("s3_unavailable", f"s3://{bucket}/{key}: {type(exc).__name__}")
+    return TransientError("s3_unavailable", f"s3://{bucket}/{key}: {type(exc).__name__}", outage=True)
 
 
 class ObjectFetcher:
@@ -96,6 +99,17 @@ class ObjectFetcher:
         self.budget = budget
         if temp_dir:
             Path(temp_dir).mkdir(parents=True, exist_ok=True)
+
+    def store_answers(self, bucket: str) -> bool:
+        """Whether the store is up for others than this object: a HEAD of the bucket gets any answer but a 5xx
+        (403 and 404 are answers too). Tells "this object answers 500" from "the store answers 500 to all"."""
+        try:
+            self.client.head_bucket(Bucket=bucket)
+        except botocore.exceptions.ClientError as exc:
+            return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0) < 500
+        except Exception:  # no answer: connection refused, timeout
+            return False
+        return True
 
     @contextlib.contextmanager
     def fetch(self, bucket: str, key: str) -> Iterator[tuple[Path, int]]:
@@ -128,6 +142,7 @@ class ObjectFetcher:
         written = 0
         try:
             while chunk := body.read(1 << 20):
+                cancel.check()  # a cancelled video stops downloading (its temp file is removed on the way out)
                 written += len(chunk)
                 if written > self.max_object_bytes:  # a server that lied about the length
                     raise InputError(OBJECT_TOO_LARGE, f"s3://{bucket}/{key}: more than {self.max_object_bytes} bytes")

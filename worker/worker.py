@@ -29,6 +29,7 @@ from kafka import AsyncConsumerRebalanceListener, KafkaConsumer, KafkaProducer, 
 from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
+from models import cancel
 from models.decoder_process import isolate_decoding
 from models.errors import InputError
 from models.tagger import VideoTagger
@@ -39,12 +40,15 @@ from worker.metrics import Metrics
 from worker.model import load_tagger
 from worker.offsets import OffsetTracker, PartitionOffsets
 from worker.pipeline import ModelThread, share_engines
-from worker.settings import Settings
+from worker.settings import STOP_MARGIN_S, Settings
 from worker.storage import ObjectFetcher, TempBudget, TransientError, make_client
 from worker.transactions import HeldOutputs, Outcome, Output, Transactions
 
 log = logging.getLogger(__name__)
 INTERNAL_ERROR = "internal_error"
+VIDEO_TIMEOUT = "video_timeout"
+ACCESS_DENIED = "access_denied"
+RETRIES_EXHAUSTED = "retries_exhausted"
 POLL_TIMEOUT_MS = 50  # also how soon a finished video frees its slot for the next one
 DLQ_MAX_BYTES = kafka_clients.RECORD_VALUE_LIMIT  # fits the producer's and broker's default 1 MiB record limit
 CONNECT_BACKOFF_MAX_S = 30.0
@@ -67,6 +71,9 @@ class Job:
     error: InputError | None = None
     started: float = field(default_factory=time.monotonic)
     outputs: list[Output] = field(default_factory=list)  # exactly-once: published with the offset commit
+    token: cancel.Token = field(default_factory=cancel.Token)
+    budget_spent: float = 0.0  # seconds of backoff spent on this request's own (object) faults
+    finished: bool = False  # answered (result or dead letter): counts towards its partition's commit
 
 
 class _Rebalance(AsyncConsumerRebalanceListener):
@@ -120,6 +127,8 @@ class Worker:
         self._held = HeldOutputs()
         self.transactions: Transactions | None = None
         self._transaction_retry_at = 0.0
+        self._last_progress = time.monotonic()  # a video finished, or work began after an idle spell
+        self._outage: str | None = None  # why intake is paused (the object store does not answer)
 
     # lifecycle -------------------------------------------------------------------------------------------
 
@@ -200,6 +209,7 @@ class Worker:
         if self._active:
             log.warning("grace period over with %d videos unfinished: they will be redelivered", len(self._active))
             self._abandon.set()
+            self._cancel(list(self._active.values()), "stopping")
         self._apply_done()
         self._commit(final=True)
 
@@ -240,11 +250,19 @@ class Worker:
         if self.consumer is None or self.consumer._coordinator.coordinator_unknown():
             # kafka-python has no public "connected to the group" check; the coordinator link is that check.
             return False, "group coordinator (broker) not reachable"
+        if self._outage:
+            return False, self._outage
         if self._transient_streak >= self.settings.retry_max_attempts:
             return False, f"{self._transient_streak} transient failures in a row"
-        now = time.monotonic()
-        if any(now - job.started > self.settings.stuck_after_s for job in list(self._active.values())):
-            return False, f"a video has been in flight for over {self.settings.stuck_after_s:.0f} s"
+        return self.healthy()
+
+    def healthy(self) -> tuple[bool, str]:
+        """Liveness: false when the worker has work but finished nothing for `stuck_after_s`. Every video ends
+        within `video_timeout_s` (answered or cancelled), which settings load keeps below it, so this is a
+        wedged pipeline (a model thread that no longer returns, say), which only a restart cures."""
+        idle = time.monotonic() - self._last_progress
+        if self._active and idle > self.settings.stuck_after_s:
+            return False, f"{len(self._active)} videos in flight and none finished for {idle:.0f} s"
         return True, "ok"
 
     # the consumer loop (main thread) -------------------------------------------------------------------------
@@ -254,9 +272,14 @@ class Worker:
         self._apply_done()
         self._commit()
         # mid-rebalance (poll can return before the group settles), wait: the backlog may belong to another member
-        while accept and not self._revoking and self._backlog and len(self._active) < self.settings.max_inflight:
+        if self._outage and not self._active:
+            self._outage = None  # no video is left to find out whether it passed: let one try
+        while accept and not self._revoking and not self._outage and self._backlog and \
+                len(self._active) < self.settings.max_inflight:
             self._launch(self._backlog.popleft())
-        self._set_paused(not accept or bool(self._backlog) or len(self._active) >= self.settings.max_inflight)
+        self._enforce_deadlines()
+        self._set_paused(not accept or bool(self._backlog) or bool(self._outage) or
+                         len(self._active) >= self.settings.max_inflight)
         records = self.consumer.poll(timeout_ms=POLL_TIMEOUT_MS)
         for batch in records.values():
             for record in batch:
@@ -288,7 +311,23 @@ class Worker:
             self._backlog.append(Job(record.topic, record.partition, record.offset, record.timestamp, record.key,
                                      record.value, state, request, error))
 
+    def _enforce_deadlines(self) -> None:
+        now = time.monotonic()
+        for job in list(self._active.values()):
+            if now - job.started > self.settings.video_timeout_s and not job.token.cancelled:
+                log.warning("offset %d of %s[%d] past video_timeout_s (%.0f s): cancelling it", job.offset, job.topic,
+                            job.partition, self.settings.video_timeout_s)
+                job.token.cancel(VIDEO_TIMEOUT)
+
+    def _cancel(self, jobs: list[Job], reason: str) -> None:
+        """Stop work that will never count: its decoder child is killed now, its thread stops at its next check."""
+        for job in jobs:
+            job.token.cancel(reason)
+
     def _launch(self, job: Job) -> None:
+        if not self._active:
+            self._last_progress = time.monotonic()  # the clock of healthy() runs from the first video
+        job.started = time.monotonic()
         self._active[id(job)] = job
         self.metrics.inflight_videos.set(len(self._active))
         self._executor.submit(self._process, job)
@@ -300,6 +339,9 @@ class Worker:
             except queue.Empty:
                 break
             self._active.pop(id(job), None)
+            self._last_progress = time.monotonic()
+            if not job.finished:  # cancelled (revoked, stopping): never committed, its next owner redoes it
+                continue
             tp = (job.topic, job.partition)
             if self._exactly_once and self.tracker.partitions.get(tp) is job.state:  # not of a forgotten partition
                 self._held.hold(tp, job.offset, job.outputs)
@@ -441,6 +483,7 @@ class Worker:
             with contextlib.suppress(KeyError):  # its new owner reports it now; a stale series would alert
                 self.metrics.consumer_lag.remove(topic, str(partition))
         self._backlog = deque(job for job in self._backlog if (job.topic, job.partition) not in gone)
+        self._cancel([job for job in self._active.values() if (job.topic, job.partition) in gone], "revoked")
         log.info("revoked %s", sorted(f"{t}[{p}]" for t, p in gone))
 
     def _update_lag(self) -> None:
@@ -462,6 +505,27 @@ class Worker:
     # one video (pool threads) -------------------------------------------------------------------------------
 
     def _process(self, job: Job) -> None:
+        """Answer one job (result or dead letter), however long that takes, unless it is cancelled or abandoned;
+        it is always handed back to the consumer thread, which frees its slot."""
+        try:
+            with cancel.scope(job.token):
+                self._answer(job)
+        except cancel.Cancelled as exc:
+            if exc.reason == VIDEO_TIMEOUT:
+                self._answer_timeout(job)
+            else:
+                log.info("cancelled offset %d of %s[%d] (%s)", job.offset, job.topic, job.partition, exc.reason)
+        except Abandoned:
+            log.info("abandoned offset %d of %s[%d]", job.offset, job.topic, job.partition)
+        self._done.put(job)
+
+    def _answer_timeout(self, job: Job) -> None:
+        error = InputError(VIDEO_TIMEOUT, f"not finished within video_timeout_s ({self.settings.video_timeout_s:g} s)")
+        with contextlib.suppress(Abandoned):
+            self._dead_letter(job, error, attempts=1)
+            job.finished = True
+
+    def _answer(self, job: Job) -> None:
         attempts = 0
         while True:
             attempts += 1
@@ -470,17 +534,13 @@ class Worker:
                     self._dead_letter(job, job.error, attempts=1)
                 else:
                     self._tag(job)
-                break
-            except Abandoned:
-                log.info("abandoned offset %d of %s[%d]", job.offset, job.topic, job.partition)
-                return  # never reported done, so never committed: redelivered
+                job.finished = True
+                return
+            except (Abandoned, cancel.Cancelled):
+                raise
             except Exception as exc:  # never drop the job: an unfinished offset would stall its partition
                 log.exception("unexpected failure on offset %d of %s[%d]", job.offset, job.topic, job.partition)
-                try:
-                    self._backoff(attempts, INTERNAL_ERROR, f"{type(exc).__name__}")
-                except Abandoned:
-                    return
-        self._done.put(job)
+                self._backoff(attempts, INTERNAL_ERROR, f"{type(exc).__name__}")
 
     def _tag(self, job: Job) -> None:
         assert job.request is not None
@@ -492,14 +552,26 @@ class Worker:
                 t0 = time.perf_counter()
                 with self.fetcher.fetch(request.bucket, request.key) as (path, size):
                     fetched = time.perf_counter()
+                    self._outage = None
                     self.metrics.video_bytes.observe(size)
                     result = self._tagger.tag(path, name=f"s3://{request.bucket}/{request.key}")
                 break
             except TransientError as exc:
-                self._backoff(attempts, exc.code, str(exc))
+                if exc.outage or (exc.status >= 500 and not self.fetcher.store_answers(request.bucket)):
+                    self._outage = f"object store unreachable ({exc.code})"  # intake pauses; no budget is spent
+                    self._backoff(attempts, exc.code, str(exc))
+                    continue
+                if job.budget_spent >= self.settings.retry_budget_s:  # this object's fault, for too long
+                    code = ACCESS_DENIED if exc.status == 403 else RETRIES_EXHAUSTED
+                    self._dead_letter(job, InputError(code, f"gave up after {attempts} attempts in "
+                                                            f"{job.budget_spent:.0f} s; last: {exc}"), attempts)
+                    return
+                job.budget_spent += self._backoff(attempts, exc.code, str(exc), systemic=False)
             except InputError as exc:
                 self._dead_letter(job, exc, attempts)
                 return
+            except cancel.Cancelled:
+                raise
             except Exception as exc:  # a bug or a library failure on this input: keep the partition moving
                 log.exception("internal error on %s", request.video_id)
                 self._dead_letter(job, InputError(INTERNAL_ERROR, f"{type(exc).__name__}: {str(exc)[:300]}"),
@@ -580,15 +652,18 @@ class Worker:
             else:
                 self.metrics.failures.labels(reason="producer_replaced").inc()
 
-    def _backoff(self, attempts: int, code: str, message: str) -> None:
-        """Sleep before the next try; transient causes are retried until they pass or the worker stops."""
-        self._transient_streak += 1
+    def _backoff(self, attempts: int, code: str, message: str, systemic: bool = True) -> float:
+        """Sleep before the next try and return how long. A systemic cause (the store or the broker down for
+        everyone) counts towards not-ready; one object's fault does not (other requests go on)."""
+        if systemic:
+            self._transient_streak += 1
         self.metrics.failures.labels(reason=code).inc()
         s = self.settings
         delay = min(s.retry_backoff_max_s, s.retry_backoff_base_s * 2 ** (attempts - 1)) * random.uniform(0.5, 1.0)
         log.warning("transient failure (attempt %d, retry in %.1f s): %s", attempts, delay, message)
         if self._abandon.wait(delay):
             raise Abandoned
+        return delay
 
 
 def _wire(offsets: dict[tuple[str, int], int]) -> dict[TopicPartition, OffsetAndMetadata]:
@@ -626,4 +701,19 @@ def run_worker(settings: Settings) -> int:
         worker.drain()
     finally:
         worker.stop()
+        _exit_after(STOP_MARGIN_S)
     return 0
+
+
+def _exit_after(seconds: float) -> None:
+    """Exit 0 after `seconds` even if a video's thread is still inside a call that cannot be interrupted (a
+    stalled read, a network run): the interpreter would wait for it at exit. What it held is uncommitted, so
+    it is redelivered; its temporary file is swept at the next start."""
+
+    def exit_now() -> None:
+        time.sleep(seconds)
+        log.warning("threads still busy %.0f s after stop: exiting", seconds)
+        logging.shutdown()
+        os._exit(0)
+
+    threading.Thread(target=exit_now, name="exit-watchdog", daemon=True).start()
