@@ -38,6 +38,7 @@ class FakeConsumer:
         self._assignment = set(assignment)
         self._coordinator = FakeCoordinator()
         self.commits: list[dict[tuple[str, int], int]] = []
+        self.metadata: dict[TopicPartition, Any] = {}  # the last commit of each partition, with its metadata
         self.in_listener = False
 
     def assignment(self) -> set[TopicPartition]:
@@ -47,6 +48,10 @@ class FakeConsumer:
         if self.in_listener:
             raise RuntimeError("Cannot block on net.run() from the IO thread itself")
         self.commits.append({(tp.topic, tp.partition): meta.offset for tp, meta in offsets.items()})
+        self.metadata.update(offsets)
+
+    def committed(self, tp: TopicPartition, metadata: bool = False) -> Any:
+        return self.metadata.get(tp)
 
     async def commit_async(self, offsets: dict[TopicPartition, Any]) -> None:
         self.commits.append({(tp.topic, tp.partition): meta.offset for tp, meta in offsets.items()})
@@ -272,3 +277,21 @@ def test_a_video_past_its_deadline_is_cancelled_and_the_worker_stays_healthy_unt
     worker._last_progress -= worker.settings.stuck_after_s + 1
     healthy, why = worker.healthy()
     assert not healthy and "none finished" in why
+
+
+def test_a_message_that_killed_max_worker_deaths_workers_is_dead_lettered_not_started() -> None:
+    from kafka.structs import OffsetAndMetadata
+
+    from worker.attempts import Marks, inherit
+
+    worker, consumer = _worker()
+    # the last owner died while holding p0@0, which had already been in flight in two deaths
+    consumer.metadata[P0] = OffsetAndMetadata(0, Marks(deaths={0: 2}, running={0}).encode(0), -1)
+    worker._accept(_record(P0, 0))
+    worker._accept(_record(P0, 1))
+    worker._step(accept=True)
+    jobs = {j.offset: j for j in worker._active.values()}
+    assert jobs[0].error is not None and jobs[0].error.code == "worker_crashed"
+    assert getattr(jobs[1].error, "code", None) != "worker_crashed"
+    # p0@1 is marked running in a commit before it starts: should this worker die now, it counts
+    assert inherit(consumer.metadata[P0].metadata).deaths == {0: 3, 1: 1}

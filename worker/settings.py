@@ -96,6 +96,7 @@ class Settings:
     max_inflight: int = 2
     retry_max_attempts: int = 5
     retry_budget_s: float = 600.0
+    max_worker_deaths: int = 3
     retry_backoff_base_s: float = 0.5
     retry_backoff_max_s: float = 30.0
     drain_grace_s: float = 120.0

@@ -112,9 +112,11 @@ class Transactions:
     def busy(self) -> bool:
         return self._inflight is not None and not self._inflight.done()
 
-    def submit(self, commits: dict[Partition, int], outputs: list[Output], group_metadata: Any) -> None:
+    def submit(self, offsets: dict[TopicPartition, OffsetAndMetadata], outputs: list[Output],
+               group_metadata: Any) -> None:
+        """Publish `outputs` and commit `offsets` in one transaction, on this object's thread."""
         assert not self.busy and self.producer is not None
-        self._inflight = self._thread.submit(self._run, self.producer, commits, outputs, group_metadata)
+        self._inflight = self._thread.submit(self._run, self.producer, offsets, outputs, group_metadata)
 
     def finished(self, wait: bool = False) -> Outcome | None:
         """The outcome of the transaction in flight once it is over (waiting for it with `wait`)."""
@@ -125,13 +127,13 @@ class Transactions:
         return outcome
 
     @staticmethod
-    def _run(producer: KafkaProducer, commits: dict[Partition, int], outputs: list[Output],
+    def _run(producer: KafkaProducer, offsets: dict[TopicPartition, OffsetAndMetadata], outputs: list[Output],
              group_metadata: Any) -> Outcome:
+        commits = {(tp.topic, tp.partition): meta.offset for tp, meta in offsets.items()}
         try:
             producer.begin_transaction()
             for out in outputs:
                 producer.send(out.topic, key=out.key, value=out.value)
-            offsets = {TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in commits.items()}
             producer.send_offsets_to_transaction(offsets, group_metadata)
             producer.commit_transaction()
         except KafkaError as exc:

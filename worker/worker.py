@@ -34,6 +34,7 @@ from models.decoder_process import isolate_decoding
 from models.errors import InputError
 from models.tagger import VideoTagger
 from worker import kafka_clients
+from worker.attempts import Marks, inherit
 from worker.health import HealthServer
 from worker.messages import VideoRequest, dlq_message, parse_request, result_message
 from worker.metrics import Metrics
@@ -49,6 +50,7 @@ INTERNAL_ERROR = "internal_error"
 VIDEO_TIMEOUT = "video_timeout"
 ACCESS_DENIED = "access_denied"
 RETRIES_EXHAUSTED = "retries_exhausted"
+WORKER_CRASHED = "worker_crashed"
 POLL_TIMEOUT_MS = 50  # also how soon a finished video frees its slot for the next one
 DLQ_MAX_BYTES = kafka_clients.RECORD_VALUE_LIMIT  # fits the producer's and broker's default 1 MiB record limit
 CONNECT_BACKOFF_MAX_S = 30.0
@@ -129,6 +131,9 @@ class Worker:
         self._transaction_retry_at = 0.0
         self._last_progress = time.monotonic()  # a video finished, or work began after an idle spell
         self._outage: str | None = None  # why intake is paused (the object store does not answer)
+        self._marks: dict[tuple[str, int], Marks] = {}  # per partition: worker deaths per message (attempts.py)
+        self._base: dict[tuple[str, int], int] = {}  # per partition: where this worker began reading it
+        self._graceful = False  # the commits of a stop let go of what is still running
 
     # lifecycle -------------------------------------------------------------------------------------------
 
@@ -211,6 +216,7 @@ class Worker:
             self._abandon.set()
             self._cancel(list(self._active.values()), "stopping")
         self._apply_done()
+        self._graceful = True  # what is still running is let go, not lost to a death: no mark counts it
         self._commit(final=True)
 
     def stop(self) -> None:
@@ -276,6 +282,9 @@ class Worker:
             self._outage = None  # no video is left to find out whether it passed: let one try
         while accept and not self._revoking and not self._outage and self._backlog and \
                 len(self._active) < self.settings.max_inflight:
+            if self._exactly_once and self._needs_mark(self._backlog[0]) and self.transactions is not None and \
+                    self.transactions.busy:
+                break  # its mark commits the last transaction's offset: wait until that one is known
             self._launch(self._backlog.popleft())
         self._enforce_deadlines()
         self._set_paused(not accept or bool(self._backlog) or bool(self._outage) or
@@ -304,6 +313,8 @@ class Worker:
             error = None
         except InputError as exc:
             requests, error = [None], exc
+        if (record.topic, record.partition) not in self.tracker.partitions:
+            self._take_over((record.topic, record.partition), record.offset)
         # A message with no video (an s3:TestEvent, deletions) starts no job: the tracker counts it done at once,
         # so the next commit passes it as soon as everything before it is done.
         state = self.tracker.started(record.topic, record.partition, record.offset, len(requests))
@@ -324,7 +335,55 @@ class Worker:
         for job in jobs:
             job.token.cancel(reason)
 
+    def _take_over(self, tp: tuple[str, int], first_offset: int) -> None:
+        """The first record of a partition since it was assigned: read how many workers died on its messages."""
+        assert self.consumer is not None
+        try:
+            committed = self.consumer.committed(TopicPartition(*tp), metadata=True)
+        except KafkaError as exc:  # counting is a safeguard: a failed read costs it for this assignment only
+            log.warning("could not read the commit metadata of %s[%d]: %s", tp[0], tp[1], exc)
+            committed = None
+        self._marks[tp] = inherit(committed.metadata if committed is not None else None)
+        self._base[tp] = committed.offset if committed is not None and committed.offset >= 0 else first_offset
+        if self._marks[tp].deaths:
+            log.warning("%s[%d]: workers died holding offsets %s", tp[0], tp[1], self._marks[tp].deaths)
+
+    def _needs_mark(self, job: Job) -> bool:
+        marks = self._marks.get((job.topic, job.partition))
+        return marks is not None and job.offset not in marks.running and \
+            marks.deaths.get(job.offset, 0) < self.settings.max_worker_deaths
+
+    def _mark_running(self, job: Job) -> None:
+        """Before a message starts: dead-letter it if `max_worker_deaths` workers died holding it; else record,
+        in a commit, that this worker holds it (so that its death, should it come, is counted)."""
+        tp = (job.topic, job.partition)
+        marks = self._marks.get(tp)
+        if marks is None or job.offset in marks.running:
+            return
+        deaths = marks.deaths.get(job.offset, 0)
+        if deaths >= self.settings.max_worker_deaths:
+            job.error = InputError(WORKER_CRASHED, f"{deaths} workers died while processing this message: "
+                                                   f"dead-lettered instead of delivered again")
+            return
+        marks.running.add(job.offset)
+        self._commit_marks(tp)
+
+    def _commit_marks(self, tp: tuple[str, int]) -> None:
+        """Commit the marks at the offset the group already holds (exactly-once: the last transaction's), so this
+        commit never passes unpublished work."""
+        assert self.consumer is not None
+        state = self.tracker.partitions.get(tp)
+        if state is None:
+            return
+        if self._exactly_once:
+            offset = state.committed if state.committed is not None else self._base[tp]
+        else:
+            offset = min(state.pending) if state.pending else state.highest_seen + 1
+        with self._committing({tp: offset}):
+            self.consumer.commit(self._wire({tp: offset}))
+
     def _launch(self, job: Job) -> None:
+        self._mark_running(job)
         if not self._active:
             self._last_progress = time.monotonic()  # the clock of healthy() runs from the first video
         job.started = time.monotonic()
@@ -346,6 +405,8 @@ class Worker:
             if self._exactly_once and self.tracker.partitions.get(tp) is job.state:  # not of a forgotten partition
                 self._held.hold(tp, job.offset, job.outputs)
             self.tracker.finished(job.state, job.offset)
+            if job.offset not in job.state.pending and tp in self._marks:
+                self._marks[tp].finished(job.offset)
         self.metrics.inflight_videos.set(len(self._active))
 
     def _commit(self, final: bool = False) -> None:
@@ -358,7 +419,7 @@ class Worker:
         offsets = {tp: off for tp, off in self.tracker.to_commit().items() if tp not in self._revoking}
         if offsets:
             with self._committing(offsets):
-                self.consumer.commit(_wire(offsets))
+                self.consumer.commit(self._wire(offsets))
 
     def _commit_transaction(self, final: bool) -> None:
         """Exactly-once: one transaction at a time publishes the held outputs of a contiguous run of finished
@@ -374,7 +435,7 @@ class Worker:
         commits = {tp: off for tp, off in self.tracker.to_commit().items() if tp not in self._revoking}
         if not commits or (transactions.producer is None and not self._renew_transactional_producer()):
             return
-        transactions.submit(commits, self._held.below(commits), self.consumer.group_metadata())
+        transactions.submit(self._wire(commits), self._held.below(commits), self.consumer.group_metadata())
         if final:
             self._transaction_done(transactions.finished(wait=True))
 
@@ -424,7 +485,7 @@ class Worker:
         offsets = {tp: off for tp, off in self.tracker.to_commit().items() if tp in self._revoking}
         if offsets:
             with self._committing(offsets):
-                await self.consumer.commit_async(_wire(offsets))
+                await self.consumer.commit_async(self._wire(offsets, graceful=True))
 
     @contextlib.contextmanager
     def _committing(self, offsets: dict[tuple[str, int], int]) -> Iterator[None]:
@@ -480,6 +541,8 @@ class Worker:
         for topic, partition in gone:
             self.tracker.forget(topic, partition)
             self._held.forget((topic, partition))
+            self._marks.pop((topic, partition), None)
+            self._base.pop((topic, partition), None)
             with contextlib.suppress(KeyError):  # its new owner reports it now; a stale series would alert
                 self.metrics.consumer_lag.remove(topic, str(partition))
         self._backlog = deque(job for job in self._backlog if (job.topic, job.partition) not in gone)
@@ -652,6 +715,14 @@ class Worker:
             else:
                 self.metrics.failures.labels(reason="producer_replaced").inc()
 
+    def _wire(self, offsets: dict[tuple[str, int], int], graceful: bool = False) -> dict[TopicPartition,
+                                                                                          OffsetAndMetadata]:
+        """Offsets to commit, each with its partition's marks (attempts.py) as metadata."""
+        graceful = graceful or self._graceful
+        return {TopicPartition(*tp): OffsetAndMetadata(o, self._marks[tp].encode(o, graceful)
+                                                       if tp in self._marks else "", -1)
+                for tp, o in offsets.items()}
+
     def _backoff(self, attempts: int, code: str, message: str, systemic: bool = True) -> float:
         """Sleep before the next try and return how long. A systemic cause (the store or the broker down for
         everyone) counts towards not-ready; one object's fault does not (other requests go on)."""
@@ -666,8 +737,6 @@ class Worker:
         return delay
 
 
-def _wire(offsets: dict[tuple[str, int], int]) -> dict[TopicPartition, OffsetAndMetadata]:
-    return {TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in offsets.items()}
 
 
 def _version() -> str:
