@@ -118,6 +118,24 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_skip(args: argparse.Namespace) -> int:
+    from worker.kafka_clients import BrokerUnreachable
+    from worker.skip import SkipRefused, skip
+
+    if logging.getLogger().level > logging.DEBUG:
+        logging.getLogger("kafka").setLevel(logging.CRITICAL)
+    settings = _settings(args)
+    try:
+        skip(settings, args.topic or settings.input_topic, args.partition, args.offset)
+    except (SkipRefused, BrokerUnreachable) as exc:
+        print(f"videotag skip: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"skipped offset {args.offset} of {args.topic or settings.input_topic}[{args.partition}] for group "
+          f"{settings.group_id}; the message is in {settings.dlq_topic} (replay: videotag enqueue --from-dlq)",
+          file=sys.stderr)
+    return EXIT_OK
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from worker.demo import run_demo
 
@@ -171,6 +189,15 @@ def build_parser() -> argparse.ArgumentParser:
     enq.add_argument("--config", help="settings YAML (Kafka connection and security)")
     add_setting_flags(enq, ["bootstrap_servers", "dlq_topic", "security_protocol", "ssl_cafile"])
     enq.set_defaults(func=cmd_enqueue)
+
+    skip = commands.add_parser("skip", help="move the group past one message (dead-lettered, replayable); "
+                               "stop the workers first")
+    skip.add_argument("--topic", help="input topic (default: the input topic setting)")
+    skip.add_argument("--partition", type=int, required=True)
+    skip.add_argument("--offset", type=int, required=True, help="must be the group's committed offset")
+    skip.add_argument("--config", help="settings YAML (Kafka connection and security)")
+    add_setting_flags(skip, ["bootstrap_servers", "group_id", "dlq_topic", "security_protocol", "ssl_cafile"])
+    skip.set_defaults(func=cmd_skip)
 
     demo = commands.add_parser("demo", help="run everything locally: broker, S3, uploads, a worker, results")
     demo.add_argument("--videos", nargs="+", help="videos to upload (default: generated clips)")

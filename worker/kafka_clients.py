@@ -83,6 +83,12 @@ def group_consumer(settings: Settings, max_poll_records: int) -> KafkaConsumer:
     )
 
 
+def group_reader(settings: Settings) -> KafkaConsumer:
+    """A consumer in the worker's group that joins nothing (partitions are assigned by hand): reads and commits
+    for an operator tool."""
+    return _connect(KafkaConsumer, group_id=settings.group_id, enable_auto_commit=False, **_common(settings))
+
+
 def reader(settings: Settings, *topics: str) -> KafkaConsumer:
     """A consumer outside any group that reads `topics` from the start (DLQ replay, demo output)."""
     return _connect(KafkaConsumer, *topics, group_id=None, auto_offset_reset="earliest", enable_auto_commit=False,

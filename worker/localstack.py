@@ -227,13 +227,19 @@ class S3Server(_ChildProcess):
     name = "SeaweedFS (weed mini)"
 
     def __init__(
-        self, data_dir: Path, *, access_key: str | None = None, secret_key: str | None = None
+        self, data_dir: Path, *, access_key: str | None = None, secret_key: str | None = None,
+        identities: list[dict[str, Any]] | None = None,
     ) -> None:
+        """With keys, S3 auth is on and they are the admin's; `identities` adds more (SeaweedFS's format:
+        {"name", "credentials": [{"accessKey", "secretKey"}], "actions": ["Read:bucket", ...]})."""
         if (access_key is None) != (secret_key is None):
             raise ValueError("give both access_key and secret_key, or neither")
+        if identities and access_key is None:
+            raise ValueError("identities need auth on: give the admin's access_key and secret_key too")
         self.data_dir = Path(data_dir)
         self.access_key = access_key
         self.secret_key = secret_key
+        self.identities = list(identities or [])
         self._ports: list[int] | None = None
         super().__init__(self.data_dir / "weed.log")
 
@@ -271,7 +277,7 @@ class S3Server(_ChildProcess):
                 "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
                 "actions": ["Admin", "Read", "List", "Tagging", "Write"],
             }
-            config.write_text(json.dumps({"identities": [identity]}))
+            config.write_text(json.dumps({"identities": [identity, *self.identities]}))
             config.chmod(0o600)
             argv.append(f"-s3.config={config}")
         # Any AWS_* variable in weed's environment silently switches S3 auth on.
