@@ -620,7 +620,8 @@ class Worker:
                     result = self._tagger.tag(path, name=f"s3://{request.bucket}/{request.key}")
                 break
             except TransientError as exc:
-                if exc.outage or (exc.status >= 500 and not self.fetcher.store_answers(request.bucket)):
+                # No answer or a 5xx: is it this object, or the store for everyone? Ask the store about the bucket.
+                if (exc.outage or exc.status >= 500) and not self.fetcher.store_answers(request.bucket):
                     self._outage = f"object store unreachable ({exc.code})"  # intake pauses; no budget is spent
                     self._backoff(attempts, exc.code, str(exc))
                     continue
