@@ -97,6 +97,7 @@ class Settings:
     retry_max_attempts: int = 5
     retry_budget_s: float = 600.0
     max_worker_deaths: int = 3
+    breaker_threshold: int = 5
     retry_backoff_base_s: float = 0.5
     retry_backoff_max_s: float = 30.0
     drain_grace_s: float = 120.0

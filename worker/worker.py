@@ -35,6 +35,7 @@ from models.errors import InputError
 from models.tagger import VideoTagger
 from worker import kafka_clients
 from worker.attempts import Marks, inherit
+from worker.breaker import SYSTEMIC_CODES, Breaker
 from worker.health import HealthServer
 from worker.messages import VideoRequest, dlq_message, parse_request, result_message
 from worker.metrics import Metrics
@@ -134,6 +135,7 @@ class Worker:
         self._marks: dict[tuple[str, int], Marks] = {}  # per partition: worker deaths per message (attempts.py)
         self._base: dict[tuple[str, int], int] = {}  # per partition: where this worker began reading it
         self._graceful = False  # the commits of a stop let go of what is still running
+        self.breaker = Breaker(settings.breaker_threshold, lambda clip: self._tagger.tag(clip, name="self-test"))
 
     # lifecycle -------------------------------------------------------------------------------------------
 
@@ -256,6 +258,10 @@ class Worker:
         if self.consumer is None or self.consumer._coordinator.coordinator_unknown():
             # kafka-python has no public "connected to the group" check; the coordinator link is that check.
             return False, "group coordinator (broker) not reachable"
+        if self.breaker.broken:
+            return False, self.breaker.broken
+        if self.breaker.testing:
+            return False, "testing itself after systemic failures"
         if self._outage:
             return False, self._outage
         if self._transient_streak >= self.settings.retry_max_attempts:
@@ -280,14 +286,14 @@ class Worker:
         # mid-rebalance (poll can return before the group settles), wait: the backlog may belong to another member
         if self._outage and not self._active:
             self._outage = None  # no video is left to find out whether it passed: let one try
-        while accept and not self._revoking and not self._outage and self._backlog and \
+        while accept and not self._revoking and not self._outage and not self.breaker.testing and self._backlog and \
                 len(self._active) < self.settings.max_inflight:
             if self._exactly_once and self._needs_mark(self._backlog[0]) and self.transactions is not None and \
                     self.transactions.busy:
                 break  # its mark commits the last transaction's offset: wait until that one is known
             self._launch(self._backlog.popleft())
         self._enforce_deadlines()
-        self._set_paused(not accept or bool(self._backlog) or bool(self._outage) or
+        self._set_paused(not accept or bool(self._backlog) or bool(self._outage) or self.breaker.testing or
                          len(self._active) >= self.settings.max_inflight)
         records = self.consumer.poll(timeout_ms=POLL_TIMEOUT_MS)
         for batch in records.values():
@@ -652,10 +658,16 @@ class Worker:
         timings["total"] = (time.perf_counter() - t0) * 1e3
         message = result_message(request, result.tags, self.tagger.info if self.tagger else {}, timings, frames)
         self._publish(self.settings.output_topic, request.video_id, message, job)
+        self.breaker.success()
         self.metrics.videos_processed.labels(status="ok").inc()
 
     def _dead_letter(self, job: Job, error: InputError, attempts: int) -> None:
         video_id = job.request.video_id if job.request else None
+        if error.code in SYSTEMIC_CODES and not self.breaker.failure_is_the_inputs():
+            log.error("not dead-lettering %s (%s): the worker itself is broken (%s); stopping", video_id,
+                      error.code, self.breaker.broken)
+            self.request_stop()
+            raise Abandoned
         log.warning("dead-letter %s (offset %d of %s[%d]): %s", video_id, job.offset, job.topic, job.partition,
                     error.code)
         self.metrics.failures.labels(reason=error.code).inc()
@@ -771,11 +783,11 @@ def run_worker(settings: Settings) -> int:
         worker.drain()
     finally:
         worker.stop()
-        _exit_after(STOP_MARGIN_S)
-    return 0
+        _exit_after(STOP_MARGIN_S, 1 if worker.breaker.broken else 0)
+    return 1 if worker.breaker.broken else 0
 
 
-def _exit_after(seconds: float) -> None:
+def _exit_after(seconds: float, code: int) -> None:
     """Exit 0 after `seconds` even if a video's thread is still inside a call that cannot be interrupted (a
     stalled read, a network run): the interpreter would wait for it at exit. What it held is uncommitted, so
     it is redelivered; its temporary file is swept at the next start."""
@@ -784,6 +796,6 @@ def _exit_after(seconds: float) -> None:
         time.sleep(seconds)
         log.warning("threads still busy %.0f s after stop: exiting", seconds)
         logging.shutdown()
-        os._exit(0)
+        os._exit(code)
 
     threading.Thread(target=exit_now, name="exit-watchdog", daemon=True).start()
