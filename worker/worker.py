@@ -343,9 +343,8 @@ class Worker:
 
     def _take_over(self, tp: tuple[str, int], first_offset: int) -> None:
         """The first record of a partition since it was assigned: read how many workers died on its messages."""
-        assert self.consumer is not None
         try:
-            committed = self.consumer.committed(TopicPartition(*tp), metadata=True)
+            committed = None if self.consumer is None else self.consumer.committed(TopicPartition(*tp), metadata=True)
         except KafkaError as exc:  # counting is a safeguard: a failed read costs it for this assignment only
             log.warning("could not read the commit metadata of %s[%d]: %s", tp[0], tp[1], exc)
             committed = None
