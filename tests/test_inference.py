@@ -94,10 +94,10 @@ def test_fp32_tags_match_dygraph(dygraph: VideoTagger, engine_tagger: VideoTagge
 
 @pytest.mark.slow
 def test_exported_predictor_matches_dygraph(dygraph: VideoTagger, cache_dir: Path) -> None:
-    _, predictor = inference_engines(dygraph.extractor.layer, dygraph.predictor.layer, dygraph.info["weights"],
+    _, predictor = inference_engines(dygraph.extractor.layer, dygraph.heads[0].predictor.layer, dygraph.info["weights"],
                                      SEG_NUM, 50, cache_dir, predictor_backend="inference")
     features = np.random.default_rng(0).standard_normal((2, SEG_NUM, 2048)).astype(np.float32)
-    assert np.abs(predictor(features) - dygraph.predictor(features)).max() <= 1e-5
+    assert np.abs(predictor(features) - dygraph.heads[0].predictor(features)).max() <= 1e-5
     with pytest.raises(ValueError, match="exported for input"):
         predictor(features[:, :2])
     assert cache_entry(cache_dir, weights_key(dygraph.info["weights"]), "predictor", SEG_NUM).is_dir()
@@ -166,7 +166,7 @@ def test_export_cache_is_reused(r50_weights: Path, cache_dir: Path, engine_tagge
 
 @pytest.mark.slow
 def test_stale_export_is_replaced(dygraph: VideoTagger, tmp_path: Path) -> None:
-    layer = dygraph.predictor.layer
+    layer = dygraph.heads[0].predictor.layer
     shape: list[int | None] = [None, SEG_NUM, 2048]
     meta = inference._meta("predictor", SEG_NUM, shape)
     target = tmp_path / "k-predictor-4"

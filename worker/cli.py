@@ -30,15 +30,18 @@ def add_setting_flags(parser: argparse.ArgumentParser, names: list[str], undersc
             flags.append("--" + name)
         if kind is bool:
             parser.add_argument(*flags, dest=name, action="store_const", const=True, default=None)
+        elif kind is list:  # predictors: JSON text, as in the environment
+            parser.add_argument(*flags, dest=name, default=None, metavar="JSON")
         else:
             parser.add_argument(*flags, dest=name, type=kind, default=None, metavar=name.upper())
 
 
-MODEL_SETTINGS = ["extractor_weights", "predictor_weights", "label_file", "seg_num", "topk", "device", "layers",
+MODEL_SETTINGS = ["extractor_weights", "predictor_weights", "label_file", "predictors", "seg_num", "topk", "device",
+                  "layers",
                   "preprocess", "engine", "precision", "batch_size", "allow_random_weights", "model_cache_dir",
                   "cpu_threads", "tensorrt"]
 WORKER_SETTINGS = ["bootstrap_servers", "group_id", "input_topic", "output_topic", "dlq_topic", "s3_endpoint_url",
-                   "metrics_port", "metrics_host", "max_inflight", "drain_grace_s", "temp_dir"]
+                   "metrics_port", "metrics_host", "max_inflight", "drain_grace_s", "temp_dir", "features_output"]
 
 
 def _settings(args: argparse.Namespace) -> Settings:
