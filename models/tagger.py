@@ -194,9 +194,11 @@ def build_tagger(
     ecfg = extractor_config or ExtractorConfig()
     pcfg = predictor_config or PredictorConfig()
     set_device(device)
+    # Looked for before the heads load: on a fresh checkout the first error names the first file to get.
+    extractor_file = None if allow_random_weights else find_params(extractor_weights, "tsn")
     loaded = [_load_head(spec, predictor_weights, label_file, pcfg, allow_random_weights) for spec in specs]
     head_files = [head.weights_file for head in loaded if head.weights_file is not None]
-    if allow_random_weights:
+    if extractor_file is None:
         random_extractor = tsn_resnet(ecfg.layers)
         randomize(random_extractor, RANDOM_SEED)
         weights = extractor_digest = RANDOM_WEIGHTS
@@ -204,15 +206,15 @@ def build_tagger(
         def extractor() -> paddle.nn.Layer:
             return random_extractor
     else:
-        extractor_file = find_params(extractor_weights, "tsn")
-        # `weights` names the whole chain in results and keys the export cache; the extractor's own digest
-        # names the features (`videotag features`, the training cache).
-        weights = "sha256:" + file_digest([extractor_file, *head_files])
-        extractor_digest = "sha256:" + file_digest([extractor_file])
+        source = extractor_file
+        # `weights` names the whole chain in results; the extractor's own digest names its features
+        # (`videotag features`, the training cache) and keys its export, which no head changes.
+        weights = "sha256:" + file_digest([source, *head_files])
+        extractor_digest = "sha256:" + file_digest([source])
 
         def extractor() -> paddle.nn.Layer:  # not needed at all when its export is cached (~2 s of a start)
             layer = tsn_resnet(ecfg.layers)
-            load_into(layer, extractor_file, "tsn")
+            load_into(layer, source, "tsn")
             return layer
     built = tuple(
         Head(head.spec.name, DygraphEngine(head.layer), head.labels, load_control(head.spec, head.labels),
@@ -237,8 +239,7 @@ def build_tagger(
         from models.inference import extractor_engine as exported_extractor
         from models.inference import random_weights_key
 
-        key = (random_weights_key([extractor(), *(head.layer for head in loaded)], RANDOM_SEED)
-               if allow_random_weights else weights)
+        key = random_weights_key([extractor()], RANDOM_SEED) if allow_random_weights else extractor_digest
         extractor_engine = exported_extractor(extractor, key, ecfg.layers, cache_dir, device, precision, threads,
                                               tensorrt, max_batch=batch_size)
     else:

@@ -232,3 +232,10 @@ def test_training_dropout_drops_without_rescaling_and_inference_scales() -> None
             kept = seq != 0
             assert 0.3 < kept.mean() < 0.7
             np.testing.assert_array_equal(seq[kept], concat[kept])
+
+
+def test_a_malformed_features_output_is_a_settings_error() -> None:
+    from worker.worker import Worker
+
+    with pytest.raises(SettingsError, match="features_output"):
+        Worker(load_settings(env={"VIDEOTAG_FEATURES_OUTPUT": "https://bucket/features/"}))

@@ -103,6 +103,10 @@ class _Rebalance(AsyncConsumerRebalanceListener):
 class Worker:
     def __init__(self, settings: Settings, tagger: VideoTagger | None = None, metrics: Metrics | None = None) -> None:
         self.settings = settings
+        try:  # before anything slow: a malformed setting is a usage error
+            self._features_at = split_s3_uri(settings.features_output) if settings.features_output else None
+        except ValueError as exc:
+            raise SettingsError(f"setting 'features_output': {exc}") from exc
         self.metrics = metrics or Metrics()
         self.tagger = tagger
         self.tracker = OffsetTracker()
@@ -124,10 +128,6 @@ class Worker:
 
     def start(self) -> Worker:
         s = self.settings
-        try:  # before anything slow: a malformed setting is a usage error
-            self._features_at = split_s3_uri(s.features_output) if s.features_output else None
-        except ValueError as exc:
-            raise SettingsError(f"setting 'features_output': {exc}") from exc
         self.metrics.set_build_info(_version())
         self.health = HealthServer(self.metrics, s.metrics_host, s.metrics_port, self.ready).start()
         log.info("endpoints on %s:%d; settings %s", s.metrics_host, self.health.port, s.redacted())
