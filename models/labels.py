@@ -28,20 +28,21 @@ class LabelsError(Exception):
 
 def load_labels(path: str | Path, num_classes: int) -> list[str]:
     """Line i is the name of class i (UTF-8)."""
-    names = read_names(path)
+    names = read_names(path, "; `videotag weights download` fetches label_3396.txt")
     if len(names) != num_classes:
         raise LabelsError(f"{path}: {len(names)} labels, the model has {num_classes} classes")
     return names
 
 
-def read_names(path: str | Path) -> list[str]:
-    """One name per line, stripped; trailing blank lines dropped, any other blank line is an error."""
+def read_names(path: str | Path, hint: str = "") -> list[str]:
+    """One name per line, stripped; trailing blank lines dropped, any other blank line is an error. `hint` ends
+    the message when the file cannot be read."""
     path = Path(path)
     try:
         names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
-    except OSError as exc:
-        raise LabelsError(f"cannot read label file {path}: {exc.strerror or exc}; "
-                          "`videotag weights download` fetches it") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        raise LabelsError(f"cannot read {path}: {reason}{hint}") from exc
     while names and not names[-1]:
         names.pop()
     if "" in names:
@@ -49,7 +50,7 @@ def read_names(path: str | Path) -> list[str]:
     return names
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # identity equality: an ndarray field has no single truth value
 class TagControl:
     """A head's tag control compiled against its labels, per class: the lowest probability it is published at
     (+inf: never, being denied or not allowed), the name it is published under (its label_map target) and its

@@ -130,18 +130,12 @@ def load_predictor(location: str | Path, pcfg: PredictorConfig) -> tuple[Attenti
     return model, params_path
 
 
-@dataclass(frozen=True)
-class _LoadedHead:
-    spec: HeadSpec
-    layer: AttentionLSTM
-    labels: list[str]
-    weights_file: Path | None  # None: random weights
-
-
 def _load_head(spec: HeadSpec, predictor_weights: str | Path, label_file: str | Path, pcfg: PredictorConfig,
-               allow_random_weights: bool) -> _LoadedHead:
-    """A head with its own weights always loads them; one on the default weights is random in a demo."""
+               allow_random_weights: bool) -> tuple[Head, Path | None]:
+    """(the head, its weight file: None when random). A head with weights of its own always loads them; one on
+    the default weights is random in a demo."""
     label_path = Path(spec.labels or label_file)
+    params_path: Path | None = None
     if allow_random_weights and spec.weights is None:
         layer = attention_lstm(pcfg.feature_size, pcfg.embedding_size, pcfg.lstm_size, pcfg.num_classes,
                                pcfg.dropout_rate)
@@ -150,9 +144,12 @@ def _load_head(spec: HeadSpec, predictor_weights: str | Path, label_file: str | 
             labels = load_labels(label_path, pcfg.num_classes)
         else:  # a demo on a machine with nothing downloaded
             labels = [f"untrained-tag-{i}" for i in range(pcfg.num_classes)]
-        return _LoadedHead(spec, layer, labels, None)
-    layer, params_path = load_predictor(spec.weights or predictor_weights, pcfg)
-    return _LoadedHead(spec, layer, load_labels(label_path, layer.output.weight.shape[1]), params_path)
+    else:
+        layer, params_path = load_predictor(spec.weights or predictor_weights, pcfg)
+        labels = load_labels(label_path, layer.output.weight.shape[1])
+    digest = "sha256:" + file_digest([params_path]) if params_path else RANDOM_WEIGHTS
+    head = Head(spec.name, DygraphEngine(layer), labels, load_control(spec, labels), spec.topk or pcfg.topk, digest)
+    return head, params_path
 
 
 def build_tagger(
@@ -197,7 +194,8 @@ def build_tagger(
     # Looked for before the heads load: on a fresh checkout the first error names the first file to get.
     extractor_file = None if allow_random_weights else find_params(extractor_weights, "tsn")
     loaded = [_load_head(spec, predictor_weights, label_file, pcfg, allow_random_weights) for spec in specs]
-    head_files = [head.weights_file for head in loaded if head.weights_file is not None]
+    built = tuple(head for head, _ in loaded)
+    head_files = [path for _, path in loaded if path is not None]
     if extractor_file is None:
         random_extractor = tsn_resnet(ecfg.layers)
         randomize(random_extractor, RANDOM_SEED)
@@ -216,12 +214,6 @@ def build_tagger(
             layer = tsn_resnet(ecfg.layers)
             load_into(layer, source, "tsn")
             return layer
-    built = tuple(
-        Head(head.spec.name, DygraphEngine(head.layer), head.labels, load_control(head.spec, head.labels),
-             head.spec.topk or pcfg.topk,
-             "sha256:" + file_digest([head.weights_file]) if head.weights_file else RANDOM_WEIGHTS)
-        for head in loaded
-    )
     info = {
         "extractor": f"TSN-ResNet{ecfg.layers}",
         "predictor": "AttentionLSTM",
