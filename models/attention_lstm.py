@@ -2,6 +2,12 @@
 
 Paddle 3 has no `dynamic_lstm`, and its `nn.LSTM` has neither peepholes nor the legacy gate layout, so the
 recurrence is written out here. Fully-connected weights keep fluid's `[in, out]` layout (`x @ W + b`).
+The class count is free (VideoTag's 3396, or a head trained with `videotag train`); everything else is fixed
+by the original architecture, so a trained head loads with the same strict loader.
+
+Dropout follows fluid's default `downgrade_in_infer`: in training the mask drops activations without
+rescaling the kept ones, at inference everything is multiplied by (1 - p). The published weights were
+trained that way, and heads trained here must be too, or the inference scaling would be wrong for them.
 """
 
 from __future__ import annotations
@@ -64,19 +70,23 @@ class AttentionLSTM(nn.Layer):
         self.fc1 = nn.Linear(2 * lstm_size, 8192)
         self.fc2 = nn.Linear(8192, 4096)
         self.output = nn.Linear(4096, num_classes)
-        # fluid's dropout defaults to downgrade_in_infer: at inference it scales by (1 - p) instead of
-        # passing through. The published weights were trained that way, so the scaling is part of the model.
-        self.infer_scale = 1.0 - dropout_rate
+        self.dropout_rate = dropout_rate
 
-    def forward(self, features: paddle.Tensor) -> paddle.Tensor:
+    def logits(self, features: paddle.Tensor) -> paddle.Tensor:
+        """Features [B, T, 2048] → scores before the sigmoid [B, num_classes] (what training's loss takes)."""
         x = paddle.tanh(self.rgb_fc(features))
         forward = self.rgb_lstm_forward(self.rgb_fc_forward(x))
         backward = self.rgb_lstm_backward(self.rgb_fc_backward(x))
-        seq = paddle.concat([forward, backward], axis=-1) * self.infer_scale
+        # fluid's downgrade_in_infer (see the module docstring): at inference a scaling by (1 - p), not identity.
+        seq = F.dropout(paddle.concat([forward, backward], axis=-1), self.dropout_rate, training=self.training,
+                        mode="downscale_in_infer")
         attention = F.softmax(self.rgb_weight(seq), axis=1)  # over time steps, as sequence_softmax
         pooled = paddle.sum(seq * attention, axis=1)
         hidden = paddle.tanh(self.fc2(F.relu(self.fc1(pooled))))
-        return F.sigmoid(self.output(hidden))
+        return self.output(hidden)
+
+    def forward(self, features: paddle.Tensor) -> paddle.Tensor:
+        return F.sigmoid(self.logits(features))
 
     def original_parameters(self) -> Iterator[tuple[str, paddle.Tensor]]:
         """(original name, tensor): fluid named fc weights `<layer>.w_0` and biases `<layer>.b_0`."""

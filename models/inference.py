@@ -282,32 +282,18 @@ def weights_key(weights: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in weights)[:64]
 
 
-def inference_engines(extractor_layer: paddle.nn.Layer | Callable[[], paddle.nn.Layer],
-                      predictor_layer: paddle.nn.Layer, digest: str,
-                      seg_num: int, layers: int, cache_dir: str | Path, device: str = "cpu",
-                      precision: str = "fp32", threads: int | None = None, tensorrt: bool = False,
-                      *, predictor_backend: str = "dygraph", max_batch: int = DEFAULT_MAX_BATCH,
-                      chunk: int | None = None, feature_size: int = 2048,
-                      image_size: int = 224) -> tuple[Engine, Engine]:
-    """(extractor, predictor) engines for loaded layers, exporting them to `cache_dir` unless cached (so the
-    extractor may be given as a function that loads it, called only for an export).
-
-    `digest` names the weights (a file digest or a random-weights key). The extractor always runs on Paddle
-    Inference. The predictor runs eagerly by default (`predictor_backend="dygraph"`): exported, its
-    2×seg_num-step unrolled LSTM is thousands of tiny ops that Paddle Inference 3.3 takes ~10 s to export,
-    10–40 s to create and 20–80 s to run the first time, and then runs no faster than eager (0.27–0.64 s vs
-    0.27 s per video at seg_num 300) — see docs/performance.md. `predictor_backend="inference"` exports it
-    anyway, keyed by seg_num. TensorRT and fp16 apply to the extractor only (the predictor stays fp32: it is
-    cheap and its recurrence is the precision-sensitive part); bf16 likewise. On CPU the extractor runs in
-    chunks of `chunk` frames (default DEFAULT_CPU_CHUNK; on GPU, whole batches): see InferenceEngine.
-    """
+def extractor_engine(extractor_layer: paddle.nn.Layer | Callable[[], paddle.nn.Layer], digest: str, layers: int,
+                     cache_dir: str | Path, device: str = "cpu", precision: str = "fp32", threads: int | None = None,
+                     tensorrt: bool = False, *, max_batch: int = DEFAULT_MAX_BATCH, chunk: int | None = None,
+                     image_size: int = 224) -> InferenceEngine:
+    """The extractor on Paddle Inference, exported to `cache_dir` unless cached (so the layer may be given as a
+    function that loads it, called only for an export). `digest` names the weights (a file digest or a
+    random-weights key). On CPU it runs in chunks of `chunk` frames (default DEFAULT_CPU_CHUNK; on GPU, whole
+    batches): see InferenceEngine."""
     check_options(device, precision, tensorrt)
-    if predictor_backend not in ("dygraph", "inference"):
-        raise EngineOptionsError(f"predictor_backend must be dygraph or inference, not {predictor_backend!r}")
-    key = weights_key(digest)
     shape: list[int | None] = [None, 3, image_size, image_size]
-    target = export(extractor_layer, cache_entry(cache_dir, key, "extractor", layers), shape, EXTRACTOR_INPUT,
-                    _meta("extractor", layers, shape))
+    target = export(extractor_layer, cache_entry(cache_dir, weights_key(digest), "extractor", layers), shape,
+                    EXTRACTOR_INPUT, _meta("extractor", layers, shape))
     options: dict[str, Any] = {"max_batch": max_batch}
     if tensorrt:
         fixed = [3, image_size, image_size]
@@ -316,13 +302,36 @@ def inference_engines(extractor_layer: paddle.nn.Layer | Callable[[], paddle.nn.
         options["trt_cache_dir"] = str(target / f"trt-{precision}")
     if chunk is None and device == "cpu":
         chunk = DEFAULT_CPU_CHUNK
-    extractor = InferenceEngine(make_config(target, device, precision, threads, tensorrt, **options),
-                                (3, image_size, image_size), name=f"extractor ({target.name})", chunk=chunk)
+    return InferenceEngine(make_config(target, device, precision, threads, tensorrt, **options),
+                           (3, image_size, image_size), name=f"extractor ({target.name})", chunk=chunk)
+
+
+def inference_engines(extractor_layer: paddle.nn.Layer | Callable[[], paddle.nn.Layer],
+                      predictor_layer: paddle.nn.Layer, digest: str,
+                      seg_num: int, layers: int, cache_dir: str | Path, device: str = "cpu",
+                      precision: str = "fp32", threads: int | None = None, tensorrt: bool = False,
+                      *, predictor_backend: str = "dygraph", max_batch: int = DEFAULT_MAX_BATCH,
+                      chunk: int | None = None, feature_size: int = 2048,
+                      image_size: int = 224) -> tuple[Engine, Engine]:
+    """(extractor, predictor) engines for loaded layers: the extractor as `extractor_engine`.
+
+    The predictor runs eagerly by default (`predictor_backend="dygraph"`): exported, its
+    2×seg_num-step unrolled LSTM is thousands of tiny ops that Paddle Inference 3.3 takes ~10 s to export,
+    10–40 s to create and 20–80 s to run the first time, and then runs no faster than eager (0.27–0.64 s vs
+    0.27 s per video at seg_num 300) — see docs/performance.md. `predictor_backend="inference"` exports it
+    anyway, keyed by seg_num. TensorRT and fp16 apply to the extractor only (the predictor stays fp32: it is
+    cheap and its recurrence is the precision-sensitive part); bf16 likewise.
+    """
+    check_options(device, precision, tensorrt)
+    if predictor_backend not in ("dygraph", "inference"):
+        raise EngineOptionsError(f"predictor_backend must be dygraph or inference, not {predictor_backend!r}")
+    extractor = extractor_engine(extractor_layer, digest, layers, cache_dir, device, precision, threads, tensorrt,
+                                 max_batch=max_batch, chunk=chunk, image_size=image_size)
     if predictor_backend == "dygraph":
         return extractor, DygraphEngine(predictor_layer)
     shape = [None, seg_num, feature_size]
-    target = export(predictor_layer, cache_entry(cache_dir, key, "predictor", seg_num), shape, PREDICTOR_INPUT,
-                    _meta("predictor", seg_num, shape))
+    target = export(predictor_layer, cache_entry(cache_dir, weights_key(digest), "predictor", seg_num), shape,
+                    PREDICTOR_INPUT, _meta("predictor", seg_num, shape))
     predictor = InferenceEngine(make_config(target, device, "fp32", threads), (seg_num, feature_size),
                                 name=f"predictor ({target.name})")
     return extractor, predictor

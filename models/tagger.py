@@ -1,9 +1,15 @@
-"""The VideoTag chain: video file → sampled frames → features → tag probabilities → top-k tags."""
+"""The VideoTag chain: video file → sampled frames → features → each head's probabilities → its tags.
+
+One extractor feeds any number of heads (AttentionLSTM predictors with their own labels and tag control,
+models/heads.py); `build_tagger` is the one place the chain is assembled. Invariants: heads keep their
+configured order and the first one's tags are a result's `tags`; a head's class count is read from its
+weight file (its label file must match it); with zero heads the chain only extracts features.
+"""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,36 +17,55 @@ from typing import Any
 import numpy as np
 import paddle
 
-from models.attention_lstm import attention_lstm
+from models.attention_lstm import AttentionLSTM, attention_lstm
 from models.config import ExtractorConfig, PredictorConfig
 from models.engines import DygraphEngine, Engine
-from models.labels import Tag, load_labels, top_k
+from models.heads import DEFAULT_HEAD, HeadSpec, check_heads, load_control
+from models.labels import Tag, TagControl, load_labels, select_tags
 from models.preprocess import normalise
 from models.resnet import tsn_resnet
 from models.sampling import SampledVideo
 from models.video import InProcessDecoder
-from models.weights import file_digest, find_params, load_into, randomize
+from models.weights import assign, file_digest, find_params, load_into, randomize, read_state
 
 RANDOM_WEIGHTS = "random-untrained"
 RANDOM_SEED = 0
 
 
+@dataclass(frozen=True)
+class Head:
+    """One predictor over the shared features, with the labels and tag control it publishes under."""
+
+    name: str
+    predictor: Engine
+    labels: list[str]
+    control: TagControl
+    topk: int
+    weights: str  # "sha256:<digest of its weight file>" or RANDOM_WEIGHTS
+
+    def tags(self, probabilities: np.ndarray) -> list[Tag]:
+        return select_tags(probabilities, self.control, self.topk)
+
+
 @dataclass
 class TagResult:
-    tags: list[Tag]
-    probabilities: np.ndarray
+    heads: dict[str, list[Tag]]  # per head, in the tagger's order
+    probabilities: dict[str, np.ndarray]  # per head: [num_classes]
     features: np.ndarray
     video: SampledVideo
     timings_ms: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def tags(self) -> list[Tag]:
+        """The first head's tags: what a result's `tags` has always held."""
+        return next(iter(self.heads.values()))
 
 
 @dataclass
 class VideoTagger:
     extractor_config: ExtractorConfig
-    predictor_config: PredictorConfig
     extractor: Engine
-    predictor: Engine
-    labels: list[str]
+    heads: tuple[Head, ...]
     preprocess: str = "faithful"
     batch_size: int = 32
     max_width: int = 7680
@@ -69,31 +94,64 @@ class VideoTagger:
         ]
         return np.concatenate(parts)[video.order]
 
-    def probabilities(self, features: np.ndarray) -> np.ndarray:
-        """[B, seg_num, 2048] → [B, num_classes]."""
-        return self.predictor(features.astype(np.float32, copy=False))
+    def probabilities(self, features: np.ndarray) -> dict[str, np.ndarray]:
+        """[B, seg_num, 2048] → per head [B, num_classes]."""
+        batch = features.astype(np.float32, copy=False)
+        return {head.name: head.predictor(batch) for head in self.heads}
 
-    def top_tags(self, probabilities: np.ndarray, k: int | None = None) -> list[Tag]:
-        return top_k(probabilities, self.labels, k or self.predictor_config.topk)
-
-    def tag(self, path: str | Path, seg_num: int | None = None, k: int | None = None,
-            name: str | None = None) -> TagResult:
+    def tag(self, path: str | Path, seg_num: int | None = None, name: str | None = None) -> TagResult:
         """`name` is how errors refer to the video (e.g. its S3 URI rather than a temporary file)."""
+        if not self.heads:
+            raise ValueError("this tagger has no heads: it only extracts features")
         t0 = time.perf_counter()
         video = self.sample(path, seg_num, name)
         t1 = time.perf_counter()
         feats = self.features(video)
         t2 = time.perf_counter()
-        probs = self.probabilities(feats[None])[0]
+        probs = {head: p[0] for head, p in self.probabilities(feats[None]).items()}
         t3 = time.perf_counter()
         timings = {"decode": (t1 - t0) * 1e3, "extract": (t2 - t1) * 1e3, "predict": (t3 - t2) * 1e3}
-        return TagResult(self.top_tags(probs, k), probs, feats, video, timings)
+        tags = {head.name: head.tags(probs[head.name]) for head in self.heads}
+        return TagResult(tags, probs, feats, video, timings)
 
 
 def set_device(device: str) -> None:
     if device == "gpu" and not paddle.device.is_compiled_with_cuda():
         raise RuntimeError("--device gpu needs a CUDA build of paddlepaddle (paddlepaddle-gpu)")
     paddle.set_device(device)
+
+
+def load_predictor(location: str | Path, pcfg: PredictorConfig) -> tuple[AttentionLSTM, Path]:
+    """An AttentionLSTM with as many classes as the weight file's output layer, loaded strictly; and the file."""
+    state, from_opt, params_path = read_state(location, "attention_lstm")
+    output = state.get("output.w_0")
+    # A file without a usable output layer gets the default count: the strict check then names the problem.
+    classes = output.shape[1] if output is not None and output.ndim == 2 else pcfg.num_classes
+    model = attention_lstm(pcfg.feature_size, pcfg.embedding_size, pcfg.lstm_size, classes, pcfg.dropout_rate)
+    assign(model, state, str(params_path), optional=from_opt)
+    return model, params_path
+
+
+def _load_head(spec: HeadSpec, predictor_weights: str | Path, label_file: str | Path, pcfg: PredictorConfig,
+               allow_random_weights: bool) -> tuple[Head, Path | None]:
+    """(the head, its weight file: None when random). A head with weights of its own always loads them; one on
+    the default weights is random in a demo."""
+    label_path = Path(spec.labels or label_file)
+    params_path: Path | None = None
+    if allow_random_weights and spec.weights is None:
+        layer = attention_lstm(pcfg.feature_size, pcfg.embedding_size, pcfg.lstm_size, pcfg.num_classes,
+                               pcfg.dropout_rate)
+        randomize(layer, RANDOM_SEED + 1)
+        if label_path.is_file():
+            labels = load_labels(label_path, pcfg.num_classes)
+        else:  # a demo on a machine with nothing downloaded
+            labels = [f"untrained-tag-{i}" for i in range(pcfg.num_classes)]
+    else:
+        layer, params_path = load_predictor(spec.weights or predictor_weights, pcfg)
+        labels = load_labels(label_path, layer.output.weight.shape[1])
+    digest = "sha256:" + file_digest([params_path]) if params_path else RANDOM_WEIGHTS
+    head = Head(spec.name, DygraphEngine(layer), labels, load_control(spec, labels), spec.topk or pcfg.topk, digest)
+    return head, params_path
 
 
 def build_tagger(
@@ -103,6 +161,7 @@ def build_tagger(
     extractor_config: ExtractorConfig | None = None,
     predictor_config: PredictorConfig | None = None,
     *,
+    heads: Sequence[HeadSpec] | None = None,
     device: str = "cpu",
     allow_random_weights: bool = False,
     preprocess: str = "faithful",
@@ -115,62 +174,69 @@ def build_tagger(
     threads: int | None = None,
     tensorrt: bool = False,
 ) -> VideoTagger:
-    """Load both networks with the original weights (or seeded random ones, for demos only).
+    """Load the extractor and the heads with their weights (or seeded random ones, for demos only).
 
+    `heads` default to one, `HeadSpec("videotag")`: `predictor_weights` with `label_file`, which are also what
+    a spec without weights or labels uses; `()` builds an extractor only. `allow_random_weights` makes the
+    extractor and the heads on the default weights random; a head with weights of its own loads them.
     `engine` "dygraph" runs eager Paddle (fp32 only); "inference" exports the extractor to `cache_dir` and runs
     it on Paddle Inference (see models/inference.py) with `precision` fp32 or bf16 (CPU), fp16 (GPU), on
-    `threads` CPU math threads (default: all CPUs), `tensorrt` on GPU.
+    `threads` CPU math threads (default: all CPUs), `tensorrt` on GPU. Heads always run eagerly (see
+    `inference_engines` for why).
     """
     if engine not in ("dygraph", "inference"):
         raise ValueError(f"engine must be dygraph or inference, not {engine!r}")
     if engine == "dygraph" and precision != "fp32":
         raise ValueError(f"precision {precision} needs engine inference (dygraph runs fp32 only)")
+    specs = list(heads) if heads is not None else [HeadSpec(DEFAULT_HEAD)]
+    check_heads(specs)
     ecfg = extractor_config or ExtractorConfig()
     pcfg = predictor_config or PredictorConfig()
     set_device(device)
-    if allow_random_weights and not Path(label_file).is_file():  # a demo on a machine with nothing downloaded
-        labels = [f"untrained-tag-{i}" for i in range(pcfg.num_classes)]
-    else:
-        labels = load_labels(label_file, pcfg.num_classes)
-    predictor = attention_lstm(pcfg.feature_size, pcfg.embedding_size, pcfg.lstm_size, pcfg.num_classes,
-                               pcfg.dropout_rate)
-    if allow_random_weights:
+    # Looked for before the heads load: on a fresh checkout the first error names the first file to get.
+    extractor_file = None if allow_random_weights else find_params(extractor_weights, "tsn")
+    loaded = [_load_head(spec, predictor_weights, label_file, pcfg, allow_random_weights) for spec in specs]
+    built = tuple(head for head, _ in loaded)
+    head_files = [path for _, path in loaded if path is not None]
+    if extractor_file is None:
         random_extractor = tsn_resnet(ecfg.layers)
         randomize(random_extractor, RANDOM_SEED)
-        randomize(predictor, RANDOM_SEED + 1)
-        weights = RANDOM_WEIGHTS
+        weights = extractor_digest = RANDOM_WEIGHTS
 
         def extractor() -> paddle.nn.Layer:
             return random_extractor
     else:
-        extractor_file = find_params(extractor_weights, "tsn")
-        weights = "sha256:" + file_digest([extractor_file, load_into(predictor, predictor_weights, "attention_lstm")])
+        source = extractor_file
+        # `weights` names the whole chain in results; the extractor's own digest names its features
+        # (`videotag features`, the training cache) and keys its export, which no head changes.
+        weights = "sha256:" + file_digest([source, *head_files])
+        extractor_digest = "sha256:" + file_digest([source])
 
         def extractor() -> paddle.nn.Layer:  # not needed at all when its export is cached (~2 s of a start)
             layer = tsn_resnet(ecfg.layers)
-            load_into(layer, extractor_file, "tsn")
+            load_into(layer, source, "tsn")
             return layer
     info = {
         "extractor": f"TSN-ResNet{ecfg.layers}",
         "predictor": "AttentionLSTM",
         "seg_num": ecfg.seg_num,
         "weights": weights,
+        "extractor_weights": extractor_digest,
+        "heads": {head.name: {"classes": len(head.labels), "weights": head.weights} for head in built},
         "preprocess": preprocess,
         "engine": engine,
         "precision": precision,
         "paddle": paddle.__version__,
     }
     extractor_engine: Engine
-    predictor_engine: Engine = DygraphEngine(predictor)
     if engine == "inference":
-        from models.inference import inference_engines, random_weights_key
+        from models.inference import extractor_engine as exported_extractor
+        from models.inference import random_weights_key
 
-        key = random_weights_key([extractor(), predictor], RANDOM_SEED) if allow_random_weights else weights
-        extractor_engine, predictor_engine = inference_engines(
-            extractor, predictor, key, ecfg.seg_num, ecfg.layers, cache_dir, device, precision, threads, tensorrt,
-            max_batch=batch_size)
+        key = random_weights_key([extractor()], RANDOM_SEED) if allow_random_weights else extractor_digest
+        extractor_engine = exported_extractor(extractor, key, ecfg.layers, cache_dir, device, precision, threads,
+                                              tensorrt, max_batch=batch_size)
     else:
         extractor_engine = DygraphEngine(extractor())
-    return VideoTagger(ecfg, pcfg, extractor_engine, predictor_engine, labels,
-                       preprocess=preprocess, batch_size=batch_size, max_width=max_width,
-                       max_height=max_height, info=info)
+    return VideoTagger(ecfg, extractor_engine, built, preprocess=preprocess, batch_size=batch_size,
+                       max_width=max_width, max_height=max_height, info=info)

@@ -2,7 +2,8 @@
 
 `prefix.pdparams` is a (Python 2 era) pickle of `{name: ndarray}` with every Parameter — BatchNorm moving
 statistics included in fluid 1.8 — and `prefix.pdopt` holds optimizer state. A prefix or a directory
-is accepted; anything missing from `.pdparams` is taken from `.pdopt` when present.
+is accepted; anything missing from `.pdparams` is taken from `.pdopt` when present. `save_params` writes
+the same layout (heads trained by `videotag train`), so one strict loader reads both.
 """
 
 from __future__ import annotations
@@ -101,10 +102,28 @@ def load_into(model: paddle.nn.Layer, location: str | Path, stem: str) -> Path:
     Optimizer state found in `.pdopt` is tolerated; an unknown name in `.pdparams` is an error.
     """
     state, from_opt, params_path = read_state(location, stem)
-    check_state(state, expected_shapes(model), str(params_path), optional=from_opt)
+    assign(model, state, str(params_path), optional=from_opt)
+    return params_path
+
+
+def assign(model: paddle.nn.Layer, state: dict[str, np.ndarray], source: str, optional: Iterable[str] = ()) -> None:
+    """Copy `state` into `model` after `check_state` (every name and shape, nothing unexpected)."""
+    check_state(state, expected_shapes(model), source, optional=optional)
     for name, tensor in original_parameters(model):
         tensor.set_value(state[name].astype(np.float32, copy=False))
-    return params_path
+
+
+def save_params(model: paddle.nn.Layer, path: Path) -> Path:
+    """Write `model` as `fluid.save` did: a protocol-2 pickle of {original name: float32 ndarray}.
+
+    Written to a temporary sibling and renamed, so a reader never sees half a file.
+    """
+    state = {name: tensor.numpy().astype(np.float32) for name, tensor in original_parameters(model)}
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("wb") as f:
+        pickle.dump(state, f, protocol=2)
+    tmp.replace(path)
+    return path
 
 
 def file_digest(paths: Iterable[Path]) -> str:

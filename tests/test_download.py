@@ -123,7 +123,7 @@ def test_download_installs_verified_weights(mirror: tuple[str, Path], tmp_path: 
 
     tagger = build_tagger(dest / "tsn", dest / "attention_lstm", dest / "label_3396.txt")
     assert tagger.info["weights"] == "sha256:" + expected_digest
-    assert len(tagger.labels) == 3396
+    assert len(tagger.heads[0].labels) == 3396
 
 
 def test_download_refuses_weights_missing_a_tensor(mirror: tuple[str, Path], tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ import pytest
 from models import inference
 from models import tagger as tagger_module
 from models.config import ExtractorConfig
+from models.heads import HeadSpec
 from models.inference import (
     EngineOptionsError,
     InferenceEngine,
@@ -45,9 +46,9 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("model-cache")
 
 
-def _build(weights: Path, cache: Path, engine: str) -> VideoTagger:
+def _build(weights: Path, cache: Path, engine: str, heads: list[HeadSpec] | None = None) -> VideoTagger:
     return build_tagger(weights / "tsn", weights / "attention_lstm", LABELS,
-                        ExtractorConfig(layers=50, seg_num=SEG_NUM), engine=engine, cache_dir=cache)
+                        ExtractorConfig(layers=50, seg_num=SEG_NUM), engine=engine, cache_dir=cache, heads=heads)
 
 
 @pytest.fixture(scope="module")
@@ -94,10 +95,10 @@ def test_fp32_tags_match_dygraph(dygraph: VideoTagger, engine_tagger: VideoTagge
 
 @pytest.mark.slow
 def test_exported_predictor_matches_dygraph(dygraph: VideoTagger, cache_dir: Path) -> None:
-    _, predictor = inference_engines(dygraph.extractor.layer, dygraph.predictor.layer, dygraph.info["weights"],
+    _, predictor = inference_engines(dygraph.extractor.layer, dygraph.heads[0].predictor.layer, dygraph.info["weights"],
                                      SEG_NUM, 50, cache_dir, predictor_backend="inference")
     features = np.random.default_rng(0).standard_normal((2, SEG_NUM, 2048)).astype(np.float32)
-    assert np.abs(predictor(features) - dygraph.predictor(features)).max() <= 1e-5
+    assert np.abs(predictor(features) - dygraph.heads[0].predictor(features)).max() <= 1e-5
     with pytest.raises(ValueError, match="exported for input"):
         predictor(features[:, :2])
     assert cache_entry(cache_dir, weights_key(dygraph.info["weights"]), "predictor", SEG_NUM).is_dir()
@@ -146,7 +147,7 @@ def test_called_from_another_thread(engine_tagger: VideoTagger, frames: np.ndarr
 @pytest.mark.slow
 def test_export_cache_is_reused(r50_weights: Path, cache_dir: Path, engine_tagger: VideoTagger,
                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    key = weights_key(engine_tagger.info["weights"])
+    key = weights_key(engine_tagger.info["extractor_weights"])
     entry = cache_entry(cache_dir, key, "extractor", 50)
     program, params = inference.model_files(entry)
     stamps = (program.stat().st_mtime_ns, params.stat().st_mtime_ns)
@@ -155,10 +156,13 @@ def test_export_cache_is_reused(r50_weights: Path, cache_dir: Path, engine_tagge
     load_into = tagger_module.load_into
     monkeypatch.setattr(tagger_module, "load_into", lambda model, location, stem: loaded.append(stem) or load_into(
         model, location, stem))
-    again = _build(r50_weights, cache_dir, "inference")
+    # A second head changes the chain's weights but not the extractor's: its export is reused.
+    again = _build(r50_weights, cache_dir, "inference",
+                   [HeadSpec("videotag"), HeadSpec("second", weights=str(r50_weights / "attention_lstm"))])
     assert inference.export_count == count, "the second build exported again"
-    assert loaded == ["attention_lstm"], "the extractor's weights were loaded though its export is cached"
-    assert again.info["weights"] == engine_tagger.info["weights"]
+    assert loaded == [], "the extractor's weights were loaded though its export is cached"
+    assert again.info["extractor_weights"] == engine_tagger.info["extractor_weights"]
+    assert again.info["weights"] != engine_tagger.info["weights"]
     assert (program.stat().st_mtime_ns, params.stat().st_mtime_ns) == stamps
     assert not [p for p in cache_dir.iterdir() if p.name.startswith(".")], "a temporary export was left behind"
     assert again.info["engine"] == "inference"
@@ -166,7 +170,7 @@ def test_export_cache_is_reused(r50_weights: Path, cache_dir: Path, engine_tagge
 
 @pytest.mark.slow
 def test_stale_export_is_replaced(dygraph: VideoTagger, tmp_path: Path) -> None:
-    layer = dygraph.predictor.layer
+    layer = dygraph.heads[0].predictor.layer
     shape: list[int | None] = [None, SEG_NUM, 2048]
     meta = inference._meta("predictor", SEG_NUM, shape)
     target = tmp_path / "k-predictor-4"
@@ -229,7 +233,7 @@ def test_gpu_plans() -> None:
 
 @pytest.mark.slow
 def test_cpu_config_object(engine_tagger: VideoTagger, cache_dir: Path) -> None:
-    entry = cache_entry(cache_dir, weights_key(engine_tagger.info["weights"]), "extractor", 50)
+    entry = cache_entry(cache_dir, weights_key(engine_tagger.info["extractor_weights"]), "extractor", 50)
     config = make_config(entry, "cpu", "fp32", threads=3)
     assert config.mkldnn_enabled() and not config.use_gpu() and not config.tensorrt_engine_enabled()
     assert config.cpu_math_library_num_threads() == 3

@@ -77,11 +77,18 @@ def test_malformed_s3_events(doc):
 def test_result_and_request_messages_follow_their_schemas():
     [req] = parse_request(_request(trace_id="t", attributes={"a": 1}))
     tags = [{"class_id": 3, "class_name": "猫", "probability": 0.9}]
-    result = result_message(req, tags, {"extractor": "e", "predictor": "p", "weights": "sha256:0"},
+    mine = [{"class_id": 0, "class_name": "cats", "probability": 0.7}]
+    result = result_message(req, {"videotag": tags, "mine": mine},
+                            {"extractor": "e", "predictor": "p", "weights": "sha256:0"},
                             {"fetch": 1.0, "decode": 2.0, "extract": 3.0, "predict": 4.0, "total": 10.0},
-                            {"decoded": 5})
+                            {"decoded": 5}, "s3://features/v/k.npy")
     jsonschema.validate(result, messages.schema("result"))
     assert result["attributes"] == {"a": 1} and result["trace_id"] == "t"
+    assert result["tags"] == tags and result["heads"] == {"videotag": tags, "mine": mine}
+    assert result["features_uri"] == "s3://features/v/k.npy"
+    bad = {**result, "heads": {"mine": [{"class_id": 0, "class_name": "cats", "probability": 1.5}]}}
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(bad, messages.schema("result"))
     jsonschema.validate(request_message("videos", "k.mp4"), messages.schema("request"))
     with pytest.raises(ValueError):
         request_message("Bad_Bucket", "k.mp4")

@@ -1,4 +1,7 @@
-"""`videotag tag`: tag local video files, one JSON line each on stdout, in input order."""
+"""`videotag tag`: tag local video files, one JSON line each on stdout, in input order.
+
+A line holds `tags` (the first head's, as always) and `heads` (every head's, by name), like a worker result.
+"""
 
 from __future__ import annotations
 
@@ -33,6 +36,7 @@ def tag_files(tagger: VideoTagger, paths: list[str], save_dir: Path | None = Non
         try:
             result = tagger.tag(path)
             record["tags"] = result.tags
+            record["heads"] = result.heads
             status = "ok"
         except InputError as exc:
             record["error"] = exc.as_dict()
@@ -43,7 +47,7 @@ def tag_files(tagger: VideoTagger, paths: list[str], save_dir: Path | None = Non
         out.write(json.dumps(record, ensure_ascii=False) + "\n")
         out.flush()
         if save_dir is not None and "tags" in record:
-            # The original's per-video file: [path, {class_id, class_name, probability}, ...]
+            # The original's per-video file: [path, {class_id, class_name, probability}, ...] (first head)
             original = json.dumps([path, *record["tags"]], ensure_ascii=False, indent=1)
             (save_dir / f"result{index}.json").write_text(original, encoding="utf-8")
         print(f"[{index + 1}/{len(paths)}] {path}: {status} ({time.perf_counter() - start:.1f} s)",

@@ -242,7 +242,7 @@ def baseline_tag(tagger: VideoTagger, path: Path, seg_num: int) -> tuple[np.ndar
         for i in range(0, len(crops), tagger.batch_size)
     ])
     t2 = time.perf_counter()
-    probs = tagger.predictor(features[None])[0]
+    probs = tagger.heads[0].predictor(features[None])[0]
     t3 = time.perf_counter()
     return probs, {"decode": (t1 - t0) * 1e3, "extract": (t2 - t1) * 1e3, "predict": (t3 - t2) * 1e3}
 
@@ -253,7 +253,7 @@ def run_baseline(tagger: VideoTagger, videos: list[Path], seg_num: int) -> tuple
     for path in videos:
         probs, timing = baseline_tag(tagger, path, seg_num)
         timings.append(timing)
-        tops[str(path)] = [t["class_id"] for t in top_k(probs, tagger.labels, 20)]
+        tops[str(path)] = [t["class_id"] for t in top_k(probs, tagger.heads[0].labels, 20)]
         print(f"  baseline {path.name}: {sum(timing.values()) / 1e3:.1f} s", file=sys.stderr, flush=True)
     wall = time.perf_counter() - start
     return {"videos": len(videos), "wall_s": round(wall, 2), "videos_per_min": round(len(videos) / wall * 60, 3),
@@ -314,6 +314,7 @@ def build(settings: Settings, engine: str, precision: str, preprocess: str, thre
     return build_tagger(
         settings.extractor_weights, settings.predictor_weights, settings.label_file,
         ExtractorConfig(layers=settings.layers, seg_num=settings.seg_num), PredictorConfig(topk=settings.topk),
+        heads=settings.predictors or None,
         device=settings.device, allow_random_weights=settings.allow_random_weights, preprocess=preprocess,
         batch_size=settings.batch_size, max_width=settings.max_width, max_height=settings.max_height,
         engine=engine, precision=precision, cache_dir=settings.model_cache_dir, threads=threads,

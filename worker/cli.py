@@ -7,6 +7,7 @@ import json
 import logging
 import signal
 import sys
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -30,15 +31,21 @@ def add_setting_flags(parser: argparse.ArgumentParser, names: list[str], undersc
             flags.append("--" + name)
         if kind is bool:
             parser.add_argument(*flags, dest=name, action="store_const", const=True, default=None)
+        elif kind is list:  # predictors: JSON text, as in the environment
+            parser.add_argument(*flags, dest=name, default=None, metavar="JSON")
         else:
             parser.add_argument(*flags, dest=name, type=kind, default=None, metavar=name.upper())
 
 
-MODEL_SETTINGS = ["extractor_weights", "predictor_weights", "label_file", "seg_num", "topk", "device", "layers",
+MODEL_SETTINGS = ["extractor_weights", "predictor_weights", "label_file", "predictors", "seg_num", "topk", "device",
+                  "layers",
                   "preprocess", "engine", "precision", "batch_size", "allow_random_weights", "model_cache_dir",
                   "cpu_threads", "tensorrt"]
+# features, train, eval: the extractor only (each head comes from the command's own arguments)
+EXTRACTOR_SETTINGS = ["extractor_weights", "seg_num", "layers", "preprocess", "engine", "precision", "device",
+                      "batch_size", "model_cache_dir", "cpu_threads", "tensorrt"]
 WORKER_SETTINGS = ["bootstrap_servers", "group_id", "input_topic", "output_topic", "dlq_topic", "s3_endpoint_url",
-                   "metrics_port", "metrics_host", "max_inflight", "drain_grace_s", "temp_dir"]
+                   "metrics_port", "metrics_host", "max_inflight", "drain_grace_s", "temp_dir", "features_output"]
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -46,17 +53,25 @@ def _settings(args: argparse.Namespace) -> Settings:
     return load_settings(getattr(args, "config", None), overrides=overrides)
 
 
-def cmd_tag(args: argparse.Namespace) -> int:
-    from models.labels import LabelsError
-    from models.weights import WeightsError
-    from worker.batch import read_filelist, tag_files
-    from worker.model import load_tagger
+def _video_paths(args: argparse.Namespace) -> list[str]:
+    """VIDEO arguments, then the --filelist's lines; empty: the caller reports a usage error."""
+    from worker.batch import read_filelist
 
     paths = list(args.videos)
     if args.filelist:
         paths += read_filelist(Path(args.filelist))
     if not paths:
-        print("videotag tag: no videos given (VIDEO ... or --filelist FILE)", file=sys.stderr)
+        print(f"videotag {args.command}: no videos given (VIDEO ... or --filelist FILE)", file=sys.stderr)
+    return paths
+
+
+def cmd_tag(args: argparse.Namespace) -> int:
+    from models.labels import LabelsError
+    from models.weights import WeightsError
+    from worker.batch import tag_files
+    from worker.model import load_tagger
+
+    if not (paths := _video_paths(args)):
         return EXIT_USAGE
     settings = _settings(args)
     try:
@@ -66,6 +81,67 @@ def cmd_tag(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     failures = tag_files(tagger, paths, Path(args.save_dir) if args.save_dir else None)
     return EXIT_FAILED if failures else EXIT_OK
+
+
+def cmd_features(args: argparse.Namespace) -> int:
+    from models.labels import LabelsError
+    from models.weights import WeightsError
+    from worker.features import load_extractor, write_features
+
+    if not (paths := _video_paths(args)):
+        return EXIT_USAGE
+    try:
+        tagger = load_extractor(_settings(args))
+    except (WeightsError, LabelsError) as exc:
+        print(f"videotag features: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    failures = write_features(tagger, paths, Path(args.out), args.quiet)
+    print(f"features of {len(paths) - failures} of {len(paths)} videos in {args.out}", file=sys.stderr)
+    return EXIT_FAILED if failures else EXIT_OK
+
+
+def _on_dataset(args: argparse.Namespace, work: Callable[[], dict[str, Any]]) -> tuple[int, dict[str, Any] | None]:
+    """(exit code, result) of train's or eval's work: unusable weights or labels are a usage error (2), a
+    dataset that cannot be used (CSV, a video) a failure (1)."""
+    from models.labels import LabelsError
+    from models.weights import WeightsError
+    from worker.train import DatasetError
+
+    try:
+        return EXIT_OK, work()
+    except (WeightsError, LabelsError, DatasetError) as exc:
+        print(f"videotag {args.command}: {exc}", file=sys.stderr)
+        return (EXIT_FAILED if isinstance(exc, DatasetError) else EXIT_USAGE), None
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from models.training import TrainOptions
+    from worker.train import train
+
+    options = TrainOptions(epochs=args.epochs, patience=args.patience, learning_rate=args.learning_rate,
+                           seed=args.seed)
+    code, metrics = _on_dataset(args, lambda: train(
+        Path(args.data), Path(args.label_path), Path(args.out), _settings(args), options,
+        Path(args.val) if args.val else None, args.from_predictor, Path(args.feature_cache), args.quiet))
+    if metrics is None:
+        return code
+    val = metrics["validation"]
+    print(f"{args.out}: {len(metrics['classes'])} classes, {metrics['data']['videos']} videos; validation GAP "
+          f"{val['gap']:.3f}, Hit@1 {val['hit_at_1']:.3f} at epoch {metrics['best_epoch']} of "
+          f"{metrics['epochs_run']} ({metrics['seconds']['features']:.0f} s features, "
+          f"{metrics['seconds']['training']:.0f} s training)", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from worker.train import evaluate_head
+
+    code, metrics = _on_dataset(args, lambda: evaluate_head(
+        Path(args.data), Path(args.label_path), args.head_weights, _settings(args), Path(args.feature_cache),
+        args.quiet))
+    if metrics is not None:
+        print(json.dumps(metrics, ensure_ascii=False, indent=1))
+    return code
 
 
 def cmd_weights_download(args: argparse.Namespace) -> int:
@@ -153,6 +229,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return bench_command(args, _settings(args))
 
 
+def _own_label_options(parser: argparse.ArgumentParser) -> None:
+    """What features, train and eval share: the extractor's settings, the feature cache, --quiet."""
+    parser.add_argument("--feature-cache", default=".cache/videotag/features",
+                        help="features already extracted, by file content and extractor (default %(default)s)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar (none either when stderr is no tty)")
+    parser.add_argument("--config", help="settings YAML (as for the worker)")
+    add_setting_flags(parser, EXTRACTOR_SETTINGS, underscore_aliases=True)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="videotag", description="VideoTag video tagging: CLI and Kafka worker.")
     parser.add_argument("--log-level", default="INFO", help="logging level for stderr (default INFO)")
@@ -166,6 +251,37 @@ def build_parser() -> argparse.ArgumentParser:
     tag.add_argument("--config", help="settings YAML (as for the worker)")
     add_setting_flags(tag, MODEL_SETTINGS, underscore_aliases=True)
     tag.set_defaults(func=cmd_tag)
+
+    features = commands.add_parser("features", help="extract each video's [seg_num, 2048] features to .npy files")
+    features.add_argument("videos", nargs="*", metavar="VIDEO")
+    features.add_argument("--filelist", help="file with one video path per line")
+    features.add_argument("--out", required=True, help="directory for <name>.npy files and index.csv")
+    _own_label_options(features)
+    features.set_defaults(func=cmd_features)
+
+    train = commands.add_parser("train", help="train a head on your own labels (docs/own-labels.md)")
+    train.add_argument("--data", required=True, help="CSV with the header path,labels (labels ;-separated)")
+    train.add_argument("--label-file", dest="label_path", required=True, help="your class names, one per line")
+    train.add_argument("--out", required=True,
+                       help="directory for attention_lstm.pdparams, labels.txt, metrics.json, MODEL_CARD.md")
+    train.add_argument("--val", help="validation CSV (default: 20%% of --data per class held out)")
+    train.add_argument("--epochs", type=int, default=30, help="at most this many epochs (default 30)")
+    train.add_argument("--patience", type=int, default=5,
+                       help="stop after this many epochs without a better validation GAP (default 5)")
+    train.add_argument("--learning-rate", type=float, default=1e-4, help="Adam learning rate (default 1e-4)")
+    train.add_argument("--seed", type=int, default=0, help="validation split, initialisation, shuffling, dropout")
+    train.add_argument("--from-predictor", metavar="WEIGHTS",
+                       help="start all layers but the output layer from this predictor (e.g. weights/attention_lstm)")
+    _own_label_options(train)
+    train.set_defaults(func=cmd_train)
+
+    evaluation = commands.add_parser("eval", help="GAP, Hit@1, mAP and per-class AP of a head on a dataset CSV")
+    evaluation.add_argument("--data", required=True, help="CSV with the header path,labels")
+    evaluation.add_argument("--label-file", dest="label_path", required=True, help="the head's label file")
+    evaluation.add_argument("--predictor-weights", dest="head_weights", required=True,
+                            help="the head's weights: prefix, .pdparams file or directory")
+    _own_label_options(evaluation)
+    evaluation.set_defaults(func=cmd_eval)
 
     weights = commands.add_parser("weights", help="manage the model weights")
     weights_commands = weights.add_subparsers(dest="weights_command", required=True)

@@ -10,13 +10,14 @@ from typing import Any
 from worker import kafka_clients
 from worker.messages import original_value, request_message
 from worker.settings import Settings
+from worker.storage import split_s3_uri
 
 
 def parse_target(target: str, bucket: str | None) -> tuple[str, str]:
     """`s3://bucket/key` or a key in `bucket`."""
     if target.startswith("s3://"):
-        found, _, key = target[5:].partition("/")
-        if not found or not key:
+        found, key = split_s3_uri(target)
+        if not key:
             raise ValueError(f"{target}: expected s3://BUCKET/KEY")
         return found, key
     if not bucket:

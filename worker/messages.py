@@ -226,21 +226,26 @@ def request_message(bucket: str, key: str, video_id: str | None = None, **extra:
     return message
 
 
-def result_message(request: VideoRequest, tags: list[Any], model: dict[str, Any], timings_ms: dict[str, float],
-                   frames: dict[str, int]) -> dict[str, Any]:
+def result_message(request: VideoRequest, heads: dict[str, list[Any]], model: dict[str, Any],
+                   timings_ms: dict[str, float], frames: dict[str, int], features_uri: str | None = None
+                   ) -> dict[str, Any]:
+    """`heads`: each head's tags, in order; `tags` repeats the first head's (the field consumers always read)."""
     message: dict[str, Any] = {"video_id": request.video_id, "bucket": request.bucket, "key": request.key}
     if request.trace_id:
         message["trace_id"] = request.trace_id
     if request.attributes:
         message["attributes"] = request.attributes
     message |= {
-        "tags": tags,
+        "tags": next(iter(heads.values())),
+        "heads": heads,
         "model": model,
         "timings_ms": {k: round(v, 1) for k, v in timings_ms.items()},
         "frames": frames,
         "worker": HOSTNAME,
         "processed_at": now_rfc3339(),
     }
+    if features_uri:
+        message["features_uri"] = features_uri
     return message
 
 

@@ -9,7 +9,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 # Videos take seconds (GPU, small seg-num) to minutes (CPU, 300 frames): buckets span both.
 SECONDS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 45, 60, 90, 120, 180, 300, 600, 1200, 1800)
 BYTES_BUCKETS = tuple(float(2**p) for p in range(16, 34, 2))  # 64 KiB … 8 GiB
-STAGES = ("fetch", "decode", "extract", "predict", "publish")
+STAGES = ("fetch", "decode", "extract", "predict", "store_features", "publish")
 
 
 class Metrics:

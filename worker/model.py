@@ -11,14 +11,19 @@ from worker.settings import Settings
 log = logging.getLogger(__name__)
 
 
-def load_tagger(settings: Settings) -> VideoTagger:
-    """Raises WeightsError / LabelsError when the files are missing or wrong: callers report and exit."""
+def load_tagger(settings: Settings, with_heads: bool = True) -> VideoTagger:
+    """The extractor and the configured heads (`predictors`, else one from predictor_weights and label_file);
+    `with_heads=False` loads the extractor only (features, training).
+
+    Raises WeightsError / LabelsError when the files are missing or wrong: callers report and exit.
+    """
     tagger = build_tagger(
         settings.extractor_weights,
         settings.predictor_weights,
         settings.label_file,
         ExtractorConfig(layers=settings.layers, seg_num=settings.seg_num),
         PredictorConfig(topk=settings.topk),
+        heads=(settings.predictors or None) if with_heads else (),
         device=settings.device,
         allow_random_weights=settings.allow_random_weights,
         preprocess=settings.preprocess,

@@ -111,4 +111,4 @@ def share_engines(tagger: VideoTagger, model_thread: ModelThread) -> VideoTagger
     from dataclasses import replace
 
     return replace(tagger, extractor=model_thread.wrap(tagger.extractor),
-                   predictor=model_thread.wrap(tagger.predictor))
+                   heads=tuple(replace(head, predictor=model_thread.wrap(head.predictor)) for head in tagger.heads))

@@ -3,21 +3,25 @@
 Every field here is a setting; docs/configuration.md describes each one. Credentials are not settings of
 their own for S3 (boto3's standard chain: AWS_* variables, shared files, IRSA) and are never logged.
 Values are checked when loaded: a setting of the wrong type, or outside its choices, refuses to start.
+Every setting is a scalar except `predictors`, a list of head mappings (YAML list, or JSON text in the
+environment and on the command line), coerced field by field into typed `HeadSpec`s like the scalars.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import types
 import typing
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from models.heads import HeadSpec, check_heads
 from worker.messages import MAX_EVENT_RECORDS, VIDEO_ID_FROM
 
 ENV_PREFIX = "VIDEOTAG_"
@@ -74,10 +78,12 @@ class Settings:
     max_object_bytes: int = 2 * 1024**3
     temp_dir: str | None = None
     temp_dir_max_bytes: int = 8 * 1024**3
+    features_output: str | None = None  # s3://bucket/prefix/: also publish each video's features there
     # Model
     extractor_weights: str = "weights/tsn"
     predictor_weights: str = "weights/attention_lstm"
     label_file: str = "label_3396.txt"
+    predictors: list[HeadSpec] = field(default_factory=list)  # empty: one head, predictor_weights + label_file
     allow_random_weights: bool = False
     layers: int = 101
     seg_num: int = 300
@@ -155,31 +161,34 @@ def settings_problems(s: Settings) -> list[str]:
     return problems
 
 
-def _field_types() -> dict[str, type]:
-    hints = typing.get_type_hints(Settings)
+def _field_types(cls: type) -> dict[str, type]:
+    """Field name → its type: the X of `X | None`, the container of `list[X]`."""
+    hints = typing.get_type_hints(cls)
     out: dict[str, type] = {}
-    for f in fields(Settings):
+    for f in fields(cls):
         hint = hints[f.name]
         if isinstance(hint, types.UnionType):  # `X | None`
             hint = next(a for a in typing.get_args(hint) if a is not type(None))
-        out[f.name] = hint
+        out[f.name] = typing.get_origin(hint) or hint
     return out
 
 
-FIELD_TYPES = _field_types()
+FIELD_TYPES = _field_types(Settings)
+HEAD_FIELD_TYPES = _field_types(HeadSpec)
 
 
 def split_list(text: str) -> list[str]:
     return [item.strip() for item in text.split(",") if item.strip()]
 
 
-def _coerce(name: str, value: Any) -> Any:
-    kind = FIELD_TYPES[name]
+def _scalar(name: str, kind: type, value: Any) -> Any:
     if value is None:
         return None
     if name in LIST_FIELDS and isinstance(value, list):
         value = ",".join(str(item) for item in value)
     try:
+        if isinstance(value, (list, dict)):  # str() and float() would take some of these without complaint
+            raise ValueError(value)
         if kind is bool:
             if isinstance(value, bool):
                 return value
@@ -194,6 +203,40 @@ def _coerce(name: str, value: Any) -> Any:
         return kind(value)
     except (TypeError, ValueError) as exc:
         raise SettingsError(f"setting {name!r}: cannot read {value!r} as {kind.__name__}") from exc
+
+
+def _heads(value: Any) -> list[HeadSpec]:
+    """A YAML list of mappings, or the same as JSON text (environment, flags) → validated HeadSpecs."""
+    if value is None:  # `predictors:` with nothing after it
+        return []
+    if isinstance(value, str):
+        try:
+            value = json.loads(value) if value.strip() else []
+        except ValueError as exc:
+            raise SettingsError(f"setting 'predictors': not JSON ({exc})") from exc
+    if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
+        raise SettingsError("setting 'predictors': expected a list of mappings ({name, weights, labels, ...})")
+    specs = []
+    for i, item in enumerate(value):
+        where = f"predictors[{i}]"
+        if unknown := sorted(set(item) - set(HEAD_FIELD_TYPES)):
+            raise SettingsError(f"setting '{where}': unknown keys {unknown} (known: {sorted(HEAD_FIELD_TYPES)})")
+        if not isinstance(item.get("name"), str):
+            raise SettingsError(f"setting '{where}': a head needs a name")
+        typed = {key: _scalar(f"{where}.{key}", HEAD_FIELD_TYPES[key], v) for key, v in item.items()}
+        try:
+            specs.append(HeadSpec(**typed))
+        except ValueError as exc:
+            raise SettingsError(f"setting '{where}': {exc}") from exc
+    try:
+        check_heads(specs)
+    except ValueError as exc:
+        raise SettingsError(f"setting 'predictors': {exc}") from exc
+    return specs
+
+
+def _coerce(name: str, value: Any) -> Any:
+    return _heads(value) if FIELD_TYPES[name] is list else _scalar(name, FIELD_TYPES[name], value)
 
 
 def load_settings(

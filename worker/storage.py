@@ -1,7 +1,8 @@
-"""Fetching video objects from S3-compatible storage into private temporary files.
+"""Fetching video objects from S3-compatible storage into private temporary files, and storing outputs
+(published features) there.
 
 Errors are sorted into permanent ones (InputError: the request goes to the DLQ) and transient ones
-(TransientError: retried, the message is not committed meanwhile).
+(TransientError: retried, the message is not committed meanwhile), the same way for reads and writes.
 """
 
 from __future__ import annotations
@@ -63,6 +64,28 @@ class TempBudget:
             with self._cond:
                 self.used -= size
                 self._cond.notify_all()
+
+
+def split_s3_uri(uri: str) -> tuple[str, str]:
+    """`s3://bucket/key` → (bucket, key); the key may be empty or a prefix (`s3://bucket/features/`)."""
+    if not uri.startswith("s3://"):
+        raise ValueError(f"{uri}: expected s3://BUCKET/...")
+    bucket, _, key = uri[5:].partition("/")
+    if not bucket:
+        raise ValueError(f"{uri}: no bucket name")
+    return bucket, key
+
+
+def put_object(client, bucket: str, key: str, body: bytes, metadata: dict[str, str]) -> None:
+    """Store `body`. A key S3 refuses is permanent for that video (InputError); anything else, a missing bucket
+    included, is transient: the destination is the operator's to fix, and /readyz reports the failures."""
+    try:
+        client.put_object(Bucket=bucket, Key=key, Body=body, Metadata=metadata)
+    except Exception as exc:
+        error = _classify(exc, bucket, key)
+        if isinstance(error, InputError) and error.code != INVALID_REQUEST:
+            error = TransientError(f"s3_put_{error.code}", error.message)
+        raise error from exc
 
 
 def make_client(endpoint_url: str | None, region: str | None, connect_timeout: float, read_timeout: float):

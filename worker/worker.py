@@ -5,12 +5,14 @@ in-flight work within the grace period, commit), `stop()` (leave the group, clos
 
 Only the main thread touches the consumer. Videos run in a thread pool (`max_inflight`); their network
 calls are batched by one model thread. A partition is paused, never left unpolled, while the worker is
-full, so group membership survives videos that take minutes.
+full, so group membership survives videos that take minutes. With `features_output`, a video's features are
+stored before its result is published, so a result's `features_uri` always names an existing object.
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import logging
 import os
@@ -25,6 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from kafka import AsyncConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
@@ -42,8 +45,8 @@ from worker.metrics import Metrics
 from worker.model import load_tagger
 from worker.offsets import OffsetTracker, PartitionOffsets
 from worker.pipeline import ModelThread, share_engines
-from worker.settings import STOP_MARGIN_S, Settings
-from worker.storage import ObjectFetcher, TempBudget, TransientError, make_client
+from worker.settings import STOP_MARGIN_S, Settings, SettingsError
+from worker.storage import ObjectFetcher, TempBudget, TransientError, make_client, put_object, split_s3_uri
 from worker.transactions import HeldOutputs, Outcome, Output, Transactions
 
 log = logging.getLogger(__name__)
@@ -108,6 +111,10 @@ class _Rebalance(AsyncConsumerRebalanceListener):
 class Worker:
     def __init__(self, settings: Settings, tagger: VideoTagger | None = None, metrics: Metrics | None = None) -> None:
         self.settings = settings
+        try:  # before anything slow: a malformed setting is a usage error
+            self._features_at = split_s3_uri(settings.features_output) if settings.features_output else None
+        except ValueError as exc:
+            raise SettingsError(f"setting 'features_output': {exc}") from exc
         self.metrics = metrics or Metrics()
         self.tagger = tagger
         self.tracker = OffsetTracker()
@@ -150,10 +157,8 @@ class Worker:
         self._tagger = share_engines(tagger, self._model_thread)
         if s.decode_timeout_s > 0:  # a crashing or hanging decoder costs one video, not the worker
             self._tagger = isolate_decoding(self._tagger, s.decode_timeout_s)
-        self.fetcher = ObjectFetcher(
-            make_client(s.s3_endpoint_url, s.s3_region, s.s3_connect_timeout_s, s.s3_read_timeout_s),
-            s.temp_dir, s.max_object_bytes, TempBudget(s.temp_dir_max_bytes),
-        )
+        self.s3 = make_client(s.s3_endpoint_url, s.s3_region, s.s3_connect_timeout_s, s.s3_read_timeout_s)
+        self.fetcher = ObjectFetcher(self.s3, s.temp_dir, s.max_object_bytes, TempBudget(s.temp_dir_max_bytes))
         self.tagger = tagger
         self._connect()
         return self
@@ -647,6 +652,15 @@ class Worker:
                                   attempts)
                 return
         timings = {"fetch": (fetched - t0) * 1e3, **result.timings_ms}
+        features_uri = None
+        if self._features_at is not None:
+            stored = time.perf_counter()
+            try:
+                features_uri = self._store_features(request, result.features)
+            except InputError as exc:
+                self._dead_letter(job, exc, attempts=1)
+                return
+            timings["store_features"] = (time.perf_counter() - stored) * 1e3
         for stage, ms in timings.items():
             self.metrics.stage_seconds.labels(stage=stage).observe(ms / 1e3)
         self.metrics.frames_decoded.inc(result.video.frames_decoded)
@@ -655,10 +669,29 @@ class Worker:
                   "sampled": len(video.order), "width": video.width, "height": video.height,
                   "decoder": video.decoder}
         timings["total"] = (time.perf_counter() - t0) * 1e3
-        message = result_message(request, result.tags, self.tagger.info if self.tagger else {}, timings, frames)
+        message = result_message(request, result.heads, self.tagger.info if self.tagger else {}, timings, frames,
+                                 features_uri)
         self._publish(self.settings.output_topic, request.video_id, message, job)
         self.breaker.success()
         self.metrics.videos_processed.labels(status="ok").inc()
+
+    def _store_features(self, request: VideoRequest, features: np.ndarray) -> str:
+        """`<features_output><video_id>.npy` ([seg_num, 2048] float32), retried while S3 fails transiently;
+        returns its URI. The object's metadata names what made it, like `videotag features`' index.csv."""
+        assert self._features_at is not None and self.tagger is not None
+        bucket, prefix = self._features_at
+        key = f"{prefix}{request.video_id}.npy"
+        buffer = io.BytesIO()
+        np.save(buffer, features.astype(np.float32, copy=False), allow_pickle=False)
+        metadata = {"seg-num": str(len(features)), "extractor-weights": self.tagger.info["extractor_weights"]}
+        attempts = 0
+        while True:
+            attempts += 1
+            try:
+                put_object(self.s3, bucket, key, buffer.getvalue(), metadata)
+                return f"s3://{bucket}/{key}"
+            except TransientError as exc:
+                self._backoff(attempts, exc.code, str(exc))
 
     def _dead_letter(self, job: Job, error: InputError, attempts: int) -> None:
         video_id = job.request.video_id if job.request else None

@@ -382,7 +382,7 @@ def test_schema_types_and_describes_everything() -> None:
     assert not problems
 
 
-PY_TO_JSON = {str: "string", int: "integer", float: "number", bool: "boolean"}
+PY_TO_JSON = {str: "string", int: "integer", float: "number", bool: "boolean", list: "array"}
 
 
 def test_schema_config_covers_every_setting() -> None:
