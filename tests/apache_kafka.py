@@ -80,8 +80,12 @@ def fetch_jars(pom: Path = POM, cache: Path = CACHE) -> Path:
 
 def _cluster_id() -> str:
     """A Kafka cluster id: 16 random bytes, URL-safe base64 without padding (what `kafka-storage random-uuid`
-    prints)."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+    prints). Like Kafka's own, never one starting with "-": `format -t -xyz` reads it as an option and fails
+    (one start in 64, before)."""
+    while True:
+        text = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not text.startswith("-"):
+            return text
 
 
 class ApacheKafka(KafkaServer):
