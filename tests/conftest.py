@@ -1,7 +1,10 @@
 """Session-wide real servers (SeaweedFS S3, Apache Kafka) on free loopback ports, plus per-test names.
 
 Without Java or Maven the Kafka tests skip, saying why; under CI (CI=true) that is a failure instead, so a
-machine that lost its JDK cannot turn the Kafka suites green by skipping them."""
+machine that lost its JDK cannot turn the Kafka suites green by skipping them.
+
+The security tests' broker (TLS, SASL, ACLs: tests/apache_kafka.py's `secure_config`) is a second JVM, started
+the first time a test asks for `secure_kafka`: the other suites keep the plain, fast `kafka_broker`."""
 
 from __future__ import annotations
 
@@ -11,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.apache_kafka import ApacheKafka, KafkaUnavailable
+from tests.apache_kafka import PLAIN_USERS, ApacheKafka, KafkaUnavailable, secure_config
 from tests.integration.worker_process import SpawnWorker, WorkerProcess
 from tests.kafka_helpers import Topics, unique_name
+from tests.pki import make_pki
 from worker.localstack import KafkaServer, S3Server
 
 
@@ -35,10 +39,38 @@ def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaServ
         broker.stop()
 
 
-def apache_kafka(data_dir: Path, properties: dict[str, str] | None = None) -> ApacheKafka:
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Our CA with broker and client certificates, a rogue CA, a certificate for another host (tests/pki.py)."""
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture(scope="session")
+def secure_kafka(tmp_path_factory: pytest.TempPathFactory, pki: dict[str, str]) -> Iterator[ApacheKafka]:
+    """Apache Kafka with the security listeners (`address("MTLS")`, `address("SASL")`, ...) and ACLs enforced;
+    its PLAINTEXT `bootstrap_servers` is the tests' super-user admin door."""
+    data_dir = tmp_path_factory.mktemp("secure-kafka")
+    listeners, properties = secure_config(pki, PLAIN_USERS, data_dir / "keystores")
+    broker = apache_kafka(data_dir, properties, listeners)
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+@pytest.fixture
+def secure_topics(secure_kafka: ApacheKafka) -> Topics:
+    """Fresh input, output and dlq topics (1 partition each) on the secure broker."""
+    names = Topics(input=unique_name("in"), output=unique_name("out"), dlq=unique_name("dlq"))
+    secure_kafka.create_topics([names.input, names.output, names.dlq])
+    return names
+
+
+def apache_kafka(data_dir: Path, properties: dict[str, str] | None = None,
+                 listeners: dict[str, str] | None = None) -> ApacheKafka:
     """A started Apache Kafka; skips the test (fails it under CI) where Java or Maven is missing."""
     try:
-        return ApacheKafka(data_dir, properties).start()
+        return ApacheKafka(data_dir, properties, listeners).start()
     except KafkaUnavailable as exc:
         if os.environ.get("CI") == "true":
             pytest.fail(f"Apache Kafka is required under CI: {exc}")

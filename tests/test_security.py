@@ -1,11 +1,11 @@
 """Security properties: secrets never leak, temp files are private and always removed, the HTTP endpoints serve
 nothing else and bind where told, TLS and SASL settings reach kafka-python, the images run as non-root.
 
-The TLS and SASL tests here use a tiny TLS server (the handshake of tests/tls_front.py, certificates from
-tests/pki.py) that speaks just enough Kafka (ApiVersions v0, SaslHandshake, SaslAuthenticate) to record what the
-client sent, host-name checking included. TLS end to end with a real worker and the real broker (Tansu behind a
-TLS-terminating front, as Tansu 0.6 cannot serve TLS) is in tests/integration/test_tls.py; SASL against a broker
-cannot be shown (Tansu has no SASL).
+Planted secrets (an S3 key, a SASL password, the password of the TLS client key) are searched for, in every form
+they could take, in what a worker shows: its log, /readyz, /metrics, results and dead letters, and in settings
+and errors as text. The Kafka ones are also in real use against the secure broker (tests/conftest.py
+`secure_kafka`), through a refused login and a refused ACL. TLS, SASL and ACLs end to end are in
+tests/integration/test_tls.py and test_sasl_acl.py.
 """
 
 from __future__ import annotations
@@ -18,15 +18,14 @@ import logging
 import os
 import re
 import socket
-import ssl
 import stat
-import struct
+import subprocess
+import sys
 import threading
 import time
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import boto3
 import botocore.config
@@ -34,11 +33,11 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer
 
 from models.errors import InputError
+from tests.apache_kafka import PLAIN_USERS, ApacheKafka
 from tests.fault.helpers import AnswerCollector, StallingProxy, request, tiny_clips
-from tests.integration.worker_process import SECRET_KEY, WorkerProcess
-from tests.kafka_helpers import Topics, produce
-from tests.pki import SSL_PASSWORD, client_tls_settings, make_pki
-from tests.tls_front import TLSFront
+from tests.integration.worker_process import SECRET_KEY, SpawnWorker, WorkerProcess
+from tests.kafka_helpers import Topics, grant, produce, set_scram_user, unique_name, worker_access
+from tests.pki import SSL_PASSWORD
 from worker.health import HealthServer
 from worker.kafka_clients import security_options
 from worker.localstack import KafkaServer, S3Server
@@ -68,9 +67,10 @@ def _assert_no_secret(where: str, text: str, secrets: list[str]) -> None:
 def test_no_secret_in_logs_metrics_or_answers(kafka_broker: KafkaServer, topics: Topics, unique_group_id: str,
                                               tmp_path: Path) -> None:
     """A worker with S3 credentials in use (the S3 server checks signatures) and SASL/TLS passwords configured
-    (PLAINTEXT: set but unused) handles good and bad requests and an S3 response that stalls mid-stream; then
-    its log, /metrics and every result and dead letter are searched for the secrets. (INFO level: the CLI's
-    --log-level default overrides VIDEOTAG_LOG_LEVEL, so DEBUG is covered in-process by the next test.)"""
+    (PLAINTEXT: set but unused; test_no_kafka_secret_when_a_login_or_an_acl_is_refused uses them) handles good
+    and bad requests and an S3 response that stalls mid-stream; then its log, /metrics and every result and dead
+    letter are searched for the secrets. (INFO level: the CLI's --log-level default overrides VIDEOTAG_LOG_LEVEL,
+    so DEBUG is covered in-process by the next test.)"""
     s3 = S3Server(tmp_path / "auth-s3", access_key="test", secret_key=SECRET_KEY).start()
     proxy = StallingProxy(s3.port)
     collector = None
@@ -311,80 +311,7 @@ def test_endpoints_bind_to_the_chosen_address(bind: str, other: str) -> None:
         server.stop()
 
 
-# TLS and SASL settings reach kafka-python ----------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    return make_pki(tmp_path_factory.mktemp("pki"))
-
-
-class TinyTLSKafka(TLSFront):
-    """A TLS-only listener (the front's handshake) that speaks just enough Kafka to take a client through
-    ApiVersions (v0) and SASL (SaslHandshake v1, SaslAuthenticate v0), then hangs up on the first other
-    request. Records, besides the front's events, ("request", api_key) and ("sasl", [authzid, user, password])."""
-
-    def _session(self, tls: ssl.SSLSocket) -> None:
-        with contextlib.suppress(struct.error):
-            while (frame := self._read_frame(tls)) is not None:
-                api_key, version, correlation = struct.unpack_from(">hhi", frame)
-                client_id_len = struct.unpack_from(">h", frame, 8)[0]
-                body = frame[10 + max(client_id_len, 0):]
-                self.events.append(("request", api_key))
-                if api_key == 18 and version > 0:  # ApiVersions: "unsupported version, use v0"
-                    reply = struct.pack(">ihi", correlation, 35, 1) + struct.pack(">hhh", 18, 0, 0)
-                elif api_key == 18:
-                    apis = [(k, 0, {0: 2, 1: 2, 3: 1, 17: 1}.get(k, 0)) for k in range(37)]
-                    reply = struct.pack(">ihi", correlation, 0, len(apis)) + b"".join(struct.pack(">hhh", *a)
-                                                                                     for a in apis)
-                elif api_key == 17:  # SaslHandshake: accept the mechanism asked for
-                    length = struct.unpack_from(">h", body)[0]
-                    mechanism = body[2 : 2 + length]
-                    reply = struct.pack(">ihi", correlation, 0, 1) + struct.pack(">h", len(mechanism)) + mechanism
-                elif api_key == 36:  # SaslAuthenticate: record the PLAIN token, say yes
-                    length = struct.unpack_from(">i", body)[0]
-                    self.events.append(("sasl", body[4 : 4 + length].split(b"\0")))
-                    reply = struct.pack(">ihhi", correlation, 0, -1, 0)
-                else:
-                    return
-                tls.sendall(struct.pack(">i", len(reply)) + reply)
-
-    @staticmethod
-    def _read_frame(sock: ssl.SSLSocket) -> bytes | None:
-        data = b""
-        size = None
-        while size is None or len(data) < size:
-            chunk = sock.recv(65536)
-            if not chunk:
-                return None
-            data += chunk
-            if size is None and len(data) >= 4:
-                size = struct.unpack(">i", data[:4])[0] + 4
-        return data[4:size]
-
-
-@contextlib.contextmanager
-def _tls_kafka(pki: dict[str, str], cert: str = "broker", mutual: bool = True) -> Iterator[TinyTLSKafka]:
-    server = TinyTLSKafka(pki[f"{cert}_cert"], pki[f"{cert}_key"], pki["ca"] if mutual else None)
-    try:
-        yield server
-    finally:
-        server.close()
-
-
-def _connect(kind: type, port: int, security: dict[str, Any], host: str = "127.0.0.1") -> None:
-    """Build a client as the worker does (**security_options(settings)); it gives up once bootstrap fails."""
-    client = None
-    with contextlib.suppress(Exception):
-        client = kind(bootstrap_servers=f"{host}:{port}", request_timeout_ms=3000, bootstrap_timeout_ms=3000,
-                      **security)
-    if client is not None:
-        with contextlib.suppress(Exception):
-            client.close()
-
-
-def _settings(pki: dict[str, str], **values: Any) -> Settings:
-    return Settings(**(client_tls_settings(pki) | values))
-
+# Kafka security settings and secrets ---------------------------------------------------------------------
 
 def test_security_options_pass_every_setting() -> None:
     assert security_options(Settings()) == {"security_protocol": "PLAINTEXT"}
@@ -407,66 +334,73 @@ def test_security_options_pass_every_setting() -> None:
     assert '"p"' not in redacted and '"kp"' not in redacted
 
 
-@pytest.mark.parametrize("kind", [KafkaProducer, KafkaConsumer])
-def test_tls_and_sasl_settings_reach_the_wire(pki: dict[str, str], kind: type) -> None:
-    """With our settings, kafka-python verifies the broker against our CA, presents our client certificate
-    (its key unlocked with ssl_password), and sends the SASL PLAIN credentials, all inside TLS."""
-    settings = _settings(pki, security_protocol="SASL_SSL", sasl_mechanism="PLAIN", sasl_username="svc-videotag",
-                         sasl_password=SASL_PASSWORD)
-    with _tls_kafka(pki) as server:
-        _connect(kind, server.port, security_options(settings))
-    assert ("tls", "videotag-client") in server.events, server.events
-    assert [b"svc-videotag", b"svc-videotag", SASL_PASSWORD.encode()] in [e[1] for e in server.events if e[0] == "sasl"]
-    assert server.kinds()[:2] == ["tls", "request"]  # nothing before the handshake
+def test_settings_repr_hides_the_secrets() -> None:
+    """A Settings in a traceback, an f-string or an exception shows the secrets redacted, the rest as set."""
+    settings = Settings(sasl_password=SASL_PASSWORD, ssl_password=SSL_PASSWORD, sasl_username="svc-videotag")
+    for text in (repr(settings), f"{settings}", str(ValueError(settings)), repr([settings])):
+        _assert_no_secret("a Settings as text", text, [SASL_PASSWORD, SSL_PASSWORD])
+        assert "sasl_username='svc-videotag'" in text and "sasl_password='***'" in text
 
 
-def test_ssl_without_sasl_connects_at_the_tls_level(pki: dict[str, str]) -> None:
-    with _tls_kafka(pki) as server:
-        _connect(KafkaProducer, server.port, security_options(_settings(pki, security_protocol="SSL")))
-    assert ("tls", "videotag-client") in server.events and ("request", 18) in server.events
-    assert "sasl" not in server.kinds()
-
-
-def test_plaintext_client_gets_no_kafka_response_from_a_tls_endpoint(pki: dict[str, str]) -> None:
-    """A client left on PLAINTEXT sends its Kafka request in clear: the TLS listener refuses it at the
-    handshake, so no request is ever read and the client gets nothing it could parse as Kafka."""
-    with _tls_kafka(pki, mutual=False) as server:
-        _connect(KafkaProducer, server.port, security_options(Settings(security_protocol="PLAINTEXT")))
-        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
-            request_frame = struct.pack(">hhih", 18, 0, 1, 4) + b"test"
-            sock.sendall(struct.pack(">i", len(request_frame)) + request_frame)
-            reply = b""
-            with contextlib.suppress(OSError):
-                while chunk := sock.recv(4096):
-                    reply += chunk
-        time.sleep(0.2)
-    assert server.events and all(kind == "tls_error" for kind in server.kinds()), server.events
-    # Whatever came back (a TLS alert, or nothing) is no Kafka response: that starts with our correlation id.
-    assert len(reply) < 8 or struct.unpack(">i", reply[4:8])[0] != 1, reply[:16]
-
-
-def test_a_broker_certificate_from_another_ca_is_refused(pki: dict[str, str]) -> None:
-    with _tls_kafka(pki, cert="rogue", mutual=False) as server:
-        _connect(KafkaProducer, server.port, security_options(_settings(pki, security_protocol="SSL")))
-    assert server.events and "request" not in server.kinds(), server.events
-
-
-def test_broker_host_name_is_checked(pki: dict[str, str]) -> None:
-    """Our CA's certificate for kafka.example.com does not pass for 127.0.0.1, unless ssl_check_hostname is off."""
-    with _tls_kafka(pki, cert="elsewhere", mutual=False) as server:
-        _connect(KafkaProducer, server.port, security_options(_settings(pki, security_protocol="SSL")))
-    assert server.events and "request" not in server.kinds(), server.events
-    with _tls_kafka(pki, cert="elsewhere", mutual=False) as server:
-        _connect(KafkaProducer, server.port,
-                 security_options(_settings(pki, security_protocol="SSL", ssl_check_hostname=False)))
-    assert ("request", 18) in server.events, server.events
-
-
-def test_mutual_tls_refuses_a_client_without_a_certificate(pki: dict[str, str]) -> None:
-    settings = Settings(security_protocol="SSL", ssl_cafile=pki["ca"])
-    with _tls_kafka(pki, mutual=True) as server:
-        _connect(KafkaProducer, server.port, security_options(settings))
-    assert server.events and "request" not in server.kinds(), server.events
+@pytest.mark.integration
+def test_no_kafka_secret_when_a_login_or_an_acl_is_refused(
+        spawn: SpawnWorker, secure_kafka: ApacheKafka, secure_topics: Topics, pki: dict[str, str],
+        s3_server: S3Server, bucket: str, tmp_path: Path) -> None:
+    """A worker logging in with SCRAM over TLS, with a client key unlocked by its ssl_password, goes through a
+    refused login (its password is not yet the user's), a refused ACL (WRITE on its DLQ topic) and normal work;
+    meanwhile `videotag enqueue --log-level DEBUG` is refused a PLAIN login. The planted SASL and SSL passwords
+    appear in none of: the worker's log, its /readyz reasons, /metrics, the result and the dead letter, the
+    enqueue's output at DEBUG (kafka-python logs PLAIN tokens at DEBUG: the CLI never lets it)."""
+    user, group = unique_name("planted"), unique_name("group")
+    set_scram_user(secure_kafka, user, "the-password-before-rotation")
+    access = worker_access(secure_topics, group)
+    grant(secure_kafka, f"User:{user}", access[:3])  # not WRITE on the DLQ topic
+    s3_server.client().upload_file(str(tiny_clips(tmp_path)[0]), bucket, "good.mp4")
+    produce(secure_kafka.bootstrap_servers, secure_topics.input,
+            [request("good", bucket, "good.mp4"), b'{"video_id": "bad"}'], keys=[b"good", b"bad"])
+    plain_user = next(iter(PLAIN_USERS))
+    enqueue = subprocess.Popen(
+        [sys.executable, "-m", "worker.cli", "--log-level", "DEBUG", "enqueue", "s3://b/k.mp4"],
+        env={**os.environ, "VIDEOTAG_BOOTSTRAP_SERVERS": secure_kafka.address("SASL"),
+             "VIDEOTAG_SECURITY_PROTOCOL": "SASL_SSL", "VIDEOTAG_SSL_CAFILE": pki["ca"],
+             "VIDEOTAG_SASL_MECHANISM": "PLAIN", "VIDEOTAG_SASL_USERNAME": plain_user,
+             "VIDEOTAG_SASL_PASSWORD": SASL_PASSWORD},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    worker = spawn(secure_kafka, s3_server, secure_topics, group, seg_num="2",
+                   bootstrap_servers=secure_kafka.address("SASL"), security_protocol="SASL_SSL",
+                   ssl_cafile=pki["ca"], ssl_certfile=pki["client_cert"], ssl_keyfile=pki["client_key"],
+                   ssl_password=SSL_PASSWORD, sasl_mechanism="SCRAM-SHA-512", sasl_username=user,
+                   sasl_password=SASL_PASSWORD)
+    collector = AnswerCollector(secure_kafka.bootstrap_servers, secure_topics)
+    try:
+        refused = worker.wait_readyz("503", "check sasl_mechanism, sasl_username and sasl_password")
+        set_scram_user(secure_kafka, user, SASL_PASSWORD)  # the password rotated to the one the worker has
+        denied = worker.wait_readyz("503", "WRITE on topic", "(DLQ topic)")
+        grant(secure_kafka, f"User:{user}", access[3:])
+        missing = collector.wait_for({"good", "bad"}, timeout=90)
+        answers = collector.snapshot()
+        metrics = worker.get("/metrics")[1]
+        log = worker.log()
+        enqueue_out, enqueue_err = enqueue.communicate(timeout=60)
+    finally:
+        collector.close()
+        if enqueue.poll() is None:
+            enqueue.kill()
+    print(f"\nrefused login: {refused}\nrefused ACL: {denied}\nenqueue (exit {enqueue.returncode}): "
+          f"{enqueue_err.splitlines()[-1] if enqueue_err else ''}; DEBUG output {len(enqueue_err)} chars")
+    assert missing == set(), log[-3000:]
+    assert {a.ident: a.kind if a.kind == "result" else a.code for a in answers} == {
+        "good": "result", "bad": "schema_violation"}
+    assert enqueue.returncode == 1 and "videotag enqueue: Kafka at" in enqueue_err
+    # At DEBUG, kafka-python's own warnings are let through, never its DEBUG dumps of the requests it sends.
+    assert " kafka.net." in enqueue_err and "kafka.protocol.parser" not in enqueue_err
+    secrets = [SASL_PASSWORD, SSL_PASSWORD]
+    _assert_no_secret("the worker log", log, secrets)
+    _assert_no_secret("/readyz", refused + denied, secrets)
+    _assert_no_secret("/metrics", metrics, secrets)
+    for answer in answers:
+        _assert_no_secret(f"the answer to {answer.ident}", json.dumps(answer.value, ensure_ascii=False), secrets)
+    _assert_no_secret("videotag enqueue at DEBUG", enqueue_out + enqueue_err, secrets)
 
 
 # container images ----------------------------------------------------------------------------------------

@@ -6,11 +6,18 @@ Invariants:
   which settings load checks to be longer: the worker never re-sends a record its producer is still retrying.
 - A static member (`group_instance_id`) does not leave its group on close (KIP-345): `remove_static_member` is the
   explicit leave, used on a scale-down stop.
+- The ACLs a worker needs are `required_access` and no more (docs/deployment.md lists them); the preflight checks
+  the topic ones, and `authorization_problem` turns any authorization failure into words naming the ACL to grant.
+- A client that cannot bootstrap raises BrokerUnreachable saying why (a refused SASL login, a failed TLS
+  handshake, nothing listening), never with a credential in it.
 - This module imports only kafka-python and the settings: `videotag enqueue` starts without Paddle or OpenCV.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -20,7 +27,18 @@ from kafka.coordinator.assignors.cooperative_sticky import CooperativeStickyAssi
 from kafka.coordinator.assignors.range import RangePartitionAssignor
 from kafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 from kafka.coordinator.assignors.sticky.sticky_assignor import StickyPartitionAssignor
-from kafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
+from kafka.errors import (
+    AuthorizationError,
+    ClusterAuthorizationFailedError,
+    GroupAuthorizationFailedError,
+    KafkaConnectionError,
+    KafkaError,
+    KafkaTimeoutError,
+    SaslAuthenticationFailedError,
+    TopicAuthorizationFailedError,
+    TransactionalIdAuthorizationFailedError,
+    UnknownTopicOrPartitionError,
+)
 
 from worker.settings import Settings
 
@@ -64,11 +82,72 @@ def _common(settings: Settings) -> dict[str, Any]:
             "bootstrap_timeout_ms": BOOTSTRAP_TIMEOUT_MS, **security_options(settings)}
 
 
-def _connect(kind: type, *args: Any, **options: Any) -> Any:
+class _ConnectionFailures(logging.Handler):
+    """kafka-python 3 gives up a bootstrap with just "Unable to bootstrap from ..." and says why each connection
+    failed (a TLS handshake error, a refused SASL login) only in its log, passing the exception as a log argument:
+    this keeps those exceptions."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.errors: list[BaseException] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if isinstance(record.args, tuple):
+            self.errors += [a for a in record.args if isinstance(a, BaseException)]
+
+
+@contextmanager
+def _connection_failures() -> Iterator[_ConnectionFailures]:
+    """Watch kafka-python's connection manager while a client is built. Where its warnings are silenced (as
+    `videotag enqueue` does, to fail in one line, building one client at a time), they are heard here for the
+    time being and still not shown."""
+    watcher = _ConnectionFailures()
+    logger = logging.getLogger("kafka.net.manager")
+    level, propagate = logger.level, logger.propagate
+    silenced = not logger.isEnabledFor(logging.WARNING)
+    if silenced:
+        logger.setLevel(logging.WARNING)
+        logger.propagate = False
+    logger.addHandler(watcher)
     try:
-        return kind(*args, **options)
-    except (KafkaTimeoutError, KafkaConnectionError) as exc:  # kafka-python 3: "Unable to bootstrap from ..."
-        raise BrokerUnreachable(f"no Kafka broker answered at {options['bootstrap_servers']} ({exc})") from exc
+        yield watcher
+    finally:
+        logger.removeHandler(watcher)
+        if silenced:
+            logger.setLevel(level)
+            logger.propagate = propagate
+
+
+def bootstrap_failure(servers: str, error: BaseException, failures: list[BaseException], sasl: bool) -> str:
+    """Why no client could be built, from kafka-python's bootstrap `error` and the connection `failures` it logged
+    meanwhile (`sasl`: whether the client logs in with SASL). Error texts name no credential.
+
+    A broker that refuses a SASL login answers so and closes the connection; kafka-python 3.0 often drops that
+    last answer and sees only the closed socket, so with SASL a closed socket is reported as a likely refusal."""
+    refused = next((f for f in failures if isinstance(f, SaslAuthenticationFailedError)), None)
+    failure = refused or (failures[0] if failures else error)
+    # kafka-python's errors name their class in str(); others (ssl.SSLError) do not
+    reason = str(failure) if isinstance(failure, KafkaError) else f"{type(failure).__name__}: {failure}"
+    check_sasl = "check sasl_mechanism, sasl_username and sasl_password"
+    if refused is not None:
+        return f"Kafka at {servers} refused the SASL login ({reason}): {check_sasl}"
+    if "SSL" in reason:
+        return f"TLS with Kafka at {servers} failed ({reason}): check ssl_cafile, ssl_certfile, ssl_keyfile, " \
+               "ssl_password and that the broker's port speaks TLS"
+    if sasl and "socket disconnected" in reason:
+        return f"Kafka at {servers} closed the connection ({reason}), as it does when it refuses a SASL login: " \
+               f"{check_sasl}"
+    return f"no Kafka broker answered at {servers} ({reason})"
+
+
+def _connect(kind: type, *args: Any, **options: Any) -> Any:
+    with _connection_failures() as failures:
+        try:
+            return kind(*args, **options)
+        except (KafkaTimeoutError, KafkaConnectionError) as exc:  # kafka-python 3: "Unable to bootstrap from ..."
+            sasl = "SASL" in options.get("security_protocol", "")
+            raise BrokerUnreachable(bootstrap_failure(options["bootstrap_servers"], exc, failures.errors, sasl)) \
+                from exc
 
 
 def group_consumer(settings: Settings, max_poll_records: int) -> KafkaConsumer:
@@ -127,6 +206,68 @@ def producer_broken(client: KafkaProducer, error: BaseException | None = None) -
     }
 
 
+@dataclass(frozen=True)
+class Access:
+    """One ACL a worker needs: `operation` on the `resource` called `name` (a prefix for transactional ids), its
+    `role`."""
+
+    resource: Literal["TOPIC", "GROUP", "TRANSACTIONAL_ID"]
+    name: str
+    operation: Literal["READ", "WRITE"]
+    role: str
+
+    def __str__(self) -> str:
+        return f"{self.operation} on {self.resource.lower()} {self.name!r} ({self.role})"
+
+
+def required_access(settings: Settings) -> tuple[Access, ...]:
+    """Every ACL a worker needs, and no more: READ on its input topic and its group (consume, commit), WRITE on
+    its output and DLQ topics (publish; with WRITE on any topic the broker also grants the idempotent producer
+    its id). Each implies DESCRIBE on its resource."""
+    needed = (Access("TOPIC", settings.input_topic, "READ", "input topic"),
+              Access("GROUP", settings.group_id, "READ", "consumer group"),
+              Access("TOPIC", settings.output_topic, "WRITE", "output topic"),
+              Access("TOPIC", settings.dlq_topic, "WRITE", "DLQ topic"))
+    if settings.delivery == "exactly_once":  # every id a worker of this group may take starts so (transactions.py)
+        needed += (Access("TRANSACTIONAL_ID", f"videotag-{settings.group_id}-", "WRITE",
+                          "transactional ids: a PREFIXED pattern"),)
+    return needed
+
+
+def _named(error: KafkaError) -> set[str]:
+    """The resource names kafka-python put in an authorization error: one name, or a set of topic names."""
+    arg = error.args[0] if error.args else None
+    if isinstance(arg, str):
+        return {arg}
+    return {str(name) for name in arg} if isinstance(arg, (set, frozenset, list, tuple)) else set()
+
+
+def authorization_problem(error: BaseException, settings: Settings) -> str | None:
+    """What Kafka denied this worker, naming the ACLs to grant its principal; None when `error` is not an
+    authorization failure (those are retried or dead-lettered as before: an ACL never is dead-lettered)."""
+    if not isinstance(error, AuthorizationError):
+        return None
+    needed = required_access(settings)
+    if isinstance(error, TopicAuthorizationFailedError):
+        topics = _named(error)
+        denied = [str(a) for a in needed if a.resource == "TOPIC" and a.name in topics] or \
+            [f"access to topic {t!r}" for t in sorted(topics)] or ["access to a topic"]
+    elif isinstance(error, GroupAuthorizationFailedError):
+        denied = [str(a) for a in needed if a.resource == "GROUP"]
+    elif isinstance(error, ClusterAuthorizationFailedError):
+        denied = ["IDEMPOTENT_WRITE on the cluster (granted with WRITE on the output or DLQ topic)"]
+    elif isinstance(error, TransactionalIdAuthorizationFailedError):
+        denied = ["WRITE on this worker's transactional id"]
+    else:
+        denied = [type(error).__name__]
+    return _denial(denied)
+
+
+def _denial(denied: list[str]) -> str:
+    them = "them" if len(denied) > 1 else "it"
+    return f"Kafka denied {' and '.join(denied)}: grant {them} to this worker's principal (docs/deployment.md)"
+
+
 def remove_static_member(settings: Settings) -> str:
     """Remove this process's static member from its group now (instead of after `session_timeout_ms`);
     returns what happened, for the log."""
@@ -151,15 +292,34 @@ class Preflight:
     created: tuple[str, ...] = ()
 
 
-def topic_problems(settings: Settings, existing: set[str], max_message_bytes: dict[str, int]) -> list[str]:
-    """The pure part of the preflight: missing topics, an output or DLQ topic too small for our records."""
-    problems = [f"topic {t!r} does not exist" for t in _topics(settings) if t not in existing]
+def topic_problems(settings: Settings, described: Mapping[str, Mapping[str, Any]],
+                   max_message_bytes: Mapping[str, int]) -> list[str]:
+    """The pure part of the preflight, from our topics as the broker describes them to this worker's principal
+    (kafka-python's `describe_topics`, by name): a missing topic, one the principal may not use as the worker
+    needs (its ACLs), an output or DLQ topic too small for our records. A broker that reports no authorized
+    operations (no authorizer, or Tansu) is taken to allow them."""
+    problems = []
+    for topic in _topics(settings):
+        code = described.get(topic, {}).get("error_code", UnknownTopicOrPartitionError.errno)
+        if code == UnknownTopicOrPartitionError.errno:
+            problems.append(f"topic {topic!r} does not exist")
+    denied = [str(access) for access in required_access(settings)
+              if access.resource == "TOPIC" and not _allows(described.get(access.name, {}), access.operation)]
+    if denied:
+        problems.append(_denial(denied))
     for topic in (settings.output_topic, settings.dlq_topic):
         limit = max_message_bytes.get(topic)
         if limit is not None and limit < REQUIRED_MAX_MESSAGE_BYTES:
             problems.append(f"topic {topic!r} has max.message.bytes={limit}, below what our largest record needs "
                             f"({REQUIRED_MAX_MESSAGE_BYTES}): raise it to at least that")
     return problems
+
+
+def _allows(topic: Mapping[str, Any], operation: str) -> bool:
+    """Whether a described topic lets this principal do `operation`: not when the broker refused to describe it
+    (no ACL at all on it) or lists its authorized operations without this one."""
+    allowed = topic.get("authorized_operations") or []
+    return topic.get("error_code") != TopicAuthorizationFailedError.errno and (not allowed or operation in allowed)
 
 
 def _topics(settings: Settings) -> list[str]:
@@ -170,23 +330,28 @@ def preflight(settings: Settings) -> Preflight:
     """Check (and, when `create_topics` allows, create) the worker's topics. Raises BrokerUnreachable."""
     client = admin(settings)
     try:
-        existing = set(client.list_topics())
+        described = _describe(client, _topics(settings))
+        missing = [t for t in _topics(settings) if described[t]["error_code"] == UnknownTopicOrPartitionError.errno]
         created: list[str] = []
-        missing = [t for t in _topics(settings) if t not in existing]
         if missing and settings.create_topics:
             partitions = {settings.input_topic: settings.create_topics_partitions}
             client.create_topics({t: {"num_partitions": partitions.get(t, 1), "replication_factor": -1}
                                   for t in missing})
-            existing |= set(missing)
+            described |= _describe(client, missing)
             created = missing
-        limits = _max_message_bytes(client, [t for t in (settings.output_topic, settings.dlq_topic) if t in existing])
-        described = client.describe_topics([settings.input_topic]) if settings.input_topic in existing else []
-        partitions_count = len(described[0]["partitions"]) if described else 0
-        return Preflight(partitions_count, tuple(topic_problems(settings, existing, limits)), tuple(created))
+        limits = _max_message_bytes(client, [t for t in (settings.output_topic, settings.dlq_topic)
+                                             if described[t]["error_code"] == 0])
+        partitions_count = len(described[settings.input_topic]["partitions"])
+        return Preflight(partitions_count, tuple(topic_problems(settings, described, limits)), tuple(created))
     except KafkaError as exc:
         raise BrokerUnreachable(f"preflight failed: {type(exc).__name__}: {exc}") from exc
     finally:
         client.close()
+
+
+def _describe(client: KafkaAdminClient, topics: list[str]) -> dict[str, dict[str, Any]]:
+    """Metadata of `topics` by name, with what this principal may do on each (`authorized_operations`)."""
+    return {topic["name"]: topic for topic in client.describe_topics(topics)}
 
 
 def _max_message_bytes(client: KafkaAdminClient, topics: list[str]) -> dict[str, int]:

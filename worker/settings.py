@@ -1,7 +1,8 @@
 """Worker settings: defaults, then a YAML file, then `VIDEOTAG_<NAME>` environment variables, then flags.
 
 Every field here is a setting; docs/configuration.md describes each one. Credentials are not settings of
-their own for S3 (boto3's standard chain: AWS_* variables, shared files, IRSA) and are never logged.
+their own for S3 (boto3's standard chain: AWS_* variables, shared files, IRSA) and are never logged; the Kafka
+secrets (SECRET_FIELDS) are redacted wherever settings are shown, `repr` included.
 Values are checked when loaded: a setting of the wrong type, or outside its choices, refuses to start.
 Every setting is a scalar except `predictors`, a list of head mappings (YAML list, or JSON text in the
 environment and on the command line), coerced field by field into typed `HeadSpec`s like the scalars.
@@ -125,6 +126,10 @@ class Settings:
             if out.get(name):
                 out[name] = "***"
         return out
+
+    def __repr__(self) -> str:
+        """Redacted too: settings in a traceback, a log line or an exception must not carry a secret."""
+        return f"Settings({', '.join(f'{k}={v!r}' for k, v in self.redacted().items())})"
 
 
 STOP_MARGIN_S = 15.0  # after the drain: commit, leave the group, close clients

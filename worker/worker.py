@@ -45,6 +45,7 @@ from worker.metrics import Metrics
 from worker.model import load_tagger
 from worker.offsets import OffsetTracker, PartitionOffsets
 from worker.pipeline import ModelThread, share_engines
+from worker.recurring import RecurringErrors
 from worker.settings import STOP_MARGIN_S, Settings, SettingsError
 from worker.storage import ObjectFetcher, TempBudget, TransientError, make_client, put_object, split_s3_uri
 from worker.transactions import HeldOutputs, Outcome, Output, Transactions
@@ -129,6 +130,7 @@ class Worker:
         self._stopping = threading.Event()
         self._abandon = threading.Event()
         self._transient_streak = 0
+        self._recurring = RecurringErrors(log)  # Kafka denials and connect failures, each logged once
         self._paused = False
         self._revoking: set[tuple[str, int]] = set()  # revoked, not yet known whether assigned back
         self._not_connected = "not connected to Kafka yet"  # why there are no clients (None once there are)
@@ -184,9 +186,10 @@ class Worker:
                 self._close_clients()
                 self._not_connected = str(exc)
                 delay = min(CONNECT_BACKOFF_MAX_S, s.retry_backoff_base_s * 2 ** min(attempts, 16))
-                log.error("cannot start consuming (attempt %d, again in %.0f s): %s", attempts, delay, exc)
+                self._recurring.failed("cannot start consuming", str(exc))
                 self._stopping.wait(delay)
                 continue
+            self._recurring.succeeded("cannot start consuming")
             if checked.created:
                 log.info("created topics %s", list(checked.created))
             self.metrics.input_partitions.set(checked.input_partitions)
@@ -206,7 +209,7 @@ class Worker:
 
     def run(self) -> None:
         while self.consumer is not None and not self._stopping.is_set():
-            self._step(accept=True)
+            self._step_or_wait(accept=True)
 
     def drain(self) -> None:
         """Finish what is in flight (up to drain_grace_s) while staying in the group; then commit."""
@@ -217,7 +220,7 @@ class Worker:
         deadline = time.monotonic() + self.settings.drain_grace_s
         log.info("draining: %d in flight, %d not started (left for redelivery)", len(self._active), dropped)
         while self._active and time.monotonic() < deadline:
-            self._step(accept=False)
+            self._step_or_wait(accept=False)
         if self._active:
             log.warning("grace period over with %d videos unfinished: they will be redelivered", len(self._active))
             self._abandon.set()
@@ -260,6 +263,9 @@ class Worker:
             return False, "model not loaded"
         if self._not_connected is not None:
             return False, self._not_connected
+        failing = self._recurring.first()  # e.g. Kafka denying an ACL
+        if failing is not None:
+            return False, failing
         if self.consumer is None or self.consumer._coordinator.coordinator_unknown():
             # kafka-python has no public "connected to the group" check; the coordinator link is that check.
             return False, "group coordinator (broker) not reachable"
@@ -283,6 +289,20 @@ class Worker:
         return True, "ok"
 
     # the consumer loop (main thread) -------------------------------------------------------------------------
+
+    def _step_or_wait(self, accept: bool) -> None:
+        """One step; Kafka denying its poll or commit (an ACL) ends no loop: the worker reports it once, is not
+        ready, and tries again after a backoff, as the ACL can be granted at any time."""
+        try:
+            self._step(accept)
+        except KafkaError as exc:
+            problem = kafka_clients.authorization_problem(exc, self.settings)
+            if problem is None:
+                raise
+            # Consuming, a stop request ends the wait; draining, only the end of the grace period does.
+            self._denied_wait("consume", problem, self._stopping if accept else self._abandon)
+        else:
+            self._recurring.succeeded("consume")
 
     def _step(self, accept: bool) -> None:
         assert self.consumer is not None
@@ -502,9 +522,14 @@ class Worker:
         try:
             yield
         except KafkaError as exc:  # e.g. the group moved on: the next owner redoes the work
-            log.warning("commit of %s failed: %s", offsets, exc)
+            problem = kafka_clients.authorization_problem(exc, self.settings)
+            if problem is None:
+                log.warning("commit of %s failed: %s", offsets, exc)
+            else:  # the poll is denied too, and backs off
+                self._recurring.failed("commit", problem)
         else:
             self.tracker.committed(offsets)
+            self._recurring.succeeded("commit")
 
     def _revoked(self, revoked: set[TopicPartition]) -> None:
         """An (eager) rebalance begins: what is finished gets committed; wait to learn which partitions come back.
@@ -733,7 +758,13 @@ class Worker:
             except KafkaError as exc:
                 if kafka_clients.producer_broken(producer, exc):
                     self._replace_producer(producer, exc)
-                self._backoff(attempts, "publish_failed", f"{topic}: {type(exc).__name__}")
+                problem = kafka_clients.authorization_problem(exc, self.settings)
+                if problem is None:
+                    self._backoff(attempts, "publish_failed", f"{topic}: {type(exc).__name__}")
+                elif self._denied_wait(f"publish to {topic}", problem, self._abandon):
+                    # an ACL, not this record: retried until granted, never dead-lettered
+                    raise Abandoned from exc
+        self._recurring.succeeded(f"publish to {topic}")
         self._transient_streak = 0
         self.metrics.stage_seconds.labels(stage="publish").observe(time.perf_counter() - t0)
         if job.timestamp_ms > 0:
@@ -774,12 +805,22 @@ class Worker:
         if systemic:
             self._transient_streak += 1
         self.metrics.failures.labels(reason=code).inc()
-        s = self.settings
-        delay = min(s.retry_backoff_max_s, s.retry_backoff_base_s * 2 ** (attempts - 1)) * random.uniform(0.5, 1.0)
+        delay = self._backoff_s(attempts)
         log.warning("transient failure (attempt %d, retry in %.1f s): %s", attempts, delay, message)
         if self._abandon.wait(delay):
             raise Abandoned
         return delay
+
+    def _denied_wait(self, where: str, problem: str, wake: threading.Event) -> bool:
+        """Like _backoff for an operation Kafka denies (an ACL): reported once while it lasts, not per try.
+        Returns whether `wake` ended the wait."""
+        failures = self._recurring.failed(where, problem)
+        self.metrics.failures.labels(reason="access_denied").inc()
+        return wake.wait(self._backoff_s(failures))
+
+    def _backoff_s(self, attempts: int) -> float:
+        s = self.settings
+        return min(s.retry_backoff_max_s, s.retry_backoff_base_s * 2 ** (attempts - 1)) * random.uniform(0.5, 1.0)
 
 
 

@@ -114,7 +114,7 @@ def test_a_worker_started_before_its_broker_waits_not_ready_then_consumes(
         spawn: SpawnWorker, kafka_broker: KafkaServer, s3_server: S3Server, topics: Topics, bucket: str,
         unique_group_id: str, clips: list[Path]) -> None:
     waiting = spawn(_Nowhere(f"127.0.0.1:{free_port()}"), s3_server, topics, unique_group_id, **FAST)
-    status = _until(lambda: _status(waiting).startswith("503 not ready: no Kafka broker answered"), timeout=90)
+    status = _until(lambda: waiting.readyz().startswith("503 not ready: no Kafka broker answered"), timeout=90)
     assert status is not None, waiting.log()[-1500:]
     time.sleep(3)
     assert waiting.process.poll() is None, "exited instead of waiting for the broker"
@@ -123,7 +123,7 @@ def test_a_worker_started_before_its_broker_waits_not_ready_then_consumes(
 
     missing_topic = Topics(topics.input + "-later", topics.output, topics.dlq)
     late = spawn(kafka_broker, s3_server, missing_topic, unique_group_id, **FAST)
-    assert _until(lambda: "does not exist" in _status(late), timeout=90) is not None, late.log()[-1500:]
+    assert _until(lambda: "does not exist" in late.readyz(), timeout=90) is not None, late.log()[-1500:]
     kafka_broker.create_topics([missing_topic.input], partitions=1)
     late.wait_ready(timeout=120)
     s3_server.client().upload_file(str(clips[0]), bucket, "late.mp4")
@@ -142,10 +142,3 @@ class _Nowhere:
 
     bootstrap_servers: str
 
-
-def _status(worker: WorkerProcess) -> str:
-    try:
-        code, body = worker.get("/readyz")
-    except OSError:
-        return ""
-    return f"{code} {body.strip()}"

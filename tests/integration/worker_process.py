@@ -65,6 +65,24 @@ class WorkerProcess:
             time.sleep(0.2)
         raise AssertionError(f"worker not ready after {timeout} s:\n{self.log()[-3000:]}")
 
+    def readyz(self) -> str:
+        """/readyz as "<status> <body>", e.g. "503 not ready: ...", or "" while nothing answers."""
+        try:
+            code, body = self.get("/readyz")
+        except OSError:
+            return ""
+        return f"{code} {body.strip()}"
+
+    def wait_readyz(self, *words: str, timeout: float = 90) -> str:
+        """Poll /readyz until it says every one of `words` (e.g. "503", "WRITE on topic"); returns what it said."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            said = self.readyz()
+            if all(word in said for word in words):
+                return said
+            time.sleep(0.2)
+        raise AssertionError(f"/readyz never said {words} in {timeout} s:\n{self.log()[-3000:]}")
+
     def metric(self, name: str, labels: str = "") -> float:
         """The value of one sample on /metrics, e.g. metric('videotag_videos_processed_total', 'status="ok"')."""
         text = self.get("/metrics")[1]
