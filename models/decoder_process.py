@@ -32,8 +32,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 
-from models import errors
-from models.errors import InputError, NeedsFallback
+from models.errors import ErrorCode, InputError, NeedsFallback
 from models.preprocess import make_transform
 from models.sampling import SampledVideo
 
@@ -78,7 +77,7 @@ class DecoderProcess:
             timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
             out, _ = child.communicate(json.dumps(request).encode(), timeout=timeout)
         except subprocess.TimeoutExpired:
-            raise InputError(errors.DECODE_TIMEOUT, f"{name}: decoding took over {self.timeout_s:g} s") from None
+            raise InputError(ErrorCode.DECODE_TIMEOUT, f"{name}: decoding took over {self.timeout_s:g} s") from None
         finally:
             if child.poll() is None:
                 child.kill()
@@ -86,7 +85,7 @@ class DecoderProcess:
         reply = io.BytesIO(out)
         header = _header(reply.readline())
         if child.returncode != 0 or header is None:
-            raise InputError(errors.DECODER_CRASHED,
+            raise InputError(ErrorCode.DECODER_CRASHED,
                              f"{name}: the decoder process died ({_exit_reason(child.returncode)})")
         if header["status"] == "input_error":
             raise InputError(header["code"], header["message"])

@@ -15,9 +15,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from models import errors
 from models.decoder_process import DecoderProcess
-from models.errors import InputError, NeedsFallback
+from models.errors import ErrorCode, InputError, NeedsFallback
 from models.preprocess import FrameTransform, make_transform
 from models.sampling import SampledVideo, sample_video
 
@@ -82,7 +81,7 @@ def read_video(path: str | Path, seg_num: int, transform: FrameTransform,
         return sample_video(path, name, lambda: _CaptureReader(path, name), DECODER, seg_num, transform,
                             max_width, max_height)
     except InputError as exc:
-        if exc.code == errors.NO_FRAMES:  # e.g. a codec this wheel lacks that is not in UNDECODABLE_FOURCCS
+        if exc.code == ErrorCode.NO_FRAMES:  # e.g. a codec this wheel lacks that is not in UNDECODABLE_FOURCCS
             raise NeedsFallback(exc.message) from exc
         raise
 

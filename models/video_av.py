@@ -16,8 +16,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from models import errors
-from models.errors import InputError
+from models.errors import ErrorCode, InputError
 from models.preprocess import FrameTransform
 from models.sampling import (
     SampledVideo,
@@ -44,11 +43,11 @@ class _PyAVReader:
             self.container = av.open(str(path))
         except av.FFmpegError as exc:
             if looks_like_video(path):
-                raise InputError(errors.CORRUPT_VIDEO, f"{name}: video container is damaged or truncated") from exc
-            raise InputError(errors.NOT_A_VIDEO, f"{name}: not a video file FFmpeg can read") from exc
+                raise InputError(ErrorCode.CORRUPT_VIDEO, f"{name}: video container is damaged or truncated") from exc
+            raise InputError(ErrorCode.NOT_A_VIDEO, f"{name}: not a video file FFmpeg can read") from exc
         if not self.container.streams.video:
             self.container.close()
-            raise InputError(errors.NO_VIDEO_STREAM, f"{name}: the file has no video stream")
+            raise InputError(ErrorCode.NO_VIDEO_STREAM, f"{name}: the file has no video stream")
         stream = self.container.streams.video[0]  # OpenCV takes the first one too
         stream.thread_type = "AUTO"
         rate = stream.guessed_rate  # av_guess_frame_rate, as OpenCV's CAP_PROP_FPS

@@ -11,9 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models import errors
 from models.decoder_process import DecoderProcess
-from models.errors import InputError
+from models.errors import ErrorCode, InputError
 from models.preprocess import make_transform
 from models.video import read_video
 from tests.model_fixtures import make_clip
@@ -58,14 +57,14 @@ def test_input_errors_keep_their_code_and_name(tmp_path: Path) -> None:
     junk.write_bytes(b"not a video at all\n" * 100)
     with pytest.raises(InputError) as caught:
         _decoder()(junk, SEG_NUM, name="s3://bucket/junk.mp4")
-    assert caught.value.code == errors.NOT_A_VIDEO
+    assert caught.value.code == ErrorCode.NOT_A_VIDEO
     assert "s3://bucket/junk.mp4" in caught.value.message
 
 
 def test_a_crashing_decoder_costs_one_video(clip: Path) -> None:
     with pytest.raises(InputError) as caught:
         _decoder(CRASH)(clip, SEG_NUM, name="crafted.mp4")
-    assert caught.value.code == errors.DECODER_CRASHED
+    assert caught.value.code == ErrorCode.DECODER_CRASHED
     assert "crafted.mp4" in caught.value.message and "SIGSEGV" in caught.value.message
     assert _decoder()(clip, SEG_NUM).order.shape == (SEG_NUM,)  # and the next video decodes
 
@@ -74,7 +73,7 @@ def test_a_hanging_decoder_times_out_and_is_killed(clip: Path) -> None:
     started = time.monotonic()
     with pytest.raises(InputError) as caught:
         _decoder(HANG, timeout_s=1.5)(clip, SEG_NUM, name="stalled.mp4")
-    assert caught.value.code == errors.DECODE_TIMEOUT and "stalled.mp4" in caught.value.message
+    assert caught.value.code == ErrorCode.DECODE_TIMEOUT and "stalled.mp4" in caught.value.message
     assert 1.5 <= time.monotonic() - started < 20
     assert not _sleepers(), "the hung decoder was left running"
 
@@ -92,7 +91,7 @@ def _sleepers() -> list[str]:
 def test_a_reply_that_is_not_the_protocol_counts_as_a_crash(clip: Path) -> None:
     with pytest.raises(InputError) as caught:
         _decoder(GARBAGE)(clip, SEG_NUM, name="odd.mp4")
-    assert caught.value.code == errors.DECODER_CRASHED
+    assert caught.value.code == ErrorCode.DECODER_CRASHED
 
 
 def test_an_unexpected_failure_is_not_an_input_error(clip: Path) -> None:
