@@ -41,6 +41,8 @@ class _PyAVReader:
     def __init__(self, path: Path, name: str) -> None:
         try:
             self.container = av.open(str(path))
+        except MemoryError:  # av.MemoryError is an FFmpegError too: out of memory says nothing of the file
+            raise
         except av.FFmpegError as exc:
             if looks_like_video(path):
                 raise InputError(ErrorCode.CORRUPT_VIDEO, f"{name}: video container is damaged or truncated") from exc
@@ -67,6 +69,8 @@ class _PyAVReader:
         for packet in self.container.demux(stream):
             try:
                 frames = packet.decode()
+            except MemoryError:
+                raise
             except av.FFmpegError:  # a damaged packet: skipped, as OpenCV skips frames that fail to decode
                 continue
             yield from frames
