@@ -155,7 +155,7 @@ LOADED = """
 import io, json, sys
 from models.decoder_process import _serve
 out = io.BytesIO()
-_serve(io.BytesIO(json.dumps({request}).encode()), out)
+_serve({request}, out)
 print(json.dumps([json.loads(out.getvalue().split(b"\\n")[0])["status"], "cv2" in sys.modules, "av" in sys.modules]))
 """
 
