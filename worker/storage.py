@@ -111,12 +111,37 @@ def classify_s3_error(exc: BaseException) -> tuple[ErrorCode, bool] | None:
     return None
 
 
-def _s3_error(exc: Exception, where: str) -> Exception:
-    """The exception to raise for `exc` from a call to the store about `where`. Messages carry the store's
-    error code or the exception's type, never the store's text: it may quote a request's credentials."""
+@contextlib.contextmanager
+def _store_call(where: str) -> Iterator[None]:
+    """Raise what a call to the store about `where` raises as our error for it (a bug as it is)."""
+    try:
+        yield
+    except Exception as exc:
+        error = _s3_error(exc, where)
+        if error is None:
+            raise
+        raise error from exc
+
+
+@contextlib.contextmanager
+def _disk_call(where: str) -> Iterator[None]:
+    """Raise a failure of this machine's file system while downloading as systemic when it ran out of
+    something (disk space, file descriptors); any other as it is."""
+    try:
+        yield
+    except OSError as exc:
+        code = os_error_code(exc)
+        if code is None:
+            raise
+        raise SystemicError(code, f"{where}: temp file: {exc.strerror}") from exc
+
+
+def _s3_error(exc: Exception, where: str) -> CodedError | None:
+    """Our error for `exc`, raised by a call to the store about `where`. Messages carry the store's error
+    code or the exception's type, never the store's text: it may quote a request's credentials."""
     found = classify_s3_error(exc)
     if found is None:
-        return exc
+        return None
     code, outage = found
     if isinstance(exc, botocore.exceptions.ClientError):
         error = exc.response.get("Error", {})
@@ -129,12 +154,6 @@ def _s3_error(exc: Exception, where: str) -> Exception:
     if code.kind is Kind.PERMANENT:
         return InputError(code, f"{where}: {detail}")
     return TransientError(code, f"{where}: {detail}", outage)
-
-
-def _local_error(exc: OSError, where: str) -> Exception:
-    """A failure of this machine's file system while downloading: systemic when it ran out of something."""
-    code = os_error_code(exc)
-    return exc if code is None else SystemicError(code, f"{where}: temp file: {exc.strerror}")
 
 
 class TempBudget:
@@ -172,10 +191,8 @@ def make_client(endpoint_url: str | None, region: str | None, connect_timeout: f
 @contextlib.contextmanager
 def _temp_file(temp_dir: str | None, where: str) -> Iterator[tuple[IO[bytes], Path]]:
     """A new private file named for this process and flock-held until it is deleted (see sweep_temp_dir)."""
-    try:
+    with _disk_call(where):
         fd, name = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{os.getpid()}-", suffix=TEMP_SUFFIX, dir=temp_dir)
-    except OSError as exc:
-        raise _local_error(exc, where) from exc
     path = Path(name)
     out = os.fdopen(fd, "wb")
     try:
@@ -202,10 +219,8 @@ class ObjectFetcher:
     def fetch(self, bucket: str, key: str) -> Iterator[tuple[Path, int]]:
         """Yields (local path, size); the file is deleted when the block ends, whatever happens."""
         where = f"s3://{bucket}/{key}"
-        try:
+        with _store_call(where):
             response = self.client.get_object(Bucket=bucket, Key=key)
-        except Exception as exc:
-            raise _s3_error(exc, where) from exc
         body = response["Body"]
         try:
             size = int(response.get("ContentLength") or 0)
@@ -213,11 +228,9 @@ class ObjectFetcher:
             if size > limit:
                 raise InputError(ErrorCode.OBJECT_TOO_LARGE, f"{where}: {size} bytes, the limit is {limit}")
             with self.budget.reserve(size), _temp_file(self.temp_dir, where) as (out, path):
-                try:
-                    written = self._copy(body, out, where)
+                written = self._copy(body, out, where)
+                with _disk_call(where):
                     out.flush()  # the decoder reads the file by its name
-                except OSError as exc:  # _copy raises the store's errors classified: a bare OSError is the disk's
-                    raise _local_error(exc, where) from exc
                 if written != size:
                     raise TransientError(ErrorCode.S3_TRUNCATED, f"{where}: {written} of {size} bytes", outage=False)
                 yield path, size
@@ -227,16 +240,15 @@ class ObjectFetcher:
     def _copy(self, body, out: IO[bytes], where: str) -> int:
         written = 0
         while True:
-            try:
+            with _store_call(where):
                 chunk = body.read(1 << 20)
-            except Exception as exc:
-                raise _s3_error(exc, where) from exc
             if not chunk:
                 return written
             written += len(chunk)
             if written > self.max_object_bytes:  # a server that lied about the length
                 raise InputError(ErrorCode.OBJECT_TOO_LARGE, f"{where}: more than {self.max_object_bytes} bytes")
-            out.write(chunk)
+            with _disk_call(where):
+                out.write(chunk)
 
 
 def sweep_temp_dir(temp_dir: str | Path | None) -> int:
