@@ -24,8 +24,7 @@ from typing import Protocol
 
 import numpy as np
 
-from models import errors
-from models.errors import InputError
+from models.errors import ErrorCode, InputError
 from models.preprocess import FrameTransform
 
 # Container signatures, to tell a damaged video from a file that is no video at all.
@@ -122,14 +121,14 @@ def looks_like_video(path: Path) -> bool:
 
 def _check_file(path: Path, name: str) -> None:
     if not path.is_file():
-        raise InputError(errors.NOT_FOUND, f"{path}: no such file")
+        raise InputError(ErrorCode.NOT_FOUND, f"{path}: no such file")
     if path.stat().st_size == 0:
-        raise InputError(errors.EMPTY_FILE, f"{name}: file is empty (0 bytes)")
+        raise InputError(ErrorCode.EMPTY_FILE, f"{name}: file is empty (0 bytes)")
 
 
 def _check_resolution(width: int, height: int, max_width: int, max_height: int, name: str) -> None:
     if max(width, height) > max(max_width, max_height) or min(width, height) > min(max_width, max_height):
-        raise InputError(errors.RESOLUTION_TOO_LARGE,
+        raise InputError(ErrorCode.RESOLUTION_TOO_LARGE,
                          f"{name}: {width}x{height} is above the {max_width}x{max_height} limit")
 
 
@@ -151,7 +150,7 @@ def _decode_picks(reader: FrameReader, name: str, wanted: set[int], keep: dict[i
         if decoded in wanted and decoded not in keep:
             frame = reader.retrieve()
             if frame is None:
-                raise InputError(errors.CORRUPT_VIDEO, f"{name}: frame {decoded} does not decode")
+                raise InputError(ErrorCode.CORRUPT_VIDEO, f"{name}: frame {decoded} does not decode")
             keep[decoded] = transform(frame)
         decoded += 1
     return decoded
@@ -177,7 +176,7 @@ def sample_video(path: Path, name: str, open_reader: Callable[[], FrameReader], 
     finally:
         reader.close()
     if decoded == 0:
-        raise InputError(errors.NO_FRAMES, f"{name}: no decodable frame ({metadata[0]} reported)")
+        raise InputError(ErrorCode.NO_FRAMES, f"{name}: no decodable frame ({metadata[0]} reported)")
     picks = sample_indices(decoded, seg_num)
     if missing := set(picks) - set(keep):
         reader = open_reader()

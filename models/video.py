@@ -15,9 +15,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from models import errors
 from models.decoder_process import DecoderProcess
-from models.errors import InputError, NeedsFallback
+from models.errors import ErrorCode, InputError, NeedsFallback
 from models.preprocess import FrameTransform, make_transform
 from models.sampling import SampledVideo, sample_video
 
@@ -73,8 +72,9 @@ def read_video(path: str | Path, seg_num: int, transform: FrameTransform,
                max_width: int = 7680, max_height: int = 4320, name: str | None = None) -> SampledVideo:
     """Sample `seg_num` frames of a video file with OpenCV, exactly as the original reader (models/sampling.py).
 
-    Raises InputError for a missing or empty file or a resolution above the limit (either orientation), and
-    NeedsFallback for a file OpenCV cannot read. Messages call the video `name` (default: the file name).
+    Raises InputError for a missing or empty file or a resolution above the limit (either orientation),
+    NeedsFallback for a file OpenCV cannot read, and MemoryError where OpenCV cannot allocate. Messages call
+    the video `name` (default: the file name).
     """
     path = Path(path)
     name = name or path.name
@@ -82,8 +82,12 @@ def read_video(path: str | Path, seg_num: int, transform: FrameTransform,
         return sample_video(path, name, lambda: _CaptureReader(path, name), DECODER, seg_num, transform,
                             max_width, max_height)
     except InputError as exc:
-        if exc.code == errors.NO_FRAMES:  # e.g. a codec this wheel lacks that is not in UNDECODABLE_FOURCCS
+        if exc.code is ErrorCode.NO_FRAMES:  # e.g. a codec this wheel lacks that is not in UNDECODABLE_FOURCCS
             raise NeedsFallback(exc.message) from exc
+        raise
+    except cv2.error as exc:
+        if exc.code == cv2.Error.StsNoMem:  # OpenCV's failed allocation: what Python and PyAV raise as MemoryError
+            raise MemoryError(f"{name}: {exc.err}") from exc
         raise
 
 

@@ -16,8 +16,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from models import errors
-from models.errors import InputError
+from models.errors import ErrorCode, InputError
 from models.preprocess import FrameTransform
 from models.sampling import (
     SampledVideo,
@@ -42,13 +41,15 @@ class _PyAVReader:
     def __init__(self, path: Path, name: str) -> None:
         try:
             self.container = av.open(str(path))
+        except MemoryError:  # av.MemoryError is an FFmpegError too: out of memory says nothing of the file
+            raise
         except av.FFmpegError as exc:
             if looks_like_video(path):
-                raise InputError(errors.CORRUPT_VIDEO, f"{name}: video container is damaged or truncated") from exc
-            raise InputError(errors.NOT_A_VIDEO, f"{name}: not a video file FFmpeg can read") from exc
+                raise InputError(ErrorCode.CORRUPT_VIDEO, f"{name}: video container is damaged or truncated") from exc
+            raise InputError(ErrorCode.NOT_A_VIDEO, f"{name}: not a video file FFmpeg can read") from exc
         if not self.container.streams.video:
             self.container.close()
-            raise InputError(errors.NO_VIDEO_STREAM, f"{name}: the file has no video stream")
+            raise InputError(ErrorCode.NO_VIDEO_STREAM, f"{name}: the file has no video stream")
         stream = self.container.streams.video[0]  # OpenCV takes the first one too
         stream.thread_type = "AUTO"
         rate = stream.guessed_rate  # av_guess_frame_rate, as OpenCV's CAP_PROP_FPS
@@ -68,6 +69,8 @@ class _PyAVReader:
         for packet in self.container.demux(stream):
             try:
                 frames = packet.decode()
+            except MemoryError:
+                raise
             except av.FFmpegError:  # a damaged packet: skipped, as OpenCV skips frames that fail to decode
                 continue
             yield from frames

@@ -9,8 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models import errors
-from models.errors import InputError
+from models.errors import ErrorCode, InputError
 from models.preprocess import faithful_transform
 from models.video import InProcessDecoder, read_video
 from tests.model_fixtures import (
@@ -72,10 +71,10 @@ def bad_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 def test_error_codes_are_stable() -> None:
     """The codes are a contract with consumers of the CLI output and the dead-letter topic."""
-    assert (errors.NOT_FOUND, errors.EMPTY_FILE, errors.NOT_A_VIDEO, errors.CORRUPT_VIDEO, errors.NO_FRAMES,
-            errors.RESOLUTION_TOO_LARGE) == ("not_found", "empty_file", "not_a_video", "corrupt_video", "no_frames",
-                                             "resolution_too_large")
-    exc = InputError(errors.NO_FRAMES, "x.mp4: nothing")
+    assert (ErrorCode.NOT_FOUND, ErrorCode.EMPTY_FILE, ErrorCode.NOT_A_VIDEO, ErrorCode.CORRUPT_VIDEO,
+            ErrorCode.NO_FRAMES, ErrorCode.RESOLUTION_TOO_LARGE) == (
+        "not_found", "empty_file", "not_a_video", "corrupt_video", "no_frames", "resolution_too_large")
+    exc = InputError(ErrorCode.NO_FRAMES, "x.mp4: nothing")
     assert exc.as_dict() == {"code": "no_frames", "message": "x.mp4: nothing"}
 
 
@@ -95,11 +94,11 @@ def test_resolution_limit() -> None:
     bikes = VIDEOS / "bikes.mp4"  # 640x272
     with pytest.raises(InputError) as info:
         read_video(bikes, 8, faithful_transform(), max_width=320, max_height=240)
-    assert info.value.code == errors.RESOLUTION_TOO_LARGE
+    assert info.value.code == ErrorCode.RESOLUTION_TOO_LARGE
     assert "640x272" in info.value.message
     with pytest.raises(InputError) as info:
         read_video(bikes, 8, faithful_transform(), max_width=639, max_height=600)
-    assert info.value.code == errors.RESOLUTION_TOO_LARGE
+    assert info.value.code == ErrorCode.RESOLUTION_TOO_LARGE
     assert read_video(bikes, 8, faithful_transform(), max_width=640, max_height=272).frames_decoded == 250  # at it
     # The limit holds in either orientation (as read_video documents): 640x272 is within a 272x640 limit.
     assert read_video(bikes, 8, faithful_transform(), max_width=272, max_height=640).width == 640
@@ -126,7 +125,7 @@ def cli_batch(bad_files: dict[str, Path], tmp_path_factory: pytest.TempPathFacto
     make_clip(workdir / "at_limit.mp4", 30, size="320x240")
     entries = [("ok", "carphone.mp4")]
     entries += [(case.split(":")[0], str(path)) for case, path in bad_files.items()]
-    entries += [(errors.RESOLUTION_TOO_LARGE, str(VIDEOS / "bikes.mp4")), ("ok", "at_limit.mp4")]
+    entries += [(ErrorCode.RESOLUTION_TOO_LARGE, str(VIDEOS / "bikes.mp4")), ("ok", "at_limit.mp4")]
     proc = run_cli(
         "tag", *[path for _, path in entries], "--seg-num", "8", "--allow-random-weights", "--engine", "dygraph",
         "--model-cache-dir", str(workdir / "model-cache"),

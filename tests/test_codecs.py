@@ -17,9 +17,8 @@ import cv2
 import numpy as np
 import pytest
 
-from models import errors
 from models.decoder_process import DecoderProcess
-from models.errors import InputError, NeedsFallback
+from models.errors import ErrorCode, InputError, NeedsFallback
 from models.sampling import displayed_size, opencv_frame_count, opencv_rotation, upright
 from models.video import InProcessDecoder, opencv_decodes
 
@@ -138,7 +137,7 @@ def test_audio_only_is_no_video_stream(clips: dict[str, Path]) -> None:
                                                                                             7680, 4320)):
         with pytest.raises(InputError) as caught:
             decode(clips["audio.m4a"], SEG_NUM, "s3://b/audio.m4a")
-        assert caught.value.code == errors.NO_VIDEO_STREAM == "no_video_stream"
+        assert caught.value.code == ErrorCode.NO_VIDEO_STREAM == "no_video_stream"
         assert "s3://b/audio.m4a" in caught.value.message
 
 
@@ -156,7 +155,7 @@ LOADED = """
 import io, json, sys
 from models.decoder_process import _serve
 out = io.BytesIO()
-_serve(io.BytesIO(json.dumps({request}).encode()), out)
+_serve({request}, out)
 print(json.dumps([json.loads(out.getvalue().split(b"\\n")[0])["status"], "cv2" in sys.modules, "av" in sys.modules]))
 """
 

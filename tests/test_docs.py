@@ -32,3 +32,18 @@ def test_messages_md_shows_every_input_shape_and_each_example_parses():
     assert shapes == {"request", "s3_event", "s3_test_event", "eventbridge", "sns"}
     videos = [(r.bucket, r.key) for example in examples for r in parse_request(json.dumps(example).encode())]
     assert videos == [("uploads", "2026/11/v-123.mp4")] + [("uploads", "2026/11/my video.mp4")] * 4
+
+
+def test_messages_md_lists_every_error_code_with_its_kind_and_nothing_else():
+    """The table of docs/messages.md's "Error codes" section and models.errors.ErrorCode agree, both ways."""
+    import re
+
+    from models.errors import ErrorCode
+
+    text = (ROOT / "docs" / "messages.md").read_text(encoding="utf-8")
+    section = text[text.index("## Error codes"):]
+    section = section[:section.index("\n## ")]
+    rows = re.findall(r"^\| `([^`]+)` \| (\w+) \|", section, re.M)
+    documented = dict(rows)
+    assert len(documented) == len(rows), "a code is documented twice"
+    assert documented == {code.value: code.kind.value for code in ErrorCode}

@@ -50,6 +50,8 @@ def test_pod_name_is_the_static_member_id_unless_one_is_set() -> None:
     ({"decode_timeout_s": 1000}, "decode_timeout_s"),
     ({"termination_grace_s": 60}, "termination_grace_s"),
     ({"partition_assignment_strategy": "cooperative"}, "partition_assignment_strategy"),
+    ({"decoder_max_memory_bytes": 256 * 1024**2}, "decoder_max_memory_bytes"),
+    ({"decoder_max_cpu_s": 0}, "decoder_max_cpu_s"),
 ])
 def test_timeouts_that_disagree_are_refused_naming_the_setting(values: dict, named: str) -> None:
     with pytest.raises(SettingsError, match=re.escape(named)):
@@ -80,3 +82,10 @@ def test_allowed_buckets_from_a_list_or_comma_separated(tmp_path):
     assert s.allowed_bucket_names() == frozenset({"uploads", "archive"}) and s.s3_event_video_id == "bucket_key"
     s = load_settings(env={"VIDEOTAG_ALLOWED_BUCKETS": " uploads,archive ,", "VIDEOTAG_MAX_EVENT_RECORDS": "5"})
     assert s.allowed_bucket_names() == frozenset({"uploads", "archive"}) and s.max_event_records == 5
+
+
+def test_the_decoder_limit_settings_default_to_the_decoder_s_own_defaults() -> None:
+    from models.decoder_process import DecoderLimits
+
+    settings = Settings()
+    assert DecoderLimits(settings.decoder_max_memory_bytes, settings.decoder_max_cpu_s) == DecoderLimits()

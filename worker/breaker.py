@@ -19,9 +19,13 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+from models.errors import ErrorCode
+
 log = logging.getLogger(__name__)
 
-SYSTEMIC_CODES = frozenset({"internal_error", "decoder_crashed"})
+# The systemic codes that can be an input's fault too (a crafted file crashing a decoder or the library code):
+# the ones a self-test has to tell apart. The others (disk_full, out_of_memory...) are never dead-lettered.
+SYSTEMIC_CODES = frozenset({ErrorCode.INTERNAL_ERROR, ErrorCode.DECODER_CRASHED})
 
 
 class Breaker:

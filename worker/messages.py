@@ -5,8 +5,9 @@ uploads itself: S3 event notifications (AWS `Records`, MinIO), AWS's `s3:TestEve
 Created" events, and any of them wrapped in an SNS notification are accepted too.
 
 Invariants: a message either yields its requests (none for a test event or deletions: it is committed with
-nothing published) or raises InputError with one of this module's codes, for the message as a whole; a message
-with more than `max_records` records, or naming a bucket outside `allowed_buckets`, starts no video.
+nothing published) or raises InputError with one of the message codes of models/errors.py, for the message as a
+whole; a message with more than `max_records` records, or naming a bucket outside `allowed_buckets`, starts no
+video.
 """
 
 from __future__ import annotations
@@ -23,13 +24,8 @@ from typing import Any
 
 import jsonschema
 
-from models.errors import InputError
+from models.errors import ErrorCode, InputError
 
-INVALID_JSON = "invalid_json"
-SCHEMA_VIOLATION = "schema_violation"
-MESSAGE_TOO_LARGE = "message_too_large"
-TOO_MANY_RECORDS = "too_many_records"
-BUCKET_NOT_ALLOWED = "bucket_not_allowed"
 MAX_EVENT_RECORDS = 1000  # the default of the max_event_records setting
 VIDEO_ID_FROM = ("key", "bucket_key")  # values of the s3_event_video_id setting
 MAX_ATTRIBUTES_DEPTH = 64  # far below the interpreter's recursion limit, which json.dumps of the result hits
@@ -75,9 +71,10 @@ def _video_id(bucket: str, key: str, video_id_from: str) -> str:
 def _s3_event_requests(document: dict[str, Any], video_id_from: str, max_records: int) -> list[VideoRequest]:
     records = document.get("Records")
     if not isinstance(records, list) or not records:
-        raise InputError(SCHEMA_VIOLATION, "S3 event without Records")
+        raise InputError(ErrorCode.SCHEMA_VIOLATION, "S3 event without Records")
     if len(records) > max_records:
-        raise InputError(TOO_MANY_RECORDS, f"S3 event with {len(records)} records, the limit is {max_records}")
+        raise InputError(ErrorCode.TOO_MANY_RECORDS,
+                         f"S3 event with {len(records)} records, the limit is {max_records}")
     requests = []
     for i, record in enumerate(records):
         try:
@@ -85,9 +82,9 @@ def _s3_event_requests(document: dict[str, Any], video_id_from: str, max_records
             bucket = record["s3"]["bucket"]["name"]
             raw_key = record["s3"]["object"]["key"]
         except (KeyError, TypeError, AttributeError) as exc:
-            raise InputError(SCHEMA_VIOLATION, f"Records/{i}: not an S3 event record ({exc!r})") from exc
+            raise InputError(ErrorCode.SCHEMA_VIOLATION, f"Records/{i}: not an S3 event record ({exc!r})") from exc
         if not isinstance(bucket, str) or not isinstance(raw_key, str) or not bucket or not raw_key:
-            raise InputError(SCHEMA_VIOLATION, f"Records/{i}: bucket name and object key must be strings")
+            raise InputError(ErrorCode.SCHEMA_VIOLATION, f"Records/{i}: bucket name and object key must be strings")
         if event and not event.startswith(("ObjectCreated", "s3:ObjectCreated")):
             continue  # deletions, tagging, ...: nothing to tag
         key = urllib.parse.unquote_plus(raw_key)  # S3 and MinIO URL-encode keys in events
@@ -102,10 +99,10 @@ def _eventbridge_requests(document: dict[str, Any], video_id_from: str) -> list[
         bucket = document["detail"]["bucket"]["name"]
         key = document["detail"]["object"]["key"]  # not URL-encoded, unlike S3 notifications
     except (KeyError, TypeError) as exc:
-        raise InputError(SCHEMA_VIOLATION,
+        raise InputError(ErrorCode.SCHEMA_VIOLATION,
                          f"EventBridge event without detail.bucket.name and detail.object.key ({exc!r})") from exc
     if not isinstance(bucket, str) or not isinstance(key, str) or not bucket or not key:
-        raise InputError(SCHEMA_VIOLATION, "EventBridge event: bucket name and object key must be strings")
+        raise InputError(ErrorCode.SCHEMA_VIOLATION, "EventBridge event: bucket name and object key must be strings")
     return [VideoRequest(video_id=_video_id(bucket, key, video_id_from), bucket=bucket, key=key)]
 
 
@@ -145,15 +142,15 @@ def _vet(request: VideoRequest) -> None:
     lone surrogates (JSON "\\ud800" escapes: no S3 key nor UTF-8 answer can hold them) and attributes nested
     so deep that serialising the result would exceed the recursion limit."""
     if _nesting(request.attributes) > MAX_ATTRIBUTES_DEPTH:
-        raise InputError(INVALID_JSON, f"attributes nested deeper than {MAX_ATTRIBUTES_DEPTH} levels")
+        raise InputError(ErrorCode.INVALID_JSON, f"attributes nested deeper than {MAX_ATTRIBUTES_DEPTH} levels")
     try:
         json.dumps([request.video_id, request.bucket, request.key, request.trace_id, request.submitted_at],
                    ensure_ascii=False).encode("utf-8")
         size = len(json.dumps(request.attributes, ensure_ascii=False).encode("utf-8"))
     except UnicodeEncodeError as exc:
-        raise InputError(SCHEMA_VIOLATION, "a string holds a lone surrogate (not Unicode text)") from exc
+        raise InputError(ErrorCode.SCHEMA_VIOLATION, "a string holds a lone surrogate (not Unicode text)") from exc
     if size > MAX_ATTRIBUTES_BYTES:
-        raise InputError(SCHEMA_VIOLATION, f"attributes of {size} bytes serialised, the limit is "
+        raise InputError(ErrorCode.SCHEMA_VIOLATION, f"attributes of {size} bytes serialised, the limit is "
                                            f"{MAX_ATTRIBUTES_BYTES} (they are echoed into the result)")
 
 
@@ -165,7 +162,7 @@ def _loads(text: str) -> Any:
     try:
         return json.loads(text, parse_constant=_not_json)
     except ValueError as exc:
-        raise InputError(INVALID_JSON, f"not UTF-8 JSON: {str(exc)[:200]}") from exc
+        raise InputError(ErrorCode.INVALID_JSON, f"not UTF-8 JSON: {str(exc)[:200]}") from exc
 
 
 def parse_request(value: bytes | None, video_id_from: str = "key", max_records: int = MAX_EVENT_RECORDS,
@@ -176,19 +173,20 @@ def parse_request(value: bytes | None, video_id_from: str = "key", max_records: 
     more than `max_records` records, or a request for a bucket outside `allowed_buckets` (None: any bucket).
     """
     if value is None:
-        raise InputError(INVALID_JSON, "message has no value (tombstone)")
+        raise InputError(ErrorCode.INVALID_JSON, "message has no value (tombstone)")
     if len(value) > MAX_MESSAGE_BYTES:
-        raise InputError(MESSAGE_TOO_LARGE, f"message of {len(value)} bytes, the limit is {MAX_MESSAGE_BYTES}")
+        raise InputError(ErrorCode.MESSAGE_TOO_LARGE,
+                         f"message of {len(value)} bytes, the limit is {MAX_MESSAGE_BYTES}")
     try:
         requests = _requests(_loads(value.decode("utf-8")), video_id_from, max_records)
     except UnicodeDecodeError as exc:
-        raise InputError(INVALID_JSON, f"not UTF-8 JSON: {str(exc)[:200]}") from exc
+        raise InputError(ErrorCode.INVALID_JSON, f"not UTF-8 JSON: {str(exc)[:200]}") from exc
     except RecursionError as exc:  # nesting that json.loads or validation cannot walk
-        raise InputError(INVALID_JSON, "JSON nested too deeply") from exc
+        raise InputError(ErrorCode.INVALID_JSON, "JSON nested too deeply") from exc
     for request in requests:
         _vet(request)
         if not bucket_allowed(request.bucket, allowed_buckets):
-            raise InputError(BUCKET_NOT_ALLOWED, f"bucket {request.bucket!r} is not in allowed_buckets")
+            raise InputError(ErrorCode.BUCKET_NOT_ALLOWED, f"bucket {request.bucket!r} is not in allowed_buckets")
     return requests
 
 
@@ -203,7 +201,7 @@ def _requests(document: Any, video_id_from: str, max_records: int, wrapped: bool
     if shape == "eventbridge":
         return _eventbridge_requests(document, video_id_from)
     if problem := _violation("request", document):
-        raise InputError(SCHEMA_VIOLATION, problem)
+        raise InputError(ErrorCode.SCHEMA_VIOLATION, problem)
     return [VideoRequest(
         video_id=document["video_id"],
         bucket=document["bucket"],

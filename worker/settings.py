@@ -112,6 +112,8 @@ class Settings:
     stuck_after_s: float = 900.0
     video_timeout_s: float = 840.0
     decode_timeout_s: float = 600.0
+    decoder_max_memory_bytes: int = 4 * 1024**3  # models.decoder_process.DecoderLimits: the same defaults
+    decoder_max_cpu_s: int = 3600
     metrics_host: str = "0.0.0.0"
     metrics_port: int = 9100
     log_level: str = "INFO"
@@ -133,6 +135,9 @@ class Settings:
 
 
 STOP_MARGIN_S = 15.0  # after the drain: commit, leave the group, close clients
+# An interpreter with OpenCV's or PyAV's FFmpeg reserves about 0.5 GiB before it decodes anything: below this,
+# every video would fail decoder_memory_limit, a permanent code, and the whole backlog drain into the DLQ.
+DECODER_MIN_MEMORY_BYTES = 1024**3
 KAFKA_REQUEST_TIMEOUT_MS = 30000  # kafka-python's producer default; delivery must allow one full request
 
 
@@ -160,6 +165,11 @@ def settings_problems(s: Settings) -> list[str]:
         problems.append(f"decode_timeout_s ({s.decode_timeout_s:g}) ≤ video_timeout_s ({s.video_timeout_s:g}) < "
                         f"stuck_after_s ({s.stuck_after_s:g}) must hold: a video's decode ends within its deadline, "
                         "and a video past its deadline is cancelled before the worker is called stuck")
+    if s.decoder_max_memory_bytes < DECODER_MIN_MEMORY_BYTES:
+        problems.append(f"decoder_max_memory_bytes ({s.decoder_max_memory_bytes}) must be at least "
+                        f"{DECODER_MIN_MEMORY_BYTES}: a decoder process needs about half of that to start")
+    if s.decoder_max_cpu_s < 1:
+        problems.append("setting 'decoder_max_cpu_s': must be at least 1")
     if s.termination_grace_s is not None and s.drain_grace_s + STOP_MARGIN_S > s.termination_grace_s:
         problems.append(f"drain_grace_s ({s.drain_grace_s:g}) + {STOP_MARGIN_S:g} s to stop must fit in "
                         f"termination_grace_s ({s.termination_grace_s:g}): else the pod is killed mid-drain")

@@ -15,12 +15,10 @@ import time
 from kafka import TopicPartition
 from kafka.structs import OffsetAndMetadata
 
-from models.errors import InputError
+from models.errors import ErrorCode, InputError
 from worker import kafka_clients
 from worker.messages import dlq_message
 from worker.settings import Settings
-
-SKIPPED = "skipped_by_operator"
 
 
 class SkipRefused(Exception):
@@ -44,8 +42,8 @@ def skip(settings: Settings, topic: str, partition: int, offset: int, timeout_s:
                 record = next((r for r in batch if r.offset == offset), record)
         if record is None:
             raise SkipRefused(f"no record at offset {offset} of {topic}[{partition}]")
-        letter = dlq_message(record.value, InputError(SKIPPED, "skipped by an operator (videotag skip)"), 0, None,
-                             topic, partition, offset, record.key)
+        skipped = InputError(ErrorCode.SKIPPED_BY_OPERATOR, "skipped by an operator (videotag skip)")
+        letter = dlq_message(record.value, skipped, 0, None, topic, partition, offset, record.key)
         producer = kafka_clients.producer(settings)
         try:
             producer.send(settings.dlq_topic, key=record.key,

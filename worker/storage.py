@@ -1,48 +1,163 @@
 """Fetching video objects from S3-compatible storage into private temporary files, and storing outputs
 (published features) there.
 
-Errors are sorted into permanent ones (InputError: the request goes to the DLQ) and transient ones
-(TransientError: retried, the message is not committed meanwhile), the same way for reads and writes.
+Every failure is raised with a code of models/errors.py, by the kind of that code:
+- InputError (permanent: the request goes to the DLQ): the object does not exist, cannot exist, or is too large;
+- TransientError (retried, the message is not committed meanwhile). Its `outage` says whose fault it is: an
+  outage is no answer (refused or dropped connections, timeouts) or an answer that holds for every request
+  (throttling, 502/503/504, our credentials or clock): the worker waits and spends no request's retry budget.
+  Otherwise the store answered about this object (403, a 500, a truncated body) and a retry spends the budget;
+- SystemicError: the worker's machine failed the download (disk full, no file descriptors left).
+S3 errors are classified by the store's error code, not its HTTP status: several transient ones are 400s or
+403s. `classify_s3_error` is the whole table, and pure.
+
+Temporary files are named `videotag-<pid>-….video`, created 0600, flock-held by the process that downloads
+them until they are deleted, and deleted on every path. `sweep_temp_dir` deletes, at start, those of them that
+a process killed with SIGKILL left behind: files whose owner is gone and that no process holds.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
+import re
+import stat
 import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 import boto3
 import botocore.config
 import botocore.exceptions
 
 from models import cancel
-from models.errors import InputError
+from models.errors import CodedError, ErrorCode, InputError, Kind, SystemicError, os_error_code
 
-NO_SUCH_KEY = "no_such_key"
-NO_SUCH_BUCKET = "no_such_bucket"
-OBJECT_TOO_LARGE = "object_too_large"
-INVALID_REQUEST = "invalid_request"
-_PERMANENT = {
-    "NoSuchKey": NO_SUCH_KEY, "404": NO_SUCH_KEY, "NotFound": NO_SUCH_KEY,
-    "NoSuchBucket": NO_SUCH_BUCKET, "InvalidBucketName": INVALID_REQUEST, "KeyTooLongError": INVALID_REQUEST,
-    "InvalidObjectState": INVALID_REQUEST,
-    # 400s for keys the server will never accept (e.g. SeaweedFS: `..` or NUL in a key): retrying cannot help.
-    "InvalidRequest": INVALID_REQUEST, "InvalidArgument": INVALID_REQUEST, "InvalidURI": INVALID_REQUEST,
+TEMP_PREFIX = "videotag-"
+TEMP_SUFFIX = ".video"
+_TEMP_NAME = re.compile(rf"{re.escape(TEMP_PREFIX)}(\d+)-\w+{re.escape(TEMP_SUFFIX)}")
+
+# The store's error codes, each with ours and whether it is an outage (the fault is not this object's).
+_ANSWERS: dict[str, tuple[ErrorCode, bool]] = {
+    **dict.fromkeys(("NoSuchKey", "NotFound", "NoSuchVersion"), (ErrorCode.NO_SUCH_KEY, False)),
+    "NoSuchBucket": (ErrorCode.NO_SUCH_BUCKET, False),
+    # Keys and requests the server will never accept (e.g. SeaweedFS: `..` or NUL in a key): retrying cannot help.
+    **dict.fromkeys(("InvalidBucketName", "KeyTooLongError", "InvalidObjectName", "InvalidObjectState",
+                     "InvalidRequest", "InvalidArgument", "InvalidURI"), (ErrorCode.INVALID_REQUEST, False)),
+    # AWS also answers AccessDenied for a missing key when the role lacks s3:ListBucket.
+    **dict.fromkeys(("AccessDenied", "AllAccessDisabled"), (ErrorCode.ACCESS_DENIED, False)),
+    # 400s and 403s about our credentials or clock: every request gets the same answer until they are fixed.
+    **dict.fromkeys(("ExpiredToken", "TokenRefreshRequired", "InvalidToken", "InvalidAccessKeyId",
+                     "SignatureDoesNotMatch"), (ErrorCode.S3_CREDENTIALS, True)),
+    "RequestTimeTooSkewed": (ErrorCode.S3_CLOCK_SKEW, True),
+    **dict.fromkeys(("SlowDown", "Throttling", "ThrottlingException", "TooManyRequests", "RequestLimitExceeded"),
+                    (ErrorCode.S3_THROTTLED, True)),
+    # RequestTimeout (a 400): the connection went idle in transit, a network fault.
+    **dict.fromkeys(("ServiceUnavailable", "RequestTimeout"), (ErrorCode.S3_UNAVAILABLE, True)),
+    "InternalError": (ErrorCode.S3_SERVER_ERROR, False),
 }
+# For answers without a known code (a HEAD has no body; gateways answer in HTML).
+_STATUSES: dict[int, tuple[ErrorCode, bool]] = {
+    403: (ErrorCode.ACCESS_DENIED, False),
+    404: (ErrorCode.NO_SUCH_KEY, False),
+    408: (ErrorCode.S3_UNAVAILABLE, True),
+    429: (ErrorCode.S3_THROTTLED, True),
+    500: (ErrorCode.S3_SERVER_ERROR, False),
+    **dict.fromkeys((502, 503, 504), (ErrorCode.S3_UNAVAILABLE, True)),  # the front says the store is not serving
+}
+_CREDENTIAL_ERRORS = (botocore.exceptions.NoCredentialsError, botocore.exceptions.PartialCredentialsError,
+                      botocore.exceptions.CredentialRetrievalError, botocore.exceptions.TokenRetrievalError)
+# The store answered, then the body broke off or came short: this object's transfer, not an outage.
+_TRUNCATED = (botocore.exceptions.ResponseStreamingError, botocore.exceptions.IncompleteReadError)
 
 
-class TransientError(Exception):
-    """Worth retrying: the storage or the network may recover (5xx, timeouts, refused connections, 403s
-    from rotating credentials)."""
+class TransientError(CodedError):
+    """Worth retrying: the object or the store may recover. `outage`: the fault is not this object's (see the
+    module docstring), so its retries spend no request's budget."""
 
-    def __init__(self, code: str, message: str, outage: bool = False, status: int = 0) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.outage = outage  # no answer at all: the store (or the way to it) is down for everyone
-        self.status = status  # the HTTP status of an answer (0: none)
+    def __init__(self, code: ErrorCode | str, message: str, outage: bool, answered: bool = True) -> None:
+        super().__init__(code, message)
+        self.outage = outage
+        self.answered = answered  # False: no answer at all (refused, timed out), whose cause the worker probes
+
+
+def classify_answer(code: str, status: int) -> tuple[ErrorCode, bool]:
+    """(our code, outage) for an error answer of the store: its error code first, else its HTTP status."""
+    if code in _ANSWERS:
+        return _ANSWERS[code]
+    if status in _STATUSES:
+        return _STATUSES[status]
+    if status >= 500:
+        return ErrorCode.S3_SERVER_ERROR, False
+    return ErrorCode.S3_REJECTED, False
+
+
+def classify_s3_error(exc: BaseException) -> tuple[ErrorCode, bool] | None:
+    """(our code, outage) for what a call to the store raised; None for what is no fault of the store (a bug)."""
+    if isinstance(exc, botocore.exceptions.ClientError):
+        error = exc.response.get("Error", {})
+        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+        return classify_answer(str(error.get("Code", "")), status)
+    if isinstance(exc, botocore.exceptions.ParamValidationError):
+        return ErrorCode.INVALID_REQUEST, False
+    if isinstance(exc, _TRUNCATED):
+        return ErrorCode.S3_TRUNCATED, False
+    if isinstance(exc, _CREDENTIAL_ERRORS):
+        return ErrorCode.S3_CREDENTIALS, True
+    if isinstance(exc, botocore.exceptions.BotoCoreError | OSError):
+        # No answer: refused, reset or closed connections, timeouts, an endpoint that does not resolve; also the
+        # client's own setup failures, which every request would hit alike.
+        return ErrorCode.S3_UNAVAILABLE, True
+    return None
+
+
+@contextlib.contextmanager
+def _store_call(where: str) -> Iterator[None]:
+    """Raise what a call to the store about `where` raises as our error for it (a bug as it is)."""
+    try:
+        yield
+    except Exception as exc:
+        error = _s3_error(exc, where)
+        if error is None:
+            raise
+        raise error from exc
+
+
+@contextlib.contextmanager
+def _disk_call(where: str) -> Iterator[None]:
+    """Raise a failure of this machine's file system while downloading as systemic when it ran out of
+    something (disk space, file descriptors); any other as it is."""
+    try:
+        yield
+    except OSError as exc:
+        code = os_error_code(exc)
+        if code is None:
+            raise
+        raise SystemicError(code, f"{where}: temp file: {exc.strerror}") from exc
+
+
+def _s3_error(exc: Exception, where: str) -> CodedError | None:
+    """Our error for `exc`, raised by a call to the store about `where`. Messages carry the store's error
+    code or the exception's type, never the store's text: it may quote a request's credentials."""
+    found = classify_s3_error(exc)
+    if found is None:
+        return None
+    code, outage = found
+    if isinstance(exc, botocore.exceptions.ClientError):
+        error = exc.response.get("Error", {})
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        detail = f"{error.get('Code') or 'no error code'} (HTTP {status})"
+    elif isinstance(exc, botocore.exceptions.ParamValidationError):
+        detail = str(exc)[:300]
+    else:
+        detail = type(exc).__name__
+    if code.kind is Kind.PERMANENT:
+        return InputError(code, f"{where}: {detail}")
+    return TransientError(code, f"{where}: {detail}", outage,
+                          answered=isinstance(exc, (botocore.exceptions.ClientError, *_TRUNCATED)))
 
 
 class TempBudget:
@@ -80,12 +195,12 @@ def put_object(client, bucket: str, key: str, body: bytes, metadata: dict[str, s
     """Store `body`. A key S3 refuses is permanent for that video (InputError); anything else, a missing bucket
     included, is transient: the destination is the operator's to fix, and /readyz reports the failures."""
     try:
-        client.put_object(Bucket=bucket, Key=key, Body=body, Metadata=metadata)
-    except Exception as exc:
-        error = _classify(exc, bucket, key)
-        if isinstance(error, InputError) and error.code != INVALID_REQUEST:
-            error = TransientError(f"s3_put_{error.code}", error.message)
-        raise error from exc
+        with _store_call(f"s3://{bucket}/{key}"):
+            client.put_object(Bucket=bucket, Key=key, Body=body, Metadata=metadata)
+    except InputError as exc:
+        if exc.code is ErrorCode.INVALID_REQUEST:
+            raise
+        raise TransientError(exc.code, str(exc), outage=False) from exc
 
 
 def make_client(endpoint_url: str | None, region: str | None, connect_timeout: float, read_timeout: float):
@@ -99,21 +214,24 @@ def make_client(endpoint_url: str | None, region: str | None, connect_timeout: f
     return boto3.client("s3", endpoint_url=endpoint_url, region_name=region, config=config)
 
 
-def _classify(exc: Exception, bucket: str, key: str) -> Exception:
-    if isinstance(exc, botocore.exceptions.ClientError):
-        code = str(exc.response.get("Error", {}).get("Code", ""))
-        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
-        if code in _PERMANENT:
-            return InputError(_PERMANENT[code], f"s3://{bucket}/{key}: {code}")
-        return TransientError(f"s3_{status or code}", f"s3://{bucket}/{key}: {code or status}", status=status)
-    if isinstance(exc, botocore.exceptions.ParamValidationError):
-        return InputError(INVALID_REQUEST, f"s3://{bucket}/{key}: {str(exc)[:300]}")
-    # Timeouts, refused or dropped connections, truncated bodies.
-    return TransientError("s3_unavailable", f"s3://{bucket}/{key}: {type(exc).__name__}", outage=True)
+@contextlib.contextmanager
+def _temp_file(temp_dir: str | None, where: str) -> Iterator[tuple[IO[bytes], Path]]:
+    """A new private file named for this process and flock-held until it is deleted (see sweep_temp_dir)."""
+    with _disk_call(where):
+        fd, name = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{os.getpid()}-", suffix=TEMP_SUFFIX, dir=temp_dir)
+    path = Path(name)
+    out = os.fdopen(fd, "wb")
+    try:
+        fcntl.flock(out, fcntl.LOCK_EX)  # a file this process just created: nobody else holds it, no wait
+        yield out, path
+    finally:
+        path.unlink(missing_ok=True)  # before the lock goes with the descriptor: no file of ours is ever unheld
+        with contextlib.suppress(OSError):  # the caller flushed what it wrote; a close can only repeat its error
+            out.close()
 
 
 class ObjectFetcher:
-    """Streams one object at a time per caller into `temp_dir` (files 0600, always removed)."""
+    """Streams one object at a time per caller into `temp_dir` (None: the system's temp dir)."""
 
     def __init__(self, client, temp_dir: str | None, max_object_bytes: int, budget: TempBudget) -> None:
         self.client = client
@@ -125,7 +243,7 @@ class ObjectFetcher:
 
     def store_answers(self, bucket: str) -> bool:
         """Whether the store is up for others than this object: a HEAD of the bucket gets any answer but a 5xx
-        (403 and 404 are answers too). Tells "this object answers 500" from "the store answers 500 to all"."""
+        (403 and 404 are answers too). Tells "this object's transfer stalls" from "the store does not answer"."""
         try:
             self.client.head_bucket(Bucket=bucket)
         except botocore.exceptions.ClientError as exc:
@@ -137,41 +255,90 @@ class ObjectFetcher:
     @contextlib.contextmanager
     def fetch(self, bucket: str, key: str) -> Iterator[tuple[Path, int]]:
         """Yields (local path, size); the file is deleted when the block ends, whatever happens."""
-        try:
+        where = f"s3://{bucket}/{key}"
+        with _store_call(where):
             response = self.client.get_object(Bucket=bucket, Key=key)
-        except Exception as exc:
-            raise _classify(exc, bucket, key) from exc
         body = response["Body"]
         try:
             size = int(response.get("ContentLength") or 0)
             limit = min(self.max_object_bytes, self.budget.limit)  # a larger one could never get room
             if size > limit:
-                raise InputError(OBJECT_TOO_LARGE, f"s3://{bucket}/{key}: {size} bytes, the limit is {limit}")
-            with self.budget.reserve(size):
-                fd, name = tempfile.mkstemp(prefix="videotag-", suffix=".video", dir=self.temp_dir)
-                path = Path(name)
-                try:
-                    with os.fdopen(fd, "wb") as out:
-                        written = self._copy(body, out, bucket, key)
-                    if written != size:
-                        raise TransientError("s3_truncated", f"s3://{bucket}/{key}: {written} of {size} bytes")
-                    yield path, size
-                finally:
-                    path.unlink(missing_ok=True)
+                raise InputError(ErrorCode.OBJECT_TOO_LARGE, f"{where}: {size} bytes, the limit is {limit}")
+            with self.budget.reserve(size), _temp_file(self.temp_dir, where) as (out, path):
+                written = self._copy(body, out, where)
+                with _disk_call(where):
+                    out.flush()  # the decoder reads the file by its name
+                if written != size:
+                    raise TransientError(ErrorCode.S3_TRUNCATED, f"{where}: {written} of {size} bytes", outage=False)
+                yield path, size
         finally:
             body.close()
 
-    def _copy(self, body, out, bucket: str, key: str) -> int:
+    def _copy(self, body, out: IO[bytes], where: str) -> int:
         written = 0
-        try:
-            while chunk := body.read(1 << 20):
-                cancel.check()  # a cancelled video stops downloading (its temp file is removed on the way out)
-                written += len(chunk)
-                if written > self.max_object_bytes:  # a server that lied about the length
-                    raise InputError(OBJECT_TOO_LARGE, f"s3://{bucket}/{key}: more than {self.max_object_bytes} bytes")
+        while True:
+            with _store_call(where):
+                chunk = body.read(1 << 20)
+            if not chunk:
+                return written
+            cancel.check()  # a cancelled video stops downloading (its temp file is removed on the way out)
+            written += len(chunk)
+            if written > self.max_object_bytes:  # a server that lied about the length
+                raise InputError(ErrorCode.OBJECT_TOO_LARGE, f"{where}: more than {self.max_object_bytes} bytes")
+            with _disk_call(where):
                 out.write(chunk)
-        except InputError:
-            raise
-        except Exception as exc:
-            raise _classify(exc, bucket, key) from exc
-        return written
+
+
+def sweep_temp_dir(temp_dir: str | Path | None) -> int:
+    """Delete the temporary files that dead processes left in `temp_dir` (None: the system's temp dir, as
+    ObjectFetcher); returns how many. Call it at start, before the first fetch.
+
+    A file is deleted only when its name is ours, it is a regular file of this user, and it is not held: its
+    owner (the pid in its name) is not alive, or is this process (a restarted container reuses its pid), and no
+    process holds its flock (which also covers an owner in another pid namespace sharing the directory).
+    """
+    directory = Path(temp_dir or tempfile.gettempdir())
+    try:
+        names = [entry.name for entry in os.scandir(directory)]
+    except FileNotFoundError:
+        return 0
+    removed = 0
+    for name in names:
+        match = _TEMP_NAME.fullmatch(name)
+        if match is None:
+            continue
+        owner = int(match.group(1))
+        if owner != os.getpid() and _alive(owner):
+            continue  # includes a live owner between creating its file and locking it
+        if _remove_if_unheld(directory / name):
+            removed += 1
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _remove_if_unheld(path: Path) -> bool:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:  # gone meanwhile, a symbolic link, or not ours to read
+        return False
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid():
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # its owner is alive and holds it
+            return False
+        path.unlink(missing_ok=True)
+        return True
+    finally:
+        os.close(fd)

@@ -33,8 +33,8 @@ from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
 from models import cancel
-from models.decoder_process import isolate_decoding
-from models.errors import InputError
+from models.decoder_process import DecoderLimits, isolate_decoding
+from models.errors import ErrorCode, InputError, SystemicError
 from models.tagger import VideoTagger
 from worker import kafka_clients
 from worker.attempts import Marks, inherit
@@ -47,15 +47,18 @@ from worker.offsets import OffsetTracker, PartitionOffsets
 from worker.pipeline import ModelThread, share_engines
 from worker.recurring import RecurringErrors
 from worker.settings import STOP_MARGIN_S, Settings, SettingsError
-from worker.storage import ObjectFetcher, TempBudget, TransientError, make_client, put_object, split_s3_uri
+from worker.storage import (
+    ObjectFetcher,
+    TempBudget,
+    TransientError,
+    make_client,
+    put_object,
+    split_s3_uri,
+    sweep_temp_dir,
+)
 from worker.transactions import HeldOutputs, Outcome, Output, Transactions
 
 log = logging.getLogger(__name__)
-INTERNAL_ERROR = "internal_error"
-VIDEO_TIMEOUT = "video_timeout"
-ACCESS_DENIED = "access_denied"
-RETRIES_EXHAUSTED = "retries_exhausted"
-WORKER_CRASHED = "worker_crashed"
 POLL_TIMEOUT_MS = 50  # also how soon a finished video frees its slot for the next one
 DLQ_MAX_BYTES = kafka_clients.RECORD_VALUE_LIMIT  # fits the producer's and broker's default 1 MiB record limit
 CONNECT_BACKOFF_MAX_S = 30.0
@@ -151,14 +154,18 @@ class Worker:
     def start(self) -> Worker:
         s = self.settings
         self.metrics.set_build_info(_version())
-        self.health = HealthServer(self.metrics, s.metrics_host, s.metrics_port, self.ready).start()
+        self.health = HealthServer(self.metrics, s.metrics_host, s.metrics_port, self.ready, self.healthy).start()
         log.info("endpoints on %s:%d; settings %s", s.metrics_host, self.health.port, s.redacted())
         tagger = self.tagger or load_tagger(s)
         self.metrics.model_info.info({k: str(v) for k, v in tagger.info.items()})
         self._model_thread.start()
         self._tagger = share_engines(tagger, self._model_thread)
         if s.decode_timeout_s > 0:  # a crashing or hanging decoder costs one video, not the worker
-            self._tagger = isolate_decoding(self._tagger, s.decode_timeout_s)
+            self._tagger = isolate_decoding(self._tagger, s.decode_timeout_s,
+                                            DecoderLimits(s.decoder_max_memory_bytes, s.decoder_max_cpu_s))
+        swept = sweep_temp_dir(s.temp_dir)  # what workers killed with SIGKILL left behind
+        if swept:
+            log.info("removed %d temporary files left by processes that are gone", swept)
         self.s3 = make_client(s.s3_endpoint_url, s.s3_region, s.s3_connect_timeout_s, s.s3_read_timeout_s)
         self.fetcher = ObjectFetcher(self.s3, s.temp_dir, s.max_object_bytes, TempBudget(s.temp_dir_max_bytes))
         self.tagger = tagger
@@ -359,7 +366,7 @@ class Worker:
             if now - job.started > self.settings.video_timeout_s and not job.token.cancelled:
                 log.warning("offset %d of %s[%d] past video_timeout_s (%.0f s): cancelling it", job.offset, job.topic,
                             job.partition, self.settings.video_timeout_s)
-                job.token.cancel(VIDEO_TIMEOUT)
+                job.token.cancel(ErrorCode.VIDEO_TIMEOUT)
 
     def _cancel(self, jobs: list[Job], reason: str) -> None:
         """Stop work that will never count: its decoder child is killed now, its thread stops at its next check."""
@@ -392,7 +399,7 @@ class Worker:
             return
         deaths = marks.deaths.get(job.offset, 0)
         if deaths >= self.settings.max_worker_deaths:
-            job.error = InputError(WORKER_CRASHED, f"{deaths} workers died while processing this message: "
+            job.error = InputError(ErrorCode.WORKER_CRASHED, f"{deaths} workers died while processing this message: "
                                                    f"dead-lettered instead of delivered again")
             return
         marks.running.add(job.offset)
@@ -484,7 +491,7 @@ class Worker:
             return
         error = outcome.error
         self._transient_streak += 1
-        self.metrics.failures.labels(reason="transaction_failed").inc()
+        self.metrics.failures.labels(reason=ErrorCode.TRANSACTION_FAILED).inc()
         delay = min(self.settings.retry_backoff_max_s, self.settings.retry_backoff_base_s * 2 ** min(
             self._transient_streak, 16))
         self._transaction_retry_at = time.monotonic() + delay
@@ -502,7 +509,7 @@ class Worker:
             log.error("new transactional producer failed: %s (the next transaction tries again)", exc)
             self._transaction_retry_at = time.monotonic() + self.settings.retry_backoff_max_s
             return False
-        self.metrics.failures.labels(reason="producer_replaced").inc()
+        self.metrics.failures.labels(reason=ErrorCode.PRODUCER_REPLACED).inc()
         return True
 
     async def _commit_revoked(self) -> None:
@@ -609,7 +616,7 @@ class Worker:
             with cancel.scope(job.token):
                 self._answer(job)
         except cancel.Cancelled as exc:
-            if exc.reason == VIDEO_TIMEOUT:
+            if exc.reason == ErrorCode.VIDEO_TIMEOUT:
                 self._answer_timeout(job)
             else:
                 log.info("cancelled offset %d of %s[%d] (%s)", job.offset, job.topic, job.partition, exc.reason)
@@ -618,7 +625,8 @@ class Worker:
         self._done.put(job)
 
     def _answer_timeout(self, job: Job) -> None:
-        error = InputError(VIDEO_TIMEOUT, f"not finished within video_timeout_s ({self.settings.video_timeout_s:g} s)")
+        error = InputError(ErrorCode.VIDEO_TIMEOUT,
+                           f"not finished within video_timeout_s ({self.settings.video_timeout_s:g} s)")
         with contextlib.suppress(Abandoned):
             self._dead_letter(job, error, attempts=1)
             job.finished = True
@@ -638,7 +646,7 @@ class Worker:
                 raise
             except Exception as exc:  # never drop the job: an unfinished offset would stall its partition
                 log.exception("unexpected failure on offset %d of %s[%d]", job.offset, job.topic, job.partition)
-                self._backoff(attempts, INTERNAL_ERROR, f"{type(exc).__name__}")
+                self._backoff(attempts, ErrorCode.INTERNAL_ERROR, f"{type(exc).__name__}")
 
     def _tag(self, job: Job) -> None:
         assert job.request is not None
@@ -655,13 +663,14 @@ class Worker:
                     result = self._tagger.tag(path, name=f"s3://{request.bucket}/{request.key}")
                 break
             except TransientError as exc:
-                # No answer or a 5xx: is it this object, or the store for everyone? Ask the store about the bucket.
-                if (exc.outage or exc.status >= 500) and not self.fetcher.store_answers(request.bucket):
+                # No answer: this object's transfer stalling, or the store down for everyone? Ask about the bucket.
+                if exc.outage and (exc.answered or not self.fetcher.store_answers(request.bucket)):
                     self._outage = f"object store unreachable ({exc.code})"  # intake pauses; no budget is spent
                     self._backoff(attempts, exc.code, str(exc))
                     continue
                 if job.budget_spent >= self.settings.retry_budget_s:  # this object's fault, for too long
-                    code = ACCESS_DENIED if exc.status == 403 else RETRIES_EXHAUSTED
+                    code = ErrorCode.ACCESS_DENIED if exc.code is ErrorCode.ACCESS_DENIED else \
+                        ErrorCode.RETRIES_EXHAUSTED
                     self._dead_letter(job, InputError(code, f"gave up after {attempts} attempts in "
                                                             f"{job.budget_spent:.0f} s; last: {exc}"), attempts)
                     return
@@ -669,12 +678,14 @@ class Worker:
             except InputError as exc:
                 self._dead_letter(job, exc, attempts)
                 return
+            except SystemicError as exc:  # this machine, not the input (disk full, no memory): never dead-lettered
+                self._backoff(attempts, exc.code, str(exc))
             except cancel.Cancelled:
                 raise
             except Exception as exc:  # a bug or a library failure on this input: keep the partition moving
                 log.exception("internal error on %s", request.video_id)
-                self._dead_letter(job, InputError(INTERNAL_ERROR, f"{type(exc).__name__}: {str(exc)[:300]}"),
-                                  attempts)
+                error = InputError(ErrorCode.INTERNAL_ERROR, f"{type(exc).__name__}: {str(exc)[:300]}")
+                self._dead_letter(job, error, attempts)
                 return
         timings = {"fetch": (fetched - t0) * 1e3, **result.timings_ms}
         features_uri = None
@@ -760,7 +771,7 @@ class Worker:
                     self._replace_producer(producer, exc)
                 problem = kafka_clients.authorization_problem(exc, self.settings)
                 if problem is None:
-                    self._backoff(attempts, "publish_failed", f"{topic}: {type(exc).__name__}")
+                    self._backoff(attempts, ErrorCode.PUBLISH_FAILED, f"{topic}: {type(exc).__name__}")
                 elif self._denied_wait(f"publish to {topic}", problem, self._abandon):
                     # an ACL, not this record: retried until granted, never dead-lettered
                     raise Abandoned from exc
@@ -789,7 +800,7 @@ class Worker:
             except kafka_clients.BrokerUnreachable as exc:
                 log.error("new producer failed: %s (next publish tries again)", exc)
             else:
-                self.metrics.failures.labels(reason="producer_replaced").inc()
+                self.metrics.failures.labels(reason=ErrorCode.PRODUCER_REPLACED).inc()
 
     def _wire(self, offsets: dict[tuple[str, int], int], graceful: bool = False) -> dict[TopicPartition,
                                                                                           OffsetAndMetadata]:

@@ -110,7 +110,7 @@ class AnswerCollector:
 
 
 def sample_metric(text: str, name: str, labels: str = "") -> float:
-    """One sample of a /metrics text, e.g. sample_metric(t, 'videotag_failures_total', 'reason="s3_503"')."""
+    """One sample of a /metrics text, e.g. sample_metric(t, 'videotag_failures_total', 'reason="s3_throttled"')."""
     prefix = f"{name}{{{labels}}} " if labels else f"{name} "
     for line in text.splitlines():
         if line.startswith(prefix):
