@@ -211,3 +211,14 @@ def test_servers_die_with_an_owner_that_never_stops_them() -> None:
     s3_pid, kafka_pid, root = done.stdout.split()
     assert _gone(int(s3_pid)) and _gone(int(kafka_pid))
     assert not Path(root).exists()
+
+
+def test_the_demo_runs_end_to_end() -> None:
+    """`make run`'s command: the embedded stack, generated clips, a worker, results printed, exit 0."""
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-m", "worker.cli", "demo", "--layers", "50", "--engine", "dygraph",
+                          "--seg-num", "4"], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+    assert "tagged" in run.stdout and "dead-lettered of 5" in run.stdout, run.stdout[-2000:]
