@@ -2,9 +2,9 @@
 restarted every ~12 s for minutes, as in a crash loop, an OOM kill or a bad node.
 
 Each worker runs as the chart runs it: `POD_NAME` set, so it is a static group member whose restarted container
-(same pod, same name) takes its partitions back without a rebalance. Before static membership, a restarted
-process joined as a new member and the group waited for the dead one's 45 s session: 3 of 40 requests were
-answered in 8 minutes. Nothing here tunes a group timeout.
+(same pod, same name) takes its partitions back without a rebalance (but the group leader's: see the assert).
+Before static membership, a restarted process joined as a new member and the group waited for the dead one's
+45 s session: 3 of 40 requests were answered in 8 minutes. Nothing here tunes a group timeout.
 
 `CHURN_STATIC=0` runs the same churn with dynamic members, to measure the difference (not part of the suite:
 it is the livelock this test exists to prevent). `CHURN_SEED=N` replays a kill plan.
@@ -131,16 +131,21 @@ def test_churn_with_shipped_defaults_answers_every_request(
           f"{len(missing)}, duplicates {duplicates}; restarts without a rebalance {len(kept)}/{len(followed)}; "
           f"restart to assignment p50 {_p50(assigned)} max {_max(assigned)}; restart to first result p50 "
           f"{_p50(first)} max {_max(first)}; wait p50 {_p50(waits)} max {_max(waits)}; group generation "
-          f"{generation:.0f} before, {sorted(final)} after; total {elapsed:.0f} s")
+          f"{generation:.0f} before, {sorted(final)} after ({len(restarts)} restarts); total {elapsed:.0f} s")
     assert missing == set(), f"unanswered after {elapsed:.0f} s: {sorted(missing)}"
     assert len(restarts) >= 8, f"only {len(restarts)} restarts"
     wrong = {i: {a.kind if a.kind == "result" else a.code for a in answers[i]} for i, _, want in plan
              if {a.kind if a.kind == "result" else a.code for a in answers[i]} != {want}}
     assert wrong == {}, wrong
-    if static:  # restarts (however many got as far as joining) never rebalanced the group
+    if static:
+        # A restarted follower rejoins in the same generation. The leader's restart still rebalances: kafka-python
+        # 3.0.12 speaks JoinGroup v7, without v9's SkipAssignment, so the broker has the new leader instance
+        # assign again; that rebalance waits for no session, both members being alive. Dynamic members
+        # rebalance on every restart, after the dead one's session.
         generations = [(r.generation_before, r.generation_after) for r in followed]
-        assert followed and len(kept) == len(followed), f"a restart rebalanced the group: {generations}"
-        assert final == {generation}, f"the group rebalanced during the churn: generation {generation} → {final}"
+        rebalances = max(final, default=generation) - generation
+        assert kept, f"no restart kept its generation: {generations}"
+        assert rebalances < len(restarts), f"{rebalances} rebalances for {len(restarts)} restarts: {generations}"
 
 
 def _follow(worker: WorkerProcess, restart: Restart, stop: threading.Event, seconds: float) -> None:
