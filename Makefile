@@ -27,7 +27,7 @@ CHECKOV_VENV := .cache/checkov-venv
 tools: promtool $(CHECKOV_VENV)/.installed-$(CHECKOV_VERSION)
 
 promtool:
-	@tests/deploy/install-promtool.sh
+	@bash tests/deploy/install-promtool.sh
 
 $(CHECKOV_VENV)/.installed-$(CHECKOV_VERSION):
 	rm -rf $(CHECKOV_VENV)
