@@ -24,7 +24,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, NoReturn
 
 import jsonschema
 import pytest
@@ -815,15 +815,17 @@ def tool(name: str, *places: Path) -> str | None:
     return os.environ.get(name.upper()) or shutil.which(name) or shutil.which(name, path=path)
 
 
+def missing(reason: str) -> NoReturn:
+    """Something a check needs is not installed: it skips, except under CI (CI=true), where a check that quietly
+    stops running would pass for one that ran."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
 def required_tool(name: str, install: str, *places: Path) -> str:
-    """A tool the test set-up installs (`make test`, `install`): missing, the test skips, except under CI."""
-    found = tool(name, *places)
-    if found is None:
-        reason = f"{name} is not installed ({install})"
-        if os.environ.get("CI") == "true":
-            pytest.fail(reason)
-        pytest.skip(reason)
-    return found
+    """A tool the test set-up installs (`make test`; `install` says how)."""
+    return tool(name, *places) or missing(f"{name} is not installed ({install})")
 
 
 @pytest.fixture(scope="module")
@@ -1027,15 +1029,11 @@ def test_deployment_doc_has_the_commands() -> None:
 # recent one, and the custom resources against models generated from the KEDA and Prometheus Operator CRDs.
 
 def require(module: str, package: str) -> ModuleType:
-    """`module`, installed by pyproject's test extra. Missing, it skips the test, except under CI (CI=true),
-    where a check that quietly stops running would pass for one that ran."""
+    """`module`, installed by pyproject's test extra (see missing())."""
     try:
         return importlib.import_module(module)
     except ModuleNotFoundError as exc:
-        reason = f"{package} is not installed (pip install -e '.[test]'): {exc}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(reason)
-        pytest.skip(reason)
+        missing(f"{package} is not installed (pip install -e '.[test]'): {exc}")
 
 
 @pytest.fixture(scope="module")
