@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup run test chaos lint clean
+.PHONY: setup run test chaos lint clean tools promtool
 
 setup: $(VENV)/.installed
 
@@ -19,7 +19,24 @@ run: setup
 lint: setup
 	$(BIN)/ruff check .
 
-test: lint
+# Tools tests/deploy runs besides the Python packages: promtool (Debian's prometheus package) and checkov, in a venv
+# of its own because it pins many dependencies. Both steps are quick once installed.
+CHECKOV_VERSION := 3.3.30
+CHECKOV_VENV := .cache/checkov-venv
+
+tools: promtool $(CHECKOV_VENV)/.installed-$(CHECKOV_VERSION)
+
+promtool:
+	@bash tests/deploy/install-promtool.sh
+
+$(CHECKOV_VENV)/.installed-$(CHECKOV_VERSION):
+	rm -rf $(CHECKOV_VENV)
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(CHECKOV_VENV)/bin/python -m pip install --quiet checkov==$(CHECKOV_VERSION)
+	touch $@
+
+test: lint tools
 	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=15 $(ARGS)
 
 chaos: setup

@@ -8,7 +8,8 @@ dead-lettered, it reports not-ready and exits non-zero (its orchestrator restart
 redelivered). If it passes, the inputs were bad after all: the held one is dead-lettered and work goes on.
 
 Invariant: at most `threshold` - 1 messages are dead-lettered for a systemic cause while the worker itself is broken;
-one self-test runs at a time, and a verdict is shared by the failures that waited for it.
+one self-test runs at a time, and a verdict is shared by the failures that waited for it. `videotag_breaker_open` is 1
+exactly while intake is held for a self-test or the worker is broken; `videotag_breaker_trips_total` counts self-tests.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from models.errors import ErrorCode
+from worker.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -29,9 +31,10 @@ SYSTEMIC_CODES = frozenset({ErrorCode.INTERNAL_ERROR, ErrorCode.DECODER_CRASHED}
 
 
 class Breaker:
-    def __init__(self, threshold: int, self_test: Callable[[Path], object]) -> None:
+    def __init__(self, threshold: int, self_test: Callable[[Path], object], metrics: Metrics | None = None) -> None:
         self.threshold = threshold
         self._self_test = self_test
+        self._metrics = metrics or Metrics()
         self._lock = threading.Lock()
         self._streak = 0
         self.testing = False  # while true, the worker takes no new work
@@ -50,12 +53,14 @@ class Breaker:
             if self._streak < self.threshold:
                 return True
             self.testing = True
+            self._metrics.breaker_trips.inc()
+            self._metrics.breaker_open.set(1)
             try:
-                reason = self._test()
+                self.broken = self._test()
             finally:
                 self.testing = False
-            if reason is not None:
-                self.broken = reason
+                self._metrics.breaker_open.set(1 if self.broken is not None else 0)
+            if self.broken is not None:
                 return False
             self._streak = 0
             return True

@@ -73,6 +73,21 @@ class Metrics:
         self.model_info = Info("videotag_model", "The loaded model chain and its weights.", registry=r)
         self.build_info = Info("videotag_build", "Worker build.", registry=r)
         self.ready = Gauge("videotag_ready", "1 when the worker reports ready on /readyz.", registry=r)
+        self.committed_offset = Gauge(
+            "videotag_committed_offset",
+            "The last offset this worker committed for each partition it owns (the next one to read): an alert "
+            "watches it move while the partition has lag.",
+            ["topic", "partition"], registry=r,
+        )
+        self.breaker_open = Gauge(
+            "videotag_breaker_open",
+            "1 while the circuit breaker holds intake for a self-test, and once a failed self-test found the worker "
+            "broken (it stops).", registry=r,
+        )
+        self.breaker_trips = Counter(
+            "videotag_breaker_trips",
+            "Self-tests the circuit breaker ran after breaker_threshold systemic failures in a row.", registry=r,
+        )
         for stage in STAGES:
             self.stage_seconds.labels(stage=stage)
         for status in ("ok", "dlq"):

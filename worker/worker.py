@@ -147,7 +147,8 @@ class Worker:
         self._marks: dict[tuple[str, int], Marks] = {}  # per partition: worker deaths per message (attempts.py)
         self._base: dict[tuple[str, int], int] = {}  # per partition: where this worker began reading it
         self._graceful = False  # the commits of a stop let go of what is still running
-        self.breaker = Breaker(settings.breaker_threshold, lambda clip: self._tagger.tag(clip, name="self-test"))
+        self.breaker = Breaker(settings.breaker_threshold, lambda clip: self._tagger.tag(clip, name="self-test"),
+                               self.metrics)
 
     # lifecycle -------------------------------------------------------------------------------------------
 
@@ -481,7 +482,7 @@ class Worker:
         if outcome is None:
             return
         if outcome.error is None:
-            self.tracker.committed(outcome.commits)
+            self._committed(outcome.commits)
             self._held.release(outcome.commits)
             self._transient_streak = 0
             now = time.time()
@@ -535,8 +536,16 @@ class Worker:
             else:  # the poll is denied too, and backs off
                 self._recurring.failed("commit", problem)
         else:
-            self.tracker.committed(offsets)
+            self._committed(offsets)
             self._recurring.succeeded("commit")
+
+    def _committed(self, offsets: dict[tuple[str, int], int]) -> None:
+        """The group holds these offsets now (either delivery mode). A partition forgotten meanwhile (a transaction
+        that ended after a rebalance) is its new owner's to report."""
+        self.tracker.committed(offsets)
+        for (topic, partition), offset in offsets.items():
+            if (topic, partition) in self.tracker.partitions:
+                self.metrics.committed_offset.labels(topic=topic, partition=str(partition)).set(offset)
 
     def _revoked(self, revoked: set[TopicPartition]) -> None:
         """An (eager) rebalance begins: what is finished gets committed; wait to learn which partitions come back.
@@ -585,8 +594,9 @@ class Worker:
             self._held.forget((topic, partition))
             self._marks.pop((topic, partition), None)
             self._base.pop((topic, partition), None)
-            with contextlib.suppress(KeyError):  # its new owner reports it now; a stale series would alert
-                self.metrics.consumer_lag.remove(topic, str(partition))
+            for gauge in (self.metrics.consumer_lag, self.metrics.committed_offset):
+                with contextlib.suppress(KeyError):  # its new owner reports it now; a stale series would alert
+                    gauge.remove(topic, str(partition))
         self._backlog = deque(job for job in self._backlog if (job.topic, job.partition) not in gone)
         self._cancel([job for job in self._active.values() if (job.topic, job.partition) in gone], "revoked")
         log.info("revoked %s", sorted(f"{t}[{p}]" for t, p in gone))
