@@ -3,10 +3,8 @@ and the worker's published records carrying the publish span in their traceparen
 
 from __future__ import annotations
 
-import http.server
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +15,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 
 from models.errors import ErrorCode, InputError
+from tests.otlp_collector import Collector
 from worker import telemetry, tracing
 from worker.settings import Settings
 from worker.telemetry import NoTelemetry, Telemetry
@@ -112,43 +111,19 @@ def test_traces_url_appends_the_signal_path_like_the_sdks_environment_variable()
 
 def test_spans_reach_an_otlp_http_collector() -> None:
     """The real exporter, batched, to a local HTTP server that decodes what it is sent."""
-    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-
-    received: list[tuple[str, ExportTraceServiceRequest]] = []
-
-    class Collector(http.server.BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers["Content-Length"]))
-            request = ExportTraceServiceRequest()
-            request.ParseFromString(body)
-            received.append((self.path, request))
-            self.send_response(200)
-            self.send_header("Content-Type", "application/x-protobuf")
-            self.end_headers()
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Collector)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        tel = telemetry.make_telemetry(f"http://127.0.0.1:{server.server_address[1]}")
+    with Collector() as collector:
+        tel = telemetry.make_telemetry(collector.endpoint)
         assert isinstance(tel, Telemetry)
         tel.stages(TRACE, 0, {"fetch": 1.0, "decode": 2.0}, ATTRIBUTES)
         with tel.publish(TRACE, {}):
             pass
         tel.shutdown()  # flushes the batch
-    finally:
-        server.shutdown()
-        server.server_close()
-    spans = [(span.name, span.trace_id.hex(), span.parent_span_id.hex(), resource.resource)
-             for path, request in received for resource in request.resource_spans
-             for scope in resource.scope_spans for span in scope.spans]
-    assert {path for path, _ in received} == {"/v1/traces"}
-    assert sorted(name for name, *_ in spans) == ["decode", "fetch", "publish"]
-    assert all(trace == TRACE.trace_id and parent == TRACE.parent_span_id for _, trace, parent, _ in spans)
-    service = {a.key: a.value.string_value for a in spans[0][3].attributes}["service.name"]
-    assert service == "videotag-worker"
+        spans = collector.spans()
+    assert sorted(span.name for span in spans) == ["decode", "fetch", "publish"]
+    for span in spans:
+        assert (span.trace_id, span.parent_span_id) == (TRACE.trace_id, TRACE.parent_span_id)
+        assert span.path == "/v1/traces" and span.service == "videotag-worker"
+    assert next(s for s in spans if s.name == "fetch").attributes == ATTRIBUTES
 
 
 class _Future:

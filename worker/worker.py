@@ -722,6 +722,8 @@ class Worker:
         self._publish(self.settings.output_topic, request.video_id, message, job)
         self.breaker.success()
         self.metrics.videos_processed.labels(status="ok").inc()
+        log.info("tagged %s (offset %d of %s[%d]) in %.1f s", request.video_id, job.offset, job.topic, job.partition,
+                 timings["total"] / 1e3)
 
     def _store_features(self, request: VideoRequest, features: np.ndarray) -> str:
         """`<features_output><video_id>.npy` ([seg_num, 2048] float32), retried while S3 fails transiently;
