@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess
 import sys
 import threading
@@ -133,3 +134,23 @@ def test_text_stays_the_default_format() -> None:
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, timeout=60, text=True)
     [line] = done.stderr.splitlines()
     assert line.endswith(" INFO x: hi") and not line.startswith("{")
+
+
+def test_the_worker_takes_both_settings_as_flags() -> None:
+    from worker.cli import _settings, build_parser
+
+    args = build_parser().parse_args(["worker", "--log-format", "json", "--otel-exporter-otlp-endpoint",
+                                      "http://collector:4318"])
+    settings = _settings(args)
+    assert settings.log_format == "json" and settings.otel_exporter_otlp_endpoint == "http://collector:4318"
+
+
+def test_a_settings_error_is_json_too_in_json_mode() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VIDEOTAG_")}
+    env |= {"VIDEOTAG_LOG_FORMAT": "json", "VIDEOTAG_DELIVERY": "twice"}
+    done = subprocess.run([sys.executable, "-m", "worker.cli", "worker"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 2
+    [line] = done.stderr.splitlines()
+    entry = json.loads(line)
+    assert entry["level"] == "ERROR" and "'delivery'" in entry["message"] and "twice" in entry["message"]
