@@ -74,6 +74,14 @@ def test_else_a_new_trace(field: str | None) -> None:
     assert tracing.parse_traceparent(first.traceparent(tracing.new_span_id())) is not None
 
 
+def test_the_videos_of_one_message_share_its_trace() -> None:
+    header = [("traceparent", VALID.encode())]
+    assert tracing.incoming_all(header, [None, "1" * 32]) == [TraceContext(TRACE, SPAN, 1)] * 2
+    first, second, own = tracing.incoming_all(None, [None, None, "1" * 32])  # an S3 event's records: no fields
+    assert first == second and own.trace_id == "1" * 32 and own.parent_span_id != first.parent_span_id
+    assert tracing.incoming_all(None, []) == []
+
+
 def test_output_headers_keep_the_trace_with_the_workers_span() -> None:
     trace = TraceContext(TRACE, SPAN, 0)
     [(name, value)] = tracing.output_headers(trace, "1" * 16)

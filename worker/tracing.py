@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 import secrets
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 HEADER = "traceparent"
@@ -104,10 +104,19 @@ def trace_id_from_field(value: str | None) -> str | None:
 
 def incoming(headers: Iterable[tuple[str, bytes | None]] | None = None, trace_id: str | None = None) -> TraceContext:
     """The trace of a request: its `traceparent` header, else its `trace_id` field, else a new trace."""
+    return incoming_all(headers, [trace_id])[0]
+
+
+def incoming_all(headers: Iterable[tuple[str, bytes | None]] | None,
+                 trace_ids: Sequence[str | None]) -> list[TraceContext]:
+    """The traces of the requests one message holds (an S3 event may hold several; each with its `trace_id`
+    field): the message's `traceparent` header for all, else each one's field, else one new trace for them all."""
     parsed = parse_traceparent(header_value(headers))
     if parsed is not None:
-        return parsed
-    return TraceContext(trace_id_from_field(trace_id) or new_trace_id(), new_span_id())
+        return [parsed] * len(trace_ids)
+    shared = TraceContext(new_trace_id(), new_span_id())
+    fields = [trace_id_from_field(trace_id) for trace_id in trace_ids]
+    return [shared if field is None else TraceContext(field, new_span_id()) for field in fields]
 
 
 def output_headers(trace: TraceContext, span_id: str) -> list[tuple[str, bytes]]:

@@ -365,8 +365,8 @@ class Worker:
         # A message with no video (an s3:TestEvent, deletions) starts no job: the tracker counts it done at once,
         # so the next commit passes it as soon as everything before it is done.
         state = self.tracker.started(record.topic, record.partition, record.offset, len(requests))
-        for request in requests:
-            trace = tracing.incoming(record.headers, request.trace_id if request else None)
+        traces = tracing.incoming_all(record.headers, [request.trace_id if request else None for request in requests])
+        for request, trace in zip(requests, traces, strict=True):
             self._backlog.append(Job(record.topic, record.partition, record.offset, record.timestamp, record.key,
                                      record.value, state, request, error, trace=trace))
 
