@@ -8,8 +8,9 @@ In json mode every line the process writes to stderr is one JSON object with `ti
 - what native code writes to file descriptor 2 itself (Paddle's glog, FFmpeg, oneDNN), bypassing Python, is
   caught at the descriptor: fd 2 becomes a pipe, read by a thread that logs each line as a record of logger
   `native` (its level taken from a glog prefix where there is one), and the records go to the original stderr;
-- child processes never inherit that stderr: the decoders' is read by the worker (models/decoder_process.py)
-  and logged line by line, in the video's context.
+- a child process that inherits fd 2 writes into the same pipe; the decoders' stderr is a pipe of its own, read
+  by the worker (models/decoder_process.py) and logged line by line in the video's context.
+Text mode is the format the CLI always had, and captures nothing.
 """
 
 from __future__ import annotations
@@ -50,10 +51,6 @@ def context(**fields: Any) -> Iterator[None]:
         yield
     finally:
         _context.reset(token)
-
-
-def current_context() -> dict[str, Any]:
-    return dict(_context.get() or {})
 
 
 class JsonFormatter(logging.Formatter):
