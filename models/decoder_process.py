@@ -37,6 +37,7 @@ from __future__ import annotations
 import ctypes
 import io
 import json
+import logging
 import os
 import resource
 import signal
@@ -58,7 +59,11 @@ from models.sampling import SampledVideo
 if TYPE_CHECKING:  # the child imports this module and must stay free of Paddle
     from models.tagger import VideoTagger
 
+log = logging.getLogger(__name__)
 COMMAND = (sys.executable, "-P", "-m", "models.decoder_process")
+# Lines of a decoder's stderr logged per video (in the video's log context): its libraries log fatal messages only,
+# but a hostile file must not flood the worker's log.
+STDERR_LINES_LOGGED = 20
 _METADATA = ("frames_decoded", "frames_reported", "width", "height", "fps", "decoder")
 DECODERS = ("opencv", "pyav")
 _LINUX = sys.platform.startswith("linux")
@@ -140,6 +145,7 @@ class DecoderProcess:
                 child.kill()
             child.wait()
         cancel.check()
+        _log_stderr(err, name)
         reply = io.BytesIO(out)
         header = _header(reply.readline())
         if child.returncode != 0 or header is None:
@@ -193,6 +199,16 @@ def isolate_decoding(tagger: VideoTagger, timeout_s: float, limits: DecoderLimit
     cfg = tagger.extractor_config
     return replace(tagger, sampler=DecoderProcess(tagger.preprocess, cfg.short_size, cfg.target_size,
                                                   tagger.max_width, tagger.max_height, timeout_s, limits))
+
+
+def _log_stderr(err: bytes, name: str) -> None:
+    """What the child wrote on stderr, a record per line (the worker's log format applies: it never reaches the
+    worker's own stderr), at most STDERR_LINES_LOGGED of them."""
+    lines = [line.rstrip() for line in err.decode("utf-8", "replace").splitlines() if line.strip()]
+    for line in lines[:STDERR_LINES_LOGGED]:
+        log.warning("%s: decoder process said: %s", name, line)
+    if len(lines) > STDERR_LINES_LOGGED:
+        log.warning("%s: decoder process said %d more lines (not logged)", name, len(lines) - STDERR_LINES_LOGGED)
 
 
 def _header(line: bytes) -> dict[str, Any] | None:

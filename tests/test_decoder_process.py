@@ -87,6 +87,21 @@ def test_a_crashing_decoder_costs_one_video(clip: Path) -> None:
     assert _decoder()(clip, SEG_NUM).order.shape == (SEG_NUM,)  # and the next video decodes
 
 
+def test_what_a_decoder_says_is_logged_in_the_video_s_context_and_bounded(clip: Path,
+                                                                         caplog: pytest.LogCaptureFixture) -> None:
+    """Its stderr never reaches the worker's own (JSON logs stay JSON): each line becomes a record, in the
+    thread (so the log context) of the video, at most STDERR_LINES_LOGGED per video."""
+    talkative = _python("import os, signal, sys\n"
+                        "for i in range(30): sys.stderr.write(f'line {i}\\n')\n"
+                        "sys.stderr.flush(); os.kill(os.getpid(), signal.SIGSEGV)")
+    with caplog.at_level("WARNING", logger="models.decoder_process"), pytest.raises(InputError):
+        _decoder(talkative)(clip, SEG_NUM, name="chatty.mp4")
+    said = [r.getMessage() for r in caplog.records if r.name == "models.decoder_process"]
+    limit = decoder_process.STDERR_LINES_LOGGED
+    assert said[:limit] == [f"chatty.mp4: decoder process said: line {i}" for i in range(limit)]
+    assert said[limit:] == [f"chatty.mp4: decoder process said {30 - limit} more lines (not logged)"]
+
+
 def test_a_hanging_decoder_times_out_and_is_killed(clip: Path) -> None:
     started = time.monotonic()
     with pytest.raises(InputError) as caught:

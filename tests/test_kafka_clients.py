@@ -159,7 +159,7 @@ def test_a_broken_producer_is_replaced_once_and_the_publish_goes_through(monkeyp
             self.fail, self.sent = fail, 0
             Fake.made.append(self)
 
-        def send(self, topic: str, key: bytes | None, value: bytes) -> Future:
+        def send(self, topic: str, key: bytes | None, value: bytes, headers: list | None = None) -> Future:
             from kafka.errors import IllegalStateError
 
             self.sent += 1

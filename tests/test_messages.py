@@ -221,7 +221,7 @@ def test_a_message_without_videos_is_committable_at_once() -> None:
     try:
         for offset, document in enumerate([S3_TEST_EVENT, {"video_id": "v", "bucket": "uploads", "key": "k"},
                                            sns(S3_TEST_EVENT)]):
-            worker._accept(SimpleNamespace(topic="t", partition=0, offset=offset, timestamp=0, key=None,
+            worker._accept(SimpleNamespace(topic="t", partition=0, offset=offset, timestamp=0, key=None, headers=[],
                                            value=json.dumps(document).encode()))
             if offset == 0:
                 assert not worker._backlog and worker.tracker.to_commit() == {("t", 0): 1}

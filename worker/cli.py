@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -12,7 +13,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from worker.settings import FIELD_TYPES, Settings, SettingsError, load_settings
+from worker import logs
+from worker.settings import ENV_PREFIX, FIELD_TYPES, Settings, SettingsError, load_settings
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 DEMO_SEG_NUM = 16  # the demo is about the service; --seg-num 300 for the original sampling
@@ -45,7 +47,8 @@ MODEL_SETTINGS = ["extractor_weights", "predictor_weights", "label_file", "predi
 EXTRACTOR_SETTINGS = ["extractor_weights", "seg_num", "layers", "preprocess", "engine", "precision", "device",
                       "batch_size", "model_cache_dir", "cpu_threads", "tensorrt"]
 WORKER_SETTINGS = ["bootstrap_servers", "group_id", "input_topic", "output_topic", "dlq_topic", "s3_endpoint_url",
-                   "metrics_port", "metrics_host", "max_inflight", "drain_grace_s", "temp_dir", "features_output"]
+                   "metrics_port", "metrics_host", "max_inflight", "drain_grace_s", "temp_dir", "features_output",
+                   "log_format", "otel_exporter_otlp_endpoint"]
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -159,10 +162,10 @@ def cmd_weights_download(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    logs.configure(settings.log_level, settings.log_format)  # before Paddle's import, which may log already
     from worker.worker import run_worker
 
-    settings = _settings(args)
-    logging.getLogger().setLevel(settings.log_level.upper())
     return run_worker(settings)
 
 
@@ -341,13 +344,17 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # The format as far as the flag and the environment tell (a settings file may still change it, for the worker).
+    log_format = getattr(args, "log_format", None) or os.environ.get(ENV_PREFIX + "LOG_FORMAT") or "text"
+    logs.configure(args.log_level, log_format if log_format in logs.FORMATS else "text")
     logging.getLogger("kafka").setLevel(max(logging.WARNING, logging.getLogger().level))  # chatty at INFO
     try:
         return int(args.func(args))
     except SettingsError as exc:
-        print(f"videotag: {exc}", file=sys.stderr)
+        if log_format == "json":
+            logging.getLogger("videotag").error("%s", exc)
+        else:
+            print(f"videotag: {exc}", file=sys.stderr)
         return EXIT_USAGE
 
 

@@ -7,7 +7,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from worker import kafka_clients
+from worker import kafka_clients, tracing
 from worker.messages import original_value, request_message
 from worker.settings import Settings
 from worker.storage import split_s3_uri
@@ -53,7 +53,9 @@ def replay_dlq(settings: Settings, topic: str, idle_s: float = 5.0) -> int:
             for batch in consumer.poll(timeout_ms=500).values():
                 for record in batch:
                     dlq = json.loads(record.value)
-                    producer.send(topic, key=record.key, value=original_value(dlq))
+                    # its traceparent too: the replay continues the request's trace, below the dead letter
+                    headers = [(k, v) for k, v in record.headers or [] if k == tracing.HEADER and v is not None]
+                    producer.send(topic, key=record.key, value=original_value(dlq), headers=headers)
                     count += 1
                     last = time.monotonic()
         producer.flush()

@@ -23,13 +23,14 @@ from typing import Any
 import yaml
 
 from models.heads import HeadSpec, check_heads
+from worker.logs import FORMATS as LOG_FORMATS
 from worker.messages import MAX_EVENT_RECORDS, VIDEO_ID_FROM
 
 ENV_PREFIX = "VIDEOTAG_"
 SECRET_FIELDS = frozenset({"sasl_password", "ssl_password"})
 ASSIGNMENT_STRATEGIES = ("range", "roundrobin", "sticky", "cooperative-sticky")
 CHOICES = {"s3_event_video_id": VIDEO_ID_FROM, "partition_assignment_strategy": ASSIGNMENT_STRATEGIES,
-           "delivery": ("at_least_once", "exactly_once")}
+           "delivery": ("at_least_once", "exactly_once"), "log_format": LOG_FORMATS}
 # Text settings that hold a comma-separated list; a YAML list is accepted for them too.
 LIST_FIELDS = frozenset({"allowed_buckets"})
 
@@ -117,6 +118,8 @@ class Settings:
     metrics_host: str = "0.0.0.0"
     metrics_port: int = 9100
     log_level: str = "INFO"
+    log_format: str = "text"  # or json: one JSON object per line (worker/logs.py)
+    otel_exporter_otlp_endpoint: str | None = None  # OTLP/HTTP collector: spans per stage (worker/telemetry.py)
 
     def allowed_bucket_names(self) -> frozenset[str] | None:
         return None if self.allowed_buckets is None else frozenset(split_list(self.allowed_buckets))

@@ -38,12 +38,14 @@ Partition = tuple[str, int]
 
 @dataclass(frozen=True)
 class Output:
-    """A record to publish: a result or a dead letter, with its request's Kafka timestamp (for latency)."""
+    """A record to publish: a result or a dead letter, with its request's Kafka timestamp (for latency) and its
+    headers (`traceparent`)."""
 
     topic: str
     key: bytes | None
     value: bytes
     request_timestamp_ms: int
+    headers: list[tuple[str, bytes]] = field(default_factory=list)
 
 
 def transactional_id(settings: Settings, host: str | None = None, pid: int | None = None,
@@ -133,7 +135,7 @@ class Transactions:
         try:
             producer.begin_transaction()
             for out in outputs:
-                producer.send(out.topic, key=out.key, value=out.value)
+                producer.send(out.topic, key=out.key, value=out.value, headers=out.headers)
             producer.send_offsets_to_transaction(offsets, group_metadata)
             producer.commit_transaction()
         except KafkaError as exc:

@@ -36,7 +36,7 @@ from models import cancel
 from models.decoder_process import DecoderLimits, isolate_decoding
 from models.errors import ErrorCode, InputError, SystemicError
 from models.tagger import VideoTagger
-from worker import kafka_clients
+from worker import kafka_clients, logs, tracing
 from worker.attempts import Marks, inherit
 from worker.breaker import SYSTEMIC_CODES, Breaker
 from worker.health import HealthServer
@@ -56,6 +56,7 @@ from worker.storage import (
     split_s3_uri,
     sweep_temp_dir,
 )
+from worker.telemetry import make_telemetry
 from worker.transactions import HeldOutputs, Outcome, Output, Transactions
 
 log = logging.getLogger(__name__)
@@ -84,6 +85,12 @@ class Job:
     token: cancel.Token = field(default_factory=cancel.Token)
     budget_spent: float = 0.0  # seconds of backoff spent on this request's own (object) faults
     finished: bool = False  # answered (result or dead letter): counts towards its partition's commit
+    trace: tracing.TraceContext = field(default_factory=tracing.incoming)  # its outputs' traceparent
+
+    def fields(self) -> dict[str, Any]:
+        """What names this job in its log records and spans."""
+        return {"video_id": self.request.video_id if self.request else None, "trace_id": self.trace.trace_id,
+                "topic": self.topic, "partition": self.partition, "offset": self.offset}
 
 
 class _Rebalance(AsyncConsumerRebalanceListener):
@@ -120,6 +127,7 @@ class Worker:
         except ValueError as exc:
             raise SettingsError(f"setting 'features_output': {exc}") from exc
         self.metrics = metrics or Metrics()
+        self.telemetry = make_telemetry(settings.otel_exporter_otlp_endpoint)  # no setting: no OpenTelemetry
         self.tagger = tagger
         self.tracker = OffsetTracker()
         self.consumer: KafkaConsumer | None = None
@@ -259,6 +267,7 @@ class Worker:
         self._model_thread.stop()
         if self.health is not None:
             self.health.stop()
+        self.telemetry.shutdown()
         log.info("stopped")
 
     def request_stop(self) -> None:
@@ -357,16 +366,17 @@ class Worker:
         # A message with no video (an s3:TestEvent, deletions) starts no job: the tracker counts it done at once,
         # so the next commit passes it as soon as everything before it is done.
         state = self.tracker.started(record.topic, record.partition, record.offset, len(requests))
-        for request in requests:
+        traces = tracing.incoming_all(record.headers, [request.trace_id if request else None for request in requests])
+        for request, trace in zip(requests, traces, strict=True):
             self._backlog.append(Job(record.topic, record.partition, record.offset, record.timestamp, record.key,
-                                     record.value, state, request, error))
+                                     record.value, state, request, error, trace=trace))
 
     def _enforce_deadlines(self) -> None:
         now = time.monotonic()
         for job in list(self._active.values()):
             if now - job.started > self.settings.video_timeout_s and not job.token.cancelled:
                 log.warning("offset %d of %s[%d] past video_timeout_s (%.0f s): cancelling it", job.offset, job.topic,
-                            job.partition, self.settings.video_timeout_s)
+                            job.partition, self.settings.video_timeout_s, extra=job.fields())
                 job.token.cancel(ErrorCode.VIDEO_TIMEOUT)
 
     def _cancel(self, jobs: list[Job], reason: str) -> None:
@@ -622,16 +632,17 @@ class Worker:
     def _process(self, job: Job) -> None:
         """Answer one job (result or dead letter), however long that takes, unless it is cancelled or abandoned;
         it is always handed back to the consumer thread, which frees its slot."""
-        try:
-            with cancel.scope(job.token):
-                self._answer(job)
-        except cancel.Cancelled as exc:
-            if exc.reason == ErrorCode.VIDEO_TIMEOUT:
-                self._answer_timeout(job)
-            else:
-                log.info("cancelled offset %d of %s[%d] (%s)", job.offset, job.topic, job.partition, exc.reason)
-        except Abandoned:
-            log.info("abandoned offset %d of %s[%d]", job.offset, job.topic, job.partition)
+        with logs.context(**job.fields()):  # this thread's records name the video
+            try:
+                with cancel.scope(job.token):
+                    self._answer(job)
+            except cancel.Cancelled as exc:
+                if exc.reason == ErrorCode.VIDEO_TIMEOUT:
+                    self._answer_timeout(job)
+                else:
+                    log.info("cancelled offset %d of %s[%d] (%s)", job.offset, job.topic, job.partition, exc.reason)
+            except Abandoned:
+                log.info("abandoned offset %d of %s[%d]", job.offset, job.topic, job.partition)
         self._done.put(job)
 
     def _answer_timeout(self, job: Job) -> None:
@@ -665,7 +676,7 @@ class Worker:
         while True:
             attempts += 1
             try:
-                t0 = time.perf_counter()
+                t0, started_ns = time.perf_counter(), time.time_ns()
                 with self.fetcher.fetch(request.bucket, request.key) as (path, size):
                     fetched = time.perf_counter()
                     self._outage = None
@@ -709,6 +720,7 @@ class Worker:
             timings["store_features"] = (time.perf_counter() - stored) * 1e3
         for stage, ms in timings.items():
             self.metrics.stage_seconds.labels(stage=stage).observe(ms / 1e3)
+        self.telemetry.stages(job.trace, started_ns, timings, _span_attributes(job))
         self.metrics.frames_decoded.inc(result.video.frames_decoded)
         video = result.video
         frames = {"decoded": video.frames_decoded, "reported": video.frames_reported,
@@ -720,6 +732,8 @@ class Worker:
         self._publish(self.settings.output_topic, request.video_id, message, job)
         self.breaker.success()
         self.metrics.videos_processed.labels(status="ok").inc()
+        log.info("tagged %s (offset %d of %s[%d]) in %.1f s", request.video_id, job.offset, job.topic, job.partition,
+                 timings["total"] / 1e3)
 
     def _store_features(self, request: VideoRequest, features: np.ndarray) -> str:
         """`<features_output><video_id>.npy` ([seg_num, 2048] float32), retried while S3 fails transiently;
@@ -756,24 +770,36 @@ class Worker:
             value = (job.value or b"")[: DLQ_MAX_BYTES // 8]  # JSON escapes grow a byte to at most 6
             record = dlq_message(value, error, attempts, video_id, job.topic, job.partition, job.offset, job.key)
             record["original"]["truncated"] = True
-        self._publish(self.settings.dlq_topic, video_id, record, job)
+        self._publish(self.settings.dlq_topic, video_id, record, job, error.code)
         self.metrics.videos_processed.labels(status="dlq").inc()
 
-    def _publish(self, topic: str, key: str | None, message: dict[str, Any], job: Job) -> None:
+    def _publish(self, topic: str, key: str | None, message: dict[str, Any], job: Job,
+                 error_code: str | None = None) -> None:
+        """Publish a result, or a dead letter (`error_code`), with the request's trace context in its header."""
+        value = json.dumps(message, ensure_ascii=False).encode("utf-8")
+        attributes = _span_attributes(job) | {"messaging.system": "kafka", "messaging.destination.name": topic,
+                                              "videotag.outcome": "dead_letter" if error_code else "result"}
+        if error_code:
+            attributes["videotag.error_code"] = error_code
+        with self.telemetry.publish(job.trace, attributes) as span_id:
+            headers = tracing.output_headers(job.trace, span_id)
+            if self._exactly_once:  # published with its offset's commit (_commit_transaction)
+                job.outputs.append(Output(topic, key.encode("utf-8") if key else None, value, job.timestamp_ms,
+                                          headers))
+                return
+            self._send(topic, key, value, headers, job)
+
+    def _send(self, topic: str, key: str | None, value: bytes, headers: list[tuple[str, bytes]], job: Job) -> None:
         """Blocks until the broker acknowledged (acks=all). The producer retries a record itself for up to
         delivery_timeout_ms, which the wait covers, so a record is sent again only after the producer gave it
         up; a producer in a fatal state is replaced first."""
-        value = json.dumps(message, ensure_ascii=False).encode("utf-8")
-        if self._exactly_once:  # published with its offset's commit (_commit_transaction)
-            job.outputs.append(Output(topic, key.encode("utf-8") if key else None, value, job.timestamp_ms))
-            return
         attempts = 0
         while True:
             attempts += 1
             t0 = time.perf_counter()
             producer = self._live_producer()
             try:
-                producer.send(topic, key=key.encode("utf-8") if key else None, value=value).get(
+                producer.send(topic, key=key.encode("utf-8") if key else None, value=value, headers=headers).get(
                     timeout=self.settings.publish_timeout_s)
                 break
             except KafkaError as exc:
@@ -844,6 +870,12 @@ class Worker:
         return min(s.retry_backoff_max_s, s.retry_backoff_base_s * 2 ** (attempts - 1)) * random.uniform(0.5, 1.0)
 
 
+
+
+def _span_attributes(job: Job) -> dict[str, Any]:
+    """A job's fields as span attributes (its trace id is the span's own)."""
+    return {f"videotag.{name}": value for name, value in job.fields().items()
+            if value is not None and name != "trace_id"}
 
 
 def _version() -> str:
