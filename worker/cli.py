@@ -178,9 +178,13 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"videotag enqueue: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    if not targets and not args.from_dlq:
-        print("videotag enqueue: nothing to enqueue (KEY ... or s3://BUCKET/KEY ...)", file=sys.stderr)
+    sources = [bool(targets), args.from_dlq, bool(args.from_s3), bool(args.from_manifest)]
+    if sum(sources) != 1:
+        print("videotag enqueue: give one of KEY ... (or s3://BUCKET/KEY ...), --from-dlq, --from-s3, "
+              "--from-manifest", file=sys.stderr)
         return EXIT_USAGE
+    if args.from_s3 or args.from_manifest:
+        return _backfill(args, settings)
     try:
         if args.from_dlq:
             count = replay_dlq(settings, settings.input_topic)
@@ -191,6 +195,44 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
     except BrokerUnreachable as exc:
         print(f"videotag enqueue: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    return EXIT_OK
+
+
+def _backfill(args: argparse.Namespace, settings: Settings) -> int:
+    import botocore.exceptions
+
+    from worker.backfill import BackfillError, Options, backfill, parse_rate, parse_since
+    from worker.kafka_clients import BrokerUnreachable
+
+    try:
+        options = Options(source=args.from_s3 or args.from_manifest, manifest=bool(args.from_manifest),
+                          since=parse_since(args.since) if args.since else None,
+                          rate=parse_rate(args.rate) if args.rate else None, dry_run=args.dry_run,
+                          start_after=args.start_after, marker=Path(args.marker) if args.marker else None,
+                          quiet=args.quiet)
+        if not options.source.startswith("s3://"):
+            raise BackfillError(f"{options.source}: expected s3://BUCKET/...")
+    except BackfillError as exc:
+        print(f"videotag enqueue: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        stats = backfill(settings, options, settings.input_topic, sys.stdout)
+    except (BackfillError, BrokerUnreachable) as exc:
+        print(f"videotag enqueue: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+        print(f"videotag enqueue: {options.source}: {exc}"
+              + (f" (resume: the same command, --marker {args.marker})" if args.marker else ""), file=sys.stderr)
+        return EXIT_FAILED
+    if stats.resumed_from == "complete":
+        print(f"videotag enqueue: {args.marker} says this backfill finished; nothing sent (delete it to run again)",
+              file=sys.stderr)
+        return EXIT_OK
+    verb = "would enqueue" if options.dry_run else f"enqueued to {settings.input_topic}"
+    print(f"{verb} {stats.enqueued} of {stats.listed} objects ({stats.pages} "
+          f"{'data files' if options.manifest else 'pages'}; skipped: {stats.not_video} not videos, "
+          f"{stats.too_old} older than --since, {stats.not_current} not current)"
+          + (f"; resumed after {stats.resumed_from}" if stats.resumed_from is not None else ""), file=sys.stderr)
     return EXIT_OK
 
 
@@ -302,8 +344,19 @@ def build_parser() -> argparse.ArgumentParser:
     enq.add_argument("--bucket", help="bucket of plain KEY arguments")
     enq.add_argument("--topic", dest="input_topic", help="topic to send to (default: the input topic)")
     enq.add_argument("--from-dlq", action="store_true", help="replay every DLQ record's original message")
+    enq.add_argument("--from-s3", metavar="s3://BUCKET/PREFIX", help="backfill: every video object under the prefix")
+    enq.add_argument("--from-manifest", metavar="s3://BUCKET/.../manifest.json",
+                     help="backfill: every video object of an S3 Inventory report (CSV)")
+    enq.add_argument("--since", metavar="DATE", help="backfill: only objects last modified at or after DATE (UTC)")
+    enq.add_argument("--rate", metavar="N/s", help="backfill: at most N requests per second")
+    enq.add_argument("--dry-run", action="store_true", help="backfill: print the requests, send nothing")
+    enq.add_argument("--start-after", metavar="KEY", help="--from-s3: begin after this key")
+    enq.add_argument("--marker", metavar="FILE",
+                     help="backfill: record progress here; a rerun resumes from it (docs/deployment.md)")
+    enq.add_argument("--quiet", action="store_true", help="no progress bar (none either when stderr is no tty)")
     enq.add_argument("--config", help="settings YAML (Kafka connection and security)")
-    add_setting_flags(enq, ["bootstrap_servers", "dlq_topic", "security_protocol", "ssl_cafile"])
+    add_setting_flags(enq, ["bootstrap_servers", "dlq_topic", "security_protocol", "ssl_cafile", "s3_endpoint_url",
+                            "s3_region"])
     enq.set_defaults(func=cmd_enqueue)
 
     skip = commands.add_parser("skip", help="move the group past one message (dead-lettered, replayable); "
@@ -343,7 +396,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("kafka").setLevel(max(logging.WARNING, logging.getLogger().level))  # chatty at INFO
+    for chatty in ("kafka", "botocore"):  # chatty at INFO ("Found credentials in environment variables")
+        logging.getLogger(chatty).setLevel(max(logging.WARNING, logging.getLogger().level))
     try:
         return int(args.func(args))
     except SettingsError as exc:
