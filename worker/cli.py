@@ -65,22 +65,39 @@ def _video_paths(args: argparse.Namespace) -> list[str]:
     return paths
 
 
-def cmd_tag(args: argparse.Namespace) -> int:
+def _tag(args: argparse.Namespace, paths: list[str], save_dir: str | None, sheets: list[Path] | None) -> int:
+    """Tag `paths` (tag and preview), with a contact sheet per video at `sheets`; the font is looked for first,
+    so that a missing one costs no model load."""
     from models.labels import LabelsError
     from models.weights import WeightsError
     from worker.batch import tag_files
     from worker.model import load_tagger
+    from worker.preview import DEFAULT_TILES, FontMissing, SheetWriter, find_font
+
+    settings = _settings(args)
+    try:
+        writer = SheetWriter(find_font(args.font), args.tiles or DEFAULT_TILES) if sheets is not None else None
+        tagger = load_tagger(settings)
+    except (WeightsError, LabelsError, FontMissing) as exc:
+        print(f"videotag {args.command}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    failures = tag_files(tagger, paths, Path(save_dir) if save_dir else None,
+                         sheets=(writer, sheets) if writer is not None and sheets is not None else None,
+                         quiet=args.quiet)
+    return EXIT_FAILED if failures else EXIT_OK
+
+
+def cmd_tag(args: argparse.Namespace) -> int:
+    from worker.features import output_names
 
     if not (paths := _video_paths(args)):
         return EXIT_USAGE
-    settings = _settings(args)
-    try:
-        tagger = load_tagger(settings)
-    except (WeightsError, LabelsError) as exc:
-        print(f"videotag tag: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    failures = tag_files(tagger, paths, Path(args.save_dir) if args.save_dir else None)
-    return EXIT_FAILED if failures else EXIT_OK
+    sheets = [Path(args.preview_dir) / name for name in output_names(paths, ".png")] if args.preview_dir else None
+    return _tag(args, paths, args.save_dir, sheets)
+
+
+def cmd_preview(args: argparse.Namespace) -> int:
+    return _tag(args, [args.video], None, [Path(args.out)])
 
 
 def cmd_features(args: argparse.Namespace) -> int:
@@ -280,6 +297,12 @@ def _own_label_options(parser: argparse.ArgumentParser) -> None:
     add_setting_flags(parser, EXTRACTOR_SETTINGS, underscore_aliases=True)
 
 
+def _sheet_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tiles", type=int, help="sampled frames shown, evenly spread (default 40)")
+    parser.add_argument("--font", help="a font file with Chinese glyphs (default: the videotag[preview] extra's "
+                        "Noto Sans SC, else a system CJK font)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="videotag", description="VideoTag video tagging: CLI and Kafka worker.")
     parser.add_argument("--log-level", default="INFO", help="logging level for stderr (default INFO)")
@@ -290,9 +313,22 @@ def build_parser() -> argparse.ArgumentParser:
     tag.add_argument("--filelist", help="file with one video path per line")
     tag.add_argument("--save-dir", "--save_dir", dest="save_dir",
                      help="also write result<N>.json per video in the original format")
+    tag.add_argument("--preview-dir", metavar="DIR", help="also write a contact sheet <name>.png per video")
+    _sheet_options(tag)
+    tag.add_argument("--quiet", action="store_true", help="no progress on stderr (a bar only on a terminal)")
     tag.add_argument("--config", help="settings YAML (as for the worker)")
     add_setting_flags(tag, MODEL_SETTINGS, underscore_aliases=True)
     tag.set_defaults(func=cmd_tag)
+
+    preview = commands.add_parser("preview", help="tag a video and draw a contact sheet: its sampled frames, "
+                                  "top tags, size, duration, frame counts, timings")
+    preview.add_argument("video", metavar="VIDEO")
+    preview.add_argument("--out", required=True, help="the sheet (PNG; the format follows the extension)")
+    _sheet_options(preview)
+    preview.add_argument("--quiet", action="store_true", help="no progress line on stderr")
+    preview.add_argument("--config", help="settings YAML (as for the worker)")
+    add_setting_flags(preview, MODEL_SETTINGS, underscore_aliases=True)
+    preview.set_defaults(func=cmd_preview)
 
     features = commands.add_parser("features", help="extract each video's [seg_num, 2048] features to .npy files")
     features.add_argument("videos", nargs="*", metavar="VIDEO")
