@@ -4,10 +4,12 @@ put in words, and a `videotag enqueue` that starts without the model and fails i
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from typing import Any, ClassVar
 
+import pytest
 from kafka.errors import KafkaTimeoutError
 
 from worker import kafka_clients
@@ -130,11 +132,15 @@ def test_a_producer_is_broken_when_closed_without_a_sender_or_after_a_fatal_erro
     assert kafka_clients.producer_broken(_Producer(), ProducerFencedError())  # type: ignore[arg-type]
 
 
-def test_enqueue_imports_no_model_and_reports_an_unreachable_broker_in_one_line() -> None:
+@pytest.mark.parametrize("source", [["s3://b/k.mp4"], ["--from-s3", "s3://b/uploads/"],
+                                    ["--from-manifest", "s3://inv/b/daily/manifest.json"]])
+def test_enqueue_imports_no_model_and_reports_an_unreachable_broker_in_one_line(source: list[str]) -> None:
+    """Plain, backfill and inventory enqueues alike: no Paddle, OpenCV or PyAV, and one line for no broker."""
     code = ("import sys; from worker.cli import main;"
-            "rc = main(['enqueue', '--bootstrap-servers', '127.0.0.1:9', 's3://b/k.mp4']);"
+            f"rc = main(['enqueue', '--bootstrap-servers', '127.0.0.1:9', *{source!r}]);"
             "print([m for m in ('paddle', 'cv2', 'av', 'models.tagger') if m in sys.modules], rc)")
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "x"})
     assert run.stdout.strip() == "[] 1", run.stdout + run.stderr
     assert run.stderr.splitlines() == [  # kafka-python's own warnings stay silenced; its reason is kept
         "videotag enqueue: no Kafka broker answered at 127.0.0.1:9 (KafkaConnectionError: 111 ECONNREFUSED)"]

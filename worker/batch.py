@@ -1,6 +1,8 @@
-"""`videotag tag`: tag local video files, one JSON line each on stdout, in input order.
+"""`videotag tag` and `videotag preview`: tag local video files, one JSON line each on stdout, in input order.
 
 A line holds `tags` (the first head's, as always) and `heads` (every head's, by name), like a worker result.
+With sheets asked for, each video tagged also gets a contact sheet (worker/preview.py) from the same result.
+Progress goes to stderr: a bar on a terminal, a line per video otherwise, nothing with --quiet.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from typing import Any, TextIO
 
 from models.errors import InputError
 from models.tagger import RANDOM_WEIGHTS, VideoTagger
+from worker.preview import SheetWriter
+from worker.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -25,11 +29,14 @@ def read_filelist(path: Path) -> list[str]:
 
 
 def tag_files(tagger: VideoTagger, paths: list[str], save_dir: Path | None = None,
-              out: TextIO = sys.stdout) -> int:
-    """Tag each file; one bad file never stops the batch. Returns the number of failures."""
+              out: TextIO = sys.stdout, sheets: tuple[SheetWriter, list[Path]] | None = None,
+              quiet: bool = False) -> int:
+    """Tag each file; one bad file never stops the batch. `sheets`: the writer and one output path per video.
+    Returns the number of failures (a video that fails, or whose sheet cannot be written)."""
     failures = 0
     if save_dir is not None:
         save_dir.mkdir(parents=True, exist_ok=True)
+    progress = Progress(len(paths), "tag", enabled=not quiet)
     for index, path in enumerate(paths):
         start = time.perf_counter()
         record: dict[str, Any] = {"path": path}
@@ -44,12 +51,25 @@ def tag_files(tagger: VideoTagger, paths: list[str], save_dir: Path | None = Non
             status = exc.code
         if tagger.info["weights"] == RANDOM_WEIGHTS:
             record["model"] = {"weights": RANDOM_WEIGHTS}
+        if sheets is not None and "tags" in record:
+            writer, targets = sheets
+            try:
+                writer.write(path, result, tagger.info, targets[index])
+                record["preview"] = str(targets[index])
+            except OSError as exc:
+                record["preview_error"] = str(exc)
+                failures += 1
+                status = "preview failed"
         out.write(json.dumps(record, ensure_ascii=False) + "\n")
         out.flush()
         if save_dir is not None and "tags" in record:
             # The original's per-video file: [path, {class_id, class_name, probability}, ...] (first head)
             original = json.dumps([path, *record["tags"]], ensure_ascii=False, indent=1)
             (save_dir / f"result{index}.json").write_text(original, encoding="utf-8")
-        print(f"[{index + 1}/{len(paths)}] {path}: {status} ({time.perf_counter() - start:.1f} s)",
-              file=sys.stderr, flush=True)
+        note = f"{path}: {status} ({time.perf_counter() - start:.1f} s)"
+        if progress.enabled:
+            progress.advance(note)
+        elif not quiet:
+            print(f"[{index + 1}/{len(paths)}] {note}", file=sys.stderr, flush=True)
+    progress.close()
     return failures

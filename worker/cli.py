@@ -68,22 +68,39 @@ def _video_paths(args: argparse.Namespace) -> list[str]:
     return paths
 
 
-def cmd_tag(args: argparse.Namespace) -> int:
+def _tag(args: argparse.Namespace, paths: list[str], save_dir: str | None, sheets: list[Path] | None) -> int:
+    """Tag `paths` (tag and preview), with a contact sheet per video at `sheets`; the font is looked for first,
+    so that a missing one costs no model load."""
     from models.labels import LabelsError
     from models.weights import WeightsError
     from worker.batch import tag_files
     from worker.model import load_tagger
+    from worker.preview import DEFAULT_TILES, FontMissing, SheetWriter, find_font
+
+    settings = _settings(args)
+    try:
+        writer = SheetWriter(find_font(args.font), args.tiles or DEFAULT_TILES) if sheets is not None else None
+        tagger = load_tagger(settings)
+    except (WeightsError, LabelsError, FontMissing) as exc:
+        print(f"videotag {args.command}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    failures = tag_files(tagger, paths, Path(save_dir) if save_dir else None,
+                         sheets=(writer, sheets) if writer is not None and sheets is not None else None,
+                         quiet=args.quiet)
+    return EXIT_FAILED if failures else EXIT_OK
+
+
+def cmd_tag(args: argparse.Namespace) -> int:
+    from worker.features import output_names
 
     if not (paths := _video_paths(args)):
         return EXIT_USAGE
-    settings = _settings(args)
-    try:
-        tagger = load_tagger(settings)
-    except (WeightsError, LabelsError) as exc:
-        print(f"videotag tag: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    failures = tag_files(tagger, paths, Path(args.save_dir) if args.save_dir else None)
-    return EXIT_FAILED if failures else EXIT_OK
+    sheets = [Path(args.preview_dir) / name for name in output_names(paths, ".png")] if args.preview_dir else None
+    return _tag(args, paths, args.save_dir, sheets)
+
+
+def cmd_preview(args: argparse.Namespace) -> int:
+    return _tag(args, [args.video], None, [Path(args.out)])
 
 
 def cmd_features(args: argparse.Namespace) -> int:
@@ -181,9 +198,13 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"videotag enqueue: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    if not targets and not args.from_dlq:
-        print("videotag enqueue: nothing to enqueue (KEY ... or s3://BUCKET/KEY ...)", file=sys.stderr)
+    sources = [bool(targets), args.from_dlq, bool(args.from_s3), bool(args.from_manifest)]
+    if sum(sources) != 1:
+        print("videotag enqueue: give one of KEY ... (or s3://BUCKET/KEY ...), --from-dlq, --from-s3, "
+              "--from-manifest", file=sys.stderr)
         return EXIT_USAGE
+    if args.from_s3 or args.from_manifest:
+        return _backfill(args, settings)
     try:
         if args.from_dlq:
             count = replay_dlq(settings, settings.input_topic)
@@ -194,6 +215,44 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
     except BrokerUnreachable as exc:
         print(f"videotag enqueue: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    return EXIT_OK
+
+
+def _backfill(args: argparse.Namespace, settings: Settings) -> int:
+    import botocore.exceptions
+
+    from worker.backfill import BackfillError, Options, backfill, parse_rate, parse_since
+    from worker.kafka_clients import BrokerUnreachable
+
+    try:
+        options = Options(source=args.from_s3 or args.from_manifest, manifest=bool(args.from_manifest),
+                          since=parse_since(args.since) if args.since else None,
+                          rate=parse_rate(args.rate) if args.rate else None, dry_run=args.dry_run,
+                          start_after=args.start_after, marker=Path(args.marker) if args.marker else None,
+                          quiet=args.quiet)
+        if not options.source.startswith("s3://"):
+            raise BackfillError(f"{options.source}: expected s3://BUCKET/...")
+    except BackfillError as exc:
+        print(f"videotag enqueue: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        stats = backfill(settings, options, settings.input_topic, sys.stdout)
+    except (BackfillError, BrokerUnreachable) as exc:
+        print(f"videotag enqueue: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+        print(f"videotag enqueue: {options.source}: {exc}"
+              + (f" (resume: the same command, --marker {args.marker})" if args.marker else ""), file=sys.stderr)
+        return EXIT_FAILED
+    if stats.resumed_from == "complete":
+        print(f"videotag enqueue: {args.marker} says this backfill finished; nothing sent (delete it to run again)",
+              file=sys.stderr)
+        return EXIT_OK
+    verb = "would enqueue" if options.dry_run else f"enqueued to {settings.input_topic}"
+    print(f"{verb} {stats.enqueued} of {stats.listed} objects ({stats.pages} "
+          f"{'data files' if options.manifest else 'pages'}; skipped: {stats.not_video} not videos, "
+          f"{stats.too_old} older than --since, {stats.not_current} not current)"
+          + (f"; resumed after {stats.resumed_from}" if stats.resumed_from is not None else ""), file=sys.stderr)
     return EXIT_OK
 
 
@@ -241,6 +300,12 @@ def _own_label_options(parser: argparse.ArgumentParser) -> None:
     add_setting_flags(parser, EXTRACTOR_SETTINGS, underscore_aliases=True)
 
 
+def _sheet_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tiles", type=int, help="sampled frames shown, evenly spread (default 40)")
+    parser.add_argument("--font", help="a font file with Chinese glyphs (default: the videotag[preview] extra's "
+                        "Noto Sans SC, else a system CJK font)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="videotag", description="VideoTag video tagging: CLI and Kafka worker.")
     parser.add_argument("--log-level", default="INFO", help="logging level for stderr (default INFO)")
@@ -251,9 +316,22 @@ def build_parser() -> argparse.ArgumentParser:
     tag.add_argument("--filelist", help="file with one video path per line")
     tag.add_argument("--save-dir", "--save_dir", dest="save_dir",
                      help="also write result<N>.json per video in the original format")
+    tag.add_argument("--preview-dir", metavar="DIR", help="also write a contact sheet <name>.png per video")
+    _sheet_options(tag)
+    tag.add_argument("--quiet", action="store_true", help="no progress on stderr (a bar only on a terminal)")
     tag.add_argument("--config", help="settings YAML (as for the worker)")
     add_setting_flags(tag, MODEL_SETTINGS, underscore_aliases=True)
     tag.set_defaults(func=cmd_tag)
+
+    preview = commands.add_parser("preview", help="tag a video and draw a contact sheet: its sampled frames, "
+                                  "top tags, size, duration, frame counts, timings")
+    preview.add_argument("video", metavar="VIDEO")
+    preview.add_argument("--out", required=True, help="the sheet (PNG; the format follows the extension)")
+    _sheet_options(preview)
+    preview.add_argument("--quiet", action="store_true", help="no progress line on stderr")
+    preview.add_argument("--config", help="settings YAML (as for the worker)")
+    add_setting_flags(preview, MODEL_SETTINGS, underscore_aliases=True)
+    preview.set_defaults(func=cmd_preview)
 
     features = commands.add_parser("features", help="extract each video's [seg_num, 2048] features to .npy files")
     features.add_argument("videos", nargs="*", metavar="VIDEO")
@@ -305,8 +383,19 @@ def build_parser() -> argparse.ArgumentParser:
     enq.add_argument("--bucket", help="bucket of plain KEY arguments")
     enq.add_argument("--topic", dest="input_topic", help="topic to send to (default: the input topic)")
     enq.add_argument("--from-dlq", action="store_true", help="replay every DLQ record's original message")
+    enq.add_argument("--from-s3", metavar="s3://BUCKET/PREFIX", help="backfill: every video object under the prefix")
+    enq.add_argument("--from-manifest", metavar="s3://BUCKET/.../manifest.json",
+                     help="backfill: every video object of an S3 Inventory report (CSV)")
+    enq.add_argument("--since", metavar="DATE", help="backfill: only objects last modified at or after DATE (UTC)")
+    enq.add_argument("--rate", metavar="N/s", help="backfill: at most N requests per second")
+    enq.add_argument("--dry-run", action="store_true", help="backfill: print the requests, send nothing")
+    enq.add_argument("--start-after", metavar="KEY", help="--from-s3: begin after this key")
+    enq.add_argument("--marker", metavar="FILE",
+                     help="backfill: record progress here; a rerun resumes from it (docs/deployment.md)")
+    enq.add_argument("--quiet", action="store_true", help="no progress bar (none either when stderr is no tty)")
     enq.add_argument("--config", help="settings YAML (Kafka connection and security)")
-    add_setting_flags(enq, ["bootstrap_servers", "dlq_topic", "security_protocol", "ssl_cafile"])
+    add_setting_flags(enq, ["bootstrap_servers", "dlq_topic", "security_protocol", "ssl_cafile", "s3_endpoint_url",
+                            "s3_region"])
     enq.set_defaults(func=cmd_enqueue)
 
     skip = commands.add_parser("skip", help="move the group past one message (dead-lettered, replayable); "
@@ -347,7 +436,8 @@ def main(argv: list[str] | None = None) -> int:
     # The format as far as the flag and the environment tell (a settings file may still change it, for the worker).
     log_format = getattr(args, "log_format", None) or os.environ.get(ENV_PREFIX + "LOG_FORMAT") or "text"
     logs.configure(args.log_level, log_format if log_format in logs.FORMATS else "text")
-    logging.getLogger("kafka").setLevel(max(logging.WARNING, logging.getLogger().level))  # chatty at INFO
+    for chatty in ("kafka", "botocore"):  # chatty at INFO ("Found credentials in environment variables")
+        logging.getLogger(chatty).setLevel(max(logging.WARNING, logging.getLogger().level))
     try:
         return int(args.func(args))
     except SettingsError as exc:

@@ -7,6 +7,9 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
+from kafka import KafkaProducer
+from kafka.producer.future import FutureRecordMetadata
+
 from worker import kafka_clients, tracing
 from worker.messages import original_value, request_message
 from worker.settings import Settings
@@ -25,16 +28,22 @@ def parse_target(target: str, bucket: str | None) -> tuple[str, str]:
     return bucket, target
 
 
+def send_request(producer: KafkaProducer, topic: str, bucket: str, key: str
+                 ) -> tuple[dict[str, Any], FutureRecordMetadata]:
+    """Send the request for one video, keyed by its video_id; returns it and its send's future (done at the
+    producer's next flush). The one place a request is made for the input topic (enqueue and backfill)."""
+    message = request_message(bucket, key)
+    future = producer.send(topic, key=message["video_id"].encode("utf-8"),
+                           value=json.dumps(message).encode("utf-8"))
+    return message, future
+
+
 def enqueue(settings: Settings, topic: str, targets: Iterable[tuple[str, str]]) -> list[dict[str, Any]]:
-    """Send one request per (bucket, key), keyed by video_id; returns the requests once all are acknowledged.
+    """Send one request per (bucket, key); returns the requests once all are acknowledged.
     Raises kafka_clients.BrokerUnreachable."""
     producer = kafka_clients.producer(settings)
     try:
-        sent = []
-        for bucket, key in targets:
-            message = request_message(bucket, key)
-            producer.send(topic, key=message["video_id"].encode("utf-8"), value=json.dumps(message).encode("utf-8"))
-            sent.append(message)
+        sent = [send_request(producer, topic, bucket, key)[0] for bucket, key in targets]
         producer.flush()
         return sent
     finally:

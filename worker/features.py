@@ -76,15 +76,15 @@ def load_extractor(settings: Settings, heads: list[HeadSpec] | None = None) -> V
     return load_tagger(replace(settings, predictors=heads))
 
 
-def output_names(paths: list[str]) -> list[str]:
-    """`<stem>.npy` per video; a stem seen before gets `-2`, `-3`, ... so that no file overwrites another."""
+def output_names(paths: list[str], suffix: str = ".npy") -> list[str]:
+    """`<stem><suffix>` per video; a stem seen before gets `-2`, `-3`, ... so that no file overwrites another."""
     names: list[str] = []
     for path in paths:
         stem, n = Path(path).stem, 1
-        name = f"{stem}.npy"
+        name = f"{stem}{suffix}"
         while name in names:
             n += 1
-            name = f"{stem}-{n}.npy"
+            name = f"{stem}-{n}{suffix}"
         names.append(name)
     return names
 

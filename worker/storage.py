@@ -203,12 +203,14 @@ def put_object(client, bucket: str, key: str, body: bytes, metadata: dict[str, s
         raise TransientError(exc.code, str(exc), outage=False) from exc
 
 
-def make_client(endpoint_url: str | None, region: str | None, connect_timeout: float, read_timeout: float):
-    """A boto3 client with the standard credential chain; retries are ours, so botocore makes one attempt."""
+def make_client(endpoint_url: str | None, region: str | None, connect_timeout: float, read_timeout: float,
+                attempts: int = 1):
+    """A boto3 client with the standard credential chain. The worker's retries are its own, so botocore makes
+    one attempt; a command without retries of its own (a backfill's listing) asks for botocore's `attempts`."""
     config = botocore.config.Config(
         connect_timeout=connect_timeout,
         read_timeout=read_timeout,
-        retries={"total_max_attempts": 1},
+        retries={"total_max_attempts": attempts, "mode": "standard"},
         s3={"addressing_style": "path"} if endpoint_url else None,
     )
     return boto3.client("s3", endpoint_url=endpoint_url, region_name=region, config=config)
