@@ -38,12 +38,13 @@ Partition = tuple[str, int]
 
 @dataclass(frozen=True)
 class Output:
-    """A record to publish: a result or a dead letter, with its request's Kafka timestamp (for latency)."""
+    """A record to publish: a result, a dead letter or a retry, with its request's Kafka timestamp (for latency)."""
 
     topic: str
     key: bytes | None
     value: bytes
-    request_timestamp_ms: int
+    request_timestamp_ms: int  # 0: not an answer (a retry record), no latency to observe
+    headers: tuple[tuple[str, bytes], ...] = ()
 
 
 def transactional_id(settings: Settings, host: str | None = None, pid: int | None = None,
@@ -133,7 +134,7 @@ class Transactions:
         try:
             producer.begin_transaction()
             for out in outputs:
-                producer.send(out.topic, key=out.key, value=out.value)
+                producer.send(out.topic, key=out.key, value=out.value, headers=list(out.headers) or None)
             producer.send_offsets_to_transaction(offsets, group_metadata)
             producer.commit_transaction()
         except KafkaError as exc:
