@@ -67,15 +67,17 @@ def produce(
         producer.close()
 
 
-def consume_all(bootstrap: str, topic: str | list[str], expected: int, timeout: float) -> list[ConsumerRecord]:
+def consume_all(bootstrap: str, topic: str | list[str], expected: int, timeout: float,
+                **options: Any) -> list[ConsumerRecord]:
     """Read `topic` (or several) from the start in a fresh group until `expected` records arrived in all or
-    `timeout` passed."""
+    `timeout` passed; `options`: more consumer options (`isolation_level="read_committed"`)."""
     consumer = KafkaConsumer(
         *([topic] if isinstance(topic, str) else topic),
         bootstrap_servers=bootstrap,
         group_id=unique_name("consume-all"),
         auto_offset_reset="earliest",
         enable_auto_commit=False,
+        **options,
     )
     records: list[ConsumerRecord] = []
     deadline = time.monotonic() + timeout

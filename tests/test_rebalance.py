@@ -40,6 +40,7 @@ class FakeConsumer:
         self.commits: list[dict[tuple[str, int], int]] = []
         self.metadata: dict[TopicPartition, Any] = {}  # the last commit of each partition, with its metadata
         self.in_listener = False
+        self._paused: set[TopicPartition] = set()
 
     def assignment(self) -> set[TopicPartition]:
         return set(self._assignment)
@@ -57,10 +58,13 @@ class FakeConsumer:
         self.commits.append({(tp.topic, tp.partition): meta.offset for tp, meta in offsets.items()})
 
     def pause(self, *partitions: TopicPartition) -> None:
-        pass
+        self._paused |= set(partitions)
 
     def resume(self, *partitions: TopicPartition) -> None:
-        pass
+        self._paused -= set(partitions)
+
+    def paused(self) -> set[TopicPartition]:
+        return set(self._paused)
 
     def poll(self, timeout_ms: int) -> dict[TopicPartition, list[ConsumerRecord]]:
         return {}

@@ -175,6 +175,20 @@ def reader(settings: Settings, *topics: str) -> KafkaConsumer:
                     **_common(settings))
 
 
+def release_parked_records(consumer: KafkaConsumer) -> None:
+    """Let a resumed partition's parked records flow again (kafka-python 3.0.12, KAFKA-7548's port).
+
+    Records fetched for a partition paused mid-way are parked, and the partition is not fetched again until they
+    are restored; they are restored only while no drained record set holds the consumer's in-line slot, which it
+    keeps once drained (it is reset only when the in-line partition is paused). A worker that pauses some of its
+    partitions while it reads others (priority lanes) would otherwise never read a resumed lane again. Clearing a
+    drained slot loses nothing: its records were all returned."""
+    fetcher = getattr(consumer, "_fetcher", None)  # no public accessor
+    current = getattr(fetcher, "_next_partition_records", None)
+    if current is not None and not current:
+        fetcher._next_partition_records = None  # type: ignore[union-attr]
+
+
 def producer(settings: Settings, transactional_id: str | None = None) -> KafkaProducer:
     """Idempotent, acks=all; a record is retried by the producer itself for up to `delivery_timeout_ms`. With a
     `transactional_id`, a transactional producer whose open transaction the broker aborts after
@@ -222,13 +236,16 @@ class Access:
 
 
 def required_access(settings: Settings) -> tuple[Access, ...]:
-    """Every ACL a worker needs, and no more: READ on its input topic and its group (consume, commit), WRITE on
-    its output and DLQ topics (publish; with WRITE on any topic the broker also grants the idempotent producer
-    its id). Each implies DESCRIBE on its resource."""
-    needed = (Access("TOPIC", settings.input_topic, "READ", "input topic"),
-              Access("GROUP", settings.group_id, "READ", "consumer group"),
-              Access("TOPIC", settings.output_topic, "WRITE", "output topic"),
-              Access("TOPIC", settings.dlq_topic, "WRITE", "DLQ topic"))
+    """Every ACL a worker needs, and no more: READ on its input topics, its retry topic and its group (consume,
+    commit), WRITE on its output, DLQ and retry topics (publish; with WRITE on any topic the broker also grants the
+    idempotent producer its id). Each implies DESCRIBE on its resource."""
+    needed = tuple(Access("TOPIC", topic, "READ", "retry topic" if topic == settings.retry_topic else "input topic")
+                   for topic in settings.lanes())
+    needed += (Access("GROUP", settings.group_id, "READ", "consumer group"),
+               Access("TOPIC", settings.output_topic, "WRITE", "output topic"),
+               Access("TOPIC", settings.dlq_topic, "WRITE", "DLQ topic"))
+    if settings.retry_topic:
+        needed += (Access("TOPIC", settings.retry_topic, "WRITE", "retry topic"),)
     if settings.delivery == "exactly_once":  # every id a worker of this group may take starts so (transactions.py)
         needed += (Access("TRANSACTIONAL_ID", f"videotag-{settings.group_id}-", "WRITE",
                           "transactional ids: a PREFIXED pattern"),)
@@ -308,7 +325,7 @@ def topic_problems(settings: Settings, described: Mapping[str, Mapping[str, Any]
               if access.resource == "TOPIC" and not _allows(described.get(access.name, {}), access.operation)]
     if denied:
         problems.append(_denial(denied))
-    for topic in (settings.output_topic, settings.dlq_topic):
+    for topic in _written(settings):
         limit = max_message_bytes.get(topic)
         if limit is not None and limit < REQUIRED_MAX_MESSAGE_BYTES:
             problems.append(f"topic {topic!r} has max.message.bytes={limit}, below what our largest record needs "
@@ -324,7 +341,12 @@ def _allows(topic: Mapping[str, Any], operation: str) -> bool:
 
 
 def _topics(settings: Settings) -> list[str]:
-    return list(dict.fromkeys([settings.input_topic, settings.output_topic, settings.dlq_topic]))
+    return list(dict.fromkeys([*settings.lanes(), settings.output_topic, settings.dlq_topic]))
+
+
+def _written(settings: Settings) -> list[str]:
+    """The topics the worker publishes to: each must take our largest record."""
+    return [settings.output_topic, settings.dlq_topic, *([settings.retry_topic] if settings.retry_topic else [])]
 
 
 def preflight(settings: Settings) -> Preflight:
@@ -335,14 +357,13 @@ def preflight(settings: Settings) -> Preflight:
         missing = [t for t in _topics(settings) if described[t]["error_code"] == UnknownTopicOrPartitionError.errno]
         created: list[str] = []
         if missing and settings.create_topics:
-            partitions = {settings.input_topic: settings.create_topics_partitions}
+            partitions = dict.fromkeys(settings.lanes(), settings.create_topics_partitions)
             client.create_topics({t: {"num_partitions": partitions.get(t, 1), "replication_factor": -1}
                                   for t in missing})
             described |= _describe(client, missing)
             created = missing
-        limits = _max_message_bytes(client, [t for t in (settings.output_topic, settings.dlq_topic)
-                                             if described[t]["error_code"] == 0])
-        partitions_count = len(described[settings.input_topic]["partitions"])
+        limits = _max_message_bytes(client, [t for t in _written(settings) if described[t]["error_code"] == 0])
+        partitions_count = max(len(described[t].get("partitions") or []) for t in settings.lanes())
         return Preflight(partitions_count, tuple(topic_problems(settings, described, limits)), tuple(created))
     except KafkaError as exc:
         raise BrokerUnreachable(f"preflight failed: {type(exc).__name__}: {exc}") from exc

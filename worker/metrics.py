@@ -30,6 +30,10 @@ class Metrics:
         self.failures = Counter(
             "videotag_failures", "Failures by error code, transient retries included.", ["reason"], registry=r
         )
+        self.retries_published = Counter(
+            "videotag_retries_published",
+            "Requests sent to the retry topic after a fault of their object, by error code.", ["reason"], registry=r
+        )
         self.stage_seconds = Histogram(
             "videotag_stage_seconds", "Time spent per video in each stage.", ["stage"],
             buckets=SECONDS_BUCKETS, registry=r,

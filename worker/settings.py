@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 
 from models.heads import HeadSpec, check_heads
+from worker.lanes import lane_order, lane_problems
 from worker.logs import FORMATS as LOG_FORMATS
 from worker.messages import MAX_EVENT_RECORDS, VIDEO_ID_FROM
 
@@ -32,7 +33,7 @@ ASSIGNMENT_STRATEGIES = ("range", "roundrobin", "sticky", "cooperative-sticky")
 CHOICES = {"s3_event_video_id": VIDEO_ID_FROM, "partition_assignment_strategy": ASSIGNMENT_STRATEGIES,
            "delivery": ("at_least_once", "exactly_once"), "log_format": LOG_FORMATS}
 # Text settings that hold a comma-separated list; a YAML list is accepted for them too.
-LIST_FIELDS = frozenset({"allowed_buckets"})
+LIST_FIELDS = frozenset({"allowed_buckets", "input_topics"})
 
 
 class SettingsError(ValueError):
@@ -45,6 +46,8 @@ class Settings:
     bootstrap_servers: str = "localhost:9092"
     group_id: str = "videotag-worker"
     input_topic: str = "videotag.requests"
+    input_topics: str | None = None  # comma-separated, highest priority first; unset: input_topic alone
+    retry_topic: str | None = None  # unset: an object's fault is retried in place (worker/lanes.py)
     output_topic: str = "videotag.tags"
     dlq_topic: str = "videotag.dlq"
     client_id: str = "videotag-worker"
@@ -124,6 +127,13 @@ class Settings:
     def allowed_bucket_names(self) -> frozenset[str] | None:
         return None if self.allowed_buckets is None else frozenset(split_list(self.allowed_buckets))
 
+    def input_topic_names(self) -> list[str]:
+        return split_list(self.input_topics) if self.input_topics is not None else [self.input_topic]
+
+    def lanes(self) -> list[str]:
+        """Every topic the worker reads, highest priority first (worker/lanes.py)."""
+        return lane_order(self.input_topic_names(), self.retry_topic)
+
     def redacted(self) -> dict[str, Any]:
         """The settings as a dict that is safe to log."""
         out = dataclasses.asdict(self)
@@ -152,6 +162,7 @@ def settings_problems(s: Settings) -> list[str]:
         problems.append("setting 'max_event_records': must be at least 1")
     if s.allowed_buckets is not None and not split_list(s.allowed_buckets):
         problems.append("setting 'allowed_buckets': names no bucket (unset it to allow any)")
+    problems += lane_problems(s.input_topic_names(), s.retry_topic, s.output_topic, s.dlq_topic)
     if s.publish_timeout_s * 1000 <= s.delivery_timeout_ms:
         problems.append(f"publish_timeout_s ({s.publish_timeout_s:g} s) must exceed delivery_timeout_ms "
                         f"({s.delivery_timeout_ms} ms): else the worker re-sends a record its producer still retries")

@@ -38,13 +38,13 @@ Partition = tuple[str, int]
 
 @dataclass(frozen=True)
 class Output:
-    """A record to publish: a result or a dead letter, with its request's Kafka timestamp (for latency) and its
-    headers (`traceparent`)."""
+    """A record to publish: a result, a dead letter or a retry, with its request's Kafka timestamp (for latency) and
+    its headers (`traceparent`; a retry's own)."""
 
     topic: str
     key: bytes | None
     value: bytes
-    request_timestamp_ms: int
+    request_timestamp_ms: int  # 0: not an answer (a retry record), no latency to observe
     headers: list[tuple[str, bytes]] = field(default_factory=list)
 
 

@@ -40,6 +40,7 @@ from worker import kafka_clients, logs, tracing
 from worker.attempts import Marks, inherit
 from worker.breaker import SYSTEMIC_CODES, Breaker
 from worker.health import HealthServer
+from worker.lanes import RetryState, lane_rank, not_due, parse_retry, paused_lanes
 from worker.messages import VideoRequest, dlq_message, parse_request, result_message
 from worker.metrics import Metrics
 from worker.model import load_tagger
@@ -61,6 +62,8 @@ from worker.transactions import HeldOutputs, Outcome, Output, Transactions
 
 log = logging.getLogger(__name__)
 POLL_TIMEOUT_MS = 50  # also how soon a finished video frees its slot for the next one
+LANE_ENDS_REFRESH_S = 1.0  # how often the end offsets of higher lanes are asked for: how soon they overtake
+LANE_ENDS_TIMEOUT_MS = 2000
 DLQ_MAX_BYTES = kafka_clients.RECORD_VALUE_LIMIT  # fits the producer's and broker's default 1 MiB record limit
 CONNECT_BACKOFF_MAX_S = 30.0
 
@@ -85,6 +88,8 @@ class Job:
     token: cancel.Token = field(default_factory=cancel.Token)
     budget_spent: float = 0.0  # seconds of backoff spent on this request's own (object) faults
     finished: bool = False  # answered (result or dead letter): counts towards its partition's commit
+    retry: RetryState | None = None  # read from the retry topic: what earlier deliveries spent (lanes.py)
+    videos: int = 1  # videos in its message: one, and the message itself can go to the retry topic
     trace: tracing.TraceContext = field(default_factory=tracing.incoming)  # its outputs' traceparent
 
     def fields(self) -> dict[str, Any]:
@@ -142,7 +147,10 @@ class Worker:
         self._abandon = threading.Event()
         self._transient_streak = 0
         self._recurring = RecurringErrors(log)  # Kafka denials and connect failures, each logged once
-        self._paused = False
+        self._lanes = settings.lanes()  # the topics read, highest priority first (lanes.py)
+        self._sleeping: dict[tuple[str, int], int] = {}  # retry-topic partitions paused until a record is due (ms)
+        self._ends: dict[tuple[str, int], int] = {}  # end offsets of the higher lanes' partitions
+        self._ends_at = 0.0
         self._revoking: set[tuple[str, int]] = set()  # revoked, not yet known whether assigned back
         self._not_connected = "not connected to Kafka yet"  # why there are no clients (None once there are)
         self._producer_lock = threading.Lock()
@@ -209,9 +217,10 @@ class Worker:
             if checked.created:
                 log.info("created topics %s", list(checked.created))
             self.metrics.input_partitions.set(checked.input_partitions)
-            self.consumer.subscribe([s.input_topic], listener=_Rebalance(self))
+            self.consumer.subscribe(self._lanes, listener=_Rebalance(self))
             self._not_connected = None
-            log.info("consuming %s (%d partitions: at most that many busy workers) as group %s%s", s.input_topic,
+            log.info("consuming %s (%d partitions: at most that many busy workers) as group %s%s",
+                     " > ".join(self._lanes),
                      checked.input_partitions, s.group_id,
                      f", static member {s.group_instance_id}" if s.group_instance_id else "")
             return
@@ -340,19 +349,78 @@ class Worker:
         records = self.consumer.poll(timeout_ms=POLL_TIMEOUT_MS)
         for batch in records.values():
             for record in batch:
-                self._accept(record)
+                if not self._accept(record):
+                    break  # a retry not yet due: its partition waits at it, the records after it are fetched again
+        if len(self._lanes) > 1:  # the highest lane's work first (a stable sort: each lane keeps its order)
+            self._backlog = deque(sorted(self._backlog, key=lambda job: lane_rank(self._lanes, job.topic)))
         self._update_lag()
 
     def _set_paused(self, paused: bool) -> None:
+        """Pause everything (`paused`: the worker is full or must not take work), else only the lower lanes while
+        a higher one has work, and the retry partitions whose next record is not due yet."""
         assert self.consumer is not None
         assignment = self.consumer.assignment()
+        now_ms = int(time.time() * 1000)
+        self._sleeping = {tp: due for tp, due in self._sleeping.items() if due > now_ms}
         if paused:
-            self.consumer.pause(*assignment)
-        elif self._paused:
-            self.consumer.resume(*assignment)
-        self._paused = paused
+            hold = set(assignment)
+        else:
+            hold = {tp for tp in assignment if (tp.topic, tp.partition) in self._sleeping}
+            if len(self._lanes) > 1:
+                lower = paused_lanes(self._lanes, self._busy_lanes(assignment))
+                hold |= {tp for tp in assignment if tp.topic in lower}
+        held = self.consumer.paused() & assignment
+        if hold - held:
+            self.consumer.pause(*(hold - held))
+        if held - hold:
+            self.consumer.resume(*(held - hold))
+            kafka_clients.release_parked_records(self.consumer)
 
-    def _accept(self, record: Any) -> None:
+    def _busy_lanes(self, assignment: set[TopicPartition]) -> set[str]:
+        """Lanes with work: records taken but not started, or a partition behind its end (a retry partition
+        waiting for its due time excepted: it must not hold back the lanes below)."""
+        assert self.consumer is not None
+        busy = {job.topic for job in self._backlog}
+        if time.monotonic() - self._ends_at >= LANE_ENDS_REFRESH_S:
+            # The fetch high watermarks of partitions not fetched lately (all paused while the worker was full)
+            # are stale: ask the broker, at most once a second, about the partitions that can hold back others.
+            self._ends_at = time.monotonic()
+            higher = [tp for tp in assignment if tp.topic != self._lanes[-1]]
+            try:
+                ends = self.consumer.end_offsets(higher, timeout_ms=LANE_ENDS_TIMEOUT_MS) if higher else {}
+            except KafkaError as exc:  # the fetch watermarks still count; the next step asks again
+                log.debug("end offsets of %s: %s", higher, exc)
+                ends = {}
+            self._ends.update({(tp.topic, tp.partition): end for tp, end in ends.items() if end is not None})
+        for tp in assignment:
+            key = (tp.topic, tp.partition)
+            if tp.topic in busy or key in self._sleeping:
+                continue
+            end = max(self.consumer.highwater(tp) or 0, self._ends.get(key, 0))
+            try:
+                position = self.consumer.position(tp, timeout_ms=0)
+            except KafkaError:
+                position = None
+            if position is not None and end > position:
+                busy.add(tp.topic)
+        return busy
+
+    def _accept(self, record: Any) -> bool:
+        """Take a record; False when it is a retry not yet due, left to be read again then (not taken)."""
+        retry = None
+        if record.topic == self.settings.retry_topic:
+            now_ms = int(time.time() * 1000)
+            retry = parse_retry(record.headers, now_ms, self.settings.retry_budget_s)
+            if retry is None:
+                log.warning("offset %d of %s[%d]: retry headers missing or garbled: a fresh request", record.offset,
+                            record.topic, record.partition)
+            elif not_due(retry, now_ms):
+                tp = TopicPartition(record.topic, record.partition)
+                assert self.consumer is not None
+                self.consumer.pause(tp)
+                self.consumer.seek(tp, record.offset)
+                self._sleeping[(record.topic, record.partition)] = retry.due_ms
+                return False
         self.metrics.messages_consumed.inc()
         try:
             s = self.settings
@@ -369,7 +437,10 @@ class Worker:
         traces = tracing.incoming_all(record.headers, [request.trace_id if request else None for request in requests])
         for request, trace in zip(requests, traces, strict=True):
             self._backlog.append(Job(record.topic, record.partition, record.offset, record.timestamp, record.key,
-                                     record.value, state, request, error, trace=trace))
+                                     record.value, state, request, error, trace=trace,
+                                     budget_spent=retry.budget_spent_s if retry else 0.0, retry=retry,
+                                     videos=len(requests)))
+        return True
 
     def _enforce_deadlines(self) -> None:
         now = time.monotonic()
@@ -604,6 +675,8 @@ class Worker:
             self._held.forget((topic, partition))
             self._marks.pop((topic, partition), None)
             self._base.pop((topic, partition), None)
+            self._sleeping.pop((topic, partition), None)
+            self._ends.pop((topic, partition), None)
             for gauge in (self.metrics.consumer_lag, self.metrics.committed_offset):
                 with contextlib.suppress(KeyError):  # its new owner reports it now; a stale series would alert
                     gauge.remove(topic, str(partition))
@@ -692,8 +765,11 @@ class Worker:
                 if job.budget_spent >= self.settings.retry_budget_s:  # this object's fault, for too long
                     code = ErrorCode.ACCESS_DENIED if exc.code is ErrorCode.ACCESS_DENIED else \
                         ErrorCode.RETRIES_EXHAUSTED
-                    self._dead_letter(job, InputError(code, f"gave up after {attempts} attempts in "
+                    total = attempts + (job.retry.attempts if job.retry else 0)
+                    self._dead_letter(job, InputError(code, f"gave up after {total} attempts in "
                                                             f"{job.budget_spent:.0f} s; last: {exc}"), attempts)
+                    return
+                if self._retry_later(job, exc, attempts):
                     return
                 job.budget_spent += self._backoff(attempts, exc.code, str(exc), systemic=False)
             except InputError as exc:
@@ -735,6 +811,33 @@ class Worker:
         log.info("tagged %s (offset %d of %s[%d]) in %.1f s", request.video_id, job.offset, job.topic, job.partition,
                  timings["total"] / 1e3)
 
+    def _retry_later(self, job: Job, exc: TransientError, attempts: int) -> bool:
+        """With a retry topic: instead of sleeping on this object's fault (holding a slot, and the commit of its
+        partition), publish the request there, due after the backoff, and count this delivery answered. False
+        (retry in place) without a retry topic, or when the request would not fit a record there."""
+        s = self.settings
+        if s.retry_topic is None or job.request is None:
+            return False
+        total = attempts + (job.retry.attempts if job.retry else 0)
+        delay = self._backoff_s(total)
+        origin = (job.retry.origin_topic, job.retry.origin_partition, job.retry.origin_offset) if job.retry else \
+            (job.topic, job.partition, job.offset)
+        state = RetryState(total, job.budget_spent + delay, int((time.time() + delay) * 1000), *origin,
+                           last_error=f"{exc.code}: {exc}")
+        # The message itself when it holds only this video; of an S3 event with several, only the failing one.
+        value = (job.value or b"") if job.videos == 1 else \
+            json.dumps(_request_document(job.request), ensure_ascii=False).encode("utf-8")
+        headers = state.headers()
+        if len(value) + sum(len(k) + len(v) for k, v in headers) > kafka_clients.RECORD_VALUE_LIMIT:
+            return False
+        self._publish(s.retry_topic, job.key, value, job, extra_headers=headers, answer=False)
+        self.metrics.failures.labels(reason=exc.code).inc()
+        self.metrics.retries_published.labels(reason=exc.code).inc()
+        log.warning("offset %d of %s[%d] to the retry topic (attempt %d, due in %.1f s, %.0f of %.0f s budget "
+                    "spent): %s", job.offset, job.topic, job.partition, total, delay, state.budget_spent_s,
+                    s.retry_budget_s, exc)
+        return True
+
     def _store_features(self, request: VideoRequest, features: np.ndarray) -> str:
         """`<features_output><video_id>.npy` ([seg_num, 2048] float32), retried while S3 fails transiently;
         returns its URI. The object's metadata names what made it, like `videotag features`' index.csv."""
@@ -763,43 +866,51 @@ class Worker:
         log.warning("dead-letter %s (offset %d of %s[%d]): %s", video_id, job.offset, job.topic, job.partition,
                     error.code)
         self.metrics.failures.labels(reason=error.code).inc()
-        record = dlq_message(job.value, error, attempts, video_id, job.topic, job.partition, job.offset, job.key)
+        # From the retry topic: named by where the request first came from, with every delivery's attempts.
+        topic, partition, offset = (job.retry.origin_topic, job.retry.origin_partition, job.retry.origin_offset) \
+            if job.retry else (job.topic, job.partition, job.offset)
+        attempts += job.retry.attempts if job.retry else 0
+        record = dlq_message(job.value, error, attempts, video_id, topic, partition, offset, job.key)
         if len(json.dumps(record, ensure_ascii=False).encode("utf-8", "replace")) > DLQ_MAX_BYTES:
             # A message above the size limit (or one whose escaping/base64 grows past it) would be refused by
             # the producer and the broker (1 MiB by default) for ever: keep a prefix, flagged as truncated.
             value = (job.value or b"")[: DLQ_MAX_BYTES // 8]  # JSON escapes grow a byte to at most 6
-            record = dlq_message(value, error, attempts, video_id, job.topic, job.partition, job.offset, job.key)
+            record = dlq_message(value, error, attempts, video_id, topic, partition, offset, job.key)
             record["original"]["truncated"] = True
         self._publish(self.settings.dlq_topic, video_id, record, job, error.code)
         self.metrics.videos_processed.labels(status="dlq").inc()
 
-    def _publish(self, topic: str, key: str | None, message: dict[str, Any], job: Job,
-                 error_code: str | None = None) -> None:
-        """Publish a result, or a dead letter (`error_code`), with the request's trace context in its header."""
-        value = json.dumps(message, ensure_ascii=False).encode("utf-8")
+    def _publish(self, topic: str, key: str | bytes | None, message: dict[str, Any] | bytes, job: Job,
+                 error_code: str | None = None, extra_headers: list[tuple[str, bytes]] | None = None,
+                 answer: bool = True) -> None:
+        """Publish a result, a dead letter (`error_code`) or, with `answer` false, a retry record (its retry headers
+        in `extra_headers`); each carries the request's trace context in a `traceparent` header."""
+        value = message if isinstance(message, bytes) else json.dumps(message, ensure_ascii=False).encode("utf-8")
+        raw_key = key.encode("utf-8") if isinstance(key, str) else key
+        outcome = "dead_letter" if error_code else "result" if answer else "retry"
         attributes = _span_attributes(job) | {"messaging.system": "kafka", "messaging.destination.name": topic,
-                                              "videotag.outcome": "dead_letter" if error_code else "result"}
+                                              "videotag.outcome": outcome}
         if error_code:
             attributes["videotag.error_code"] = error_code
         with self.telemetry.publish(job.trace, attributes) as span_id:
-            headers = tracing.output_headers(job.trace, span_id)
+            headers = [*(extra_headers or []), *tracing.output_headers(job.trace, span_id)]
             if self._exactly_once:  # published with its offset's commit (_commit_transaction)
-                job.outputs.append(Output(topic, key.encode("utf-8") if key else None, value, job.timestamp_ms,
-                                          headers))
+                job.outputs.append(Output(topic, raw_key, value, job.timestamp_ms if answer else 0, headers))
                 return
-            self._send(topic, key, value, headers, job)
+            self._send(topic, raw_key, value, headers, job, answer)
 
-    def _send(self, topic: str, key: str | None, value: bytes, headers: list[tuple[str, bytes]], job: Job) -> None:
+    def _send(self, topic: str, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]], job: Job,
+              answer: bool) -> None:
         """Blocks until the broker acknowledged (acks=all). The producer retries a record itself for up to
         delivery_timeout_ms, which the wait covers, so a record is sent again only after the producer gave it
-        up; a producer in a fatal state is replaced first."""
+        up; a producer in a fatal state is replaced first. `answer`: a result or dead letter (not a retry)."""
         attempts = 0
         while True:
             attempts += 1
             t0 = time.perf_counter()
             producer = self._live_producer()
             try:
-                producer.send(topic, key=key.encode("utf-8") if key else None, value=value, headers=headers).get(
+                producer.send(topic, key=key, value=value, headers=headers).get(
                     timeout=self.settings.publish_timeout_s)
                 break
             except KafkaError as exc:
@@ -814,7 +925,7 @@ class Worker:
         self._recurring.succeeded(f"publish to {topic}")
         self._transient_streak = 0
         self.metrics.stage_seconds.labels(stage="publish").observe(time.perf_counter() - t0)
-        if job.timestamp_ms > 0:
+        if job.timestamp_ms > 0 and answer:
             self.metrics.end_to_end_seconds.observe(max(0.0, time.time() - job.timestamp_ms / 1e3))
 
     def _live_producer(self) -> KafkaProducer:
@@ -876,6 +987,18 @@ def _span_attributes(job: Job) -> dict[str, Any]:
     """A job's fields as span attributes (its trace id is the span's own)."""
     return {f"videotag.{name}": value for name, value in job.fields().items()
             if value is not None and name != "trace_id"}
+
+
+def _request_document(request: VideoRequest) -> dict[str, Any]:
+    """One video's request (request.schema.json), as a message of its own."""
+    document: dict[str, Any] = {"video_id": request.video_id, "bucket": request.bucket, "key": request.key}
+    if request.trace_id is not None:
+        document["trace_id"] = request.trace_id
+    if request.submitted_at is not None:
+        document["submitted_at"] = request.submitted_at
+    if request.attributes:
+        document["attributes"] = request.attributes
+    return document
 
 
 def _version() -> str:

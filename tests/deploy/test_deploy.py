@@ -478,8 +478,9 @@ def test_template_env_names_are_settings() -> None:
 
 def test_scaledobject_template_contract() -> None:
     text = (TEMPLATES / "scaledobject.yaml").read_text(encoding="utf-8")
-    for needle in ["kind: ScaledObject", "type: kafka", "bootstrapServers: {{ .Values.config.bootstrap_servers",
-                   "consumerGroup: {{ .Values.config.group_id", "topic: {{ .Values.config.input_topic",
+    for needle in ["kind: ScaledObject", "type: kafka", "bootstrapServers: {{ $.Values.config.bootstrap_servers",
+                   "consumerGroup: {{ $.Values.config.group_id", "list .Values.config.input_topic",
+                   '.Values.config "input_topics"', '.Values.config "retry_topic"', "topic: {{ trim $topic",
                    "lagThreshold:", "activationLagThreshold:", "allowIdleConsumers:",
                    "minReplicaCount: {{ .Values.autoscaling.minReplicas",
                    "maxReplicaCount: {{ .Values.autoscaling.maxReplicas"]:
@@ -1223,6 +1224,17 @@ def test_helm_renders_the_defaults(helm: ModuleType) -> None:
     env = worker_env(docs)
     assert "VIDEOTAG_LEAVE_GROUP_ON_STOP" not in env, "a Deployment's pod leaves the group when it stops"
     assert "leave_group_on_stop" not in config and "group_instance_id" not in config
+
+
+def test_keda_scales_on_the_lag_of_every_lane_and_the_retry_topic(helm: ModuleType) -> None:
+    docs = render(helm, "config.input_topics=uploads\\,backfill", "config.retry_topic=retries")
+    triggers = one(docs, "ScaledObject")["spec"]["triggers"]
+    assert [t["metadata"]["topic"] for t in triggers] == ["uploads", "backfill", "retries"]
+    assert all(t["metadata"]["consumerGroup"] == "videotag-worker" for t in triggers)
+    config = yaml.safe_load(one(docs, "ConfigMap")["data"]["worker.yaml"])
+    assert (config["input_topics"], config["retry_topic"]) == ("uploads,backfill", "retries")
+    [plain] = one(render(helm), "ScaledObject")["spec"]["triggers"]
+    assert plain["metadata"]["topic"] == "videotag.requests"
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -144,6 +144,16 @@ class LoopbackServer:
         raise NotImplementedError
 
 
+def _error_answer(status: str, code: str) -> bytes:
+    body = f'<?xml version="1.0"?><Error><Code>{code}</Code><Message>injected by the test</Message></Error>'.encode()
+    return (f"HTTP/1.1 {status}\r\nContent-Type: application/xml\r\nContent-Length: {len(body)}\r\n\r\n"
+            .encode() + body)
+
+
+ERROR_ANSWERS = {"error500": _error_answer("500 Internal Server Error", "InternalError"),
+                 "error403": _error_answer("403 Forbidden", "AccessDenied")}
+
+
 class StallingProxy(LoopbackServer):
     """A loopback TCP proxy in front of an S3 server that can stall responses to chosen object keys.
 
@@ -151,7 +161,9 @@ class StallingProxy(LoopbackServer):
     - "pass": forward at once;
     - "stall": hold the whole response (the client sees a server that read the request and never answers);
     - "midstream": forward the headers and the first 2 KiB of the body, then hold the rest;
-    - "dribble": forward one byte every 0.25 s.
+    - "dribble": forward one byte every 0.25 s;
+    - "error500", "error403": answer the request itself, with a 500 InternalError (the store failing this
+      object) or a 403 AccessDenied (an object the worker may not read).
     Held bytes flow again as soon as the rule is removed, if the client is still waiting. The worker only
     sends bodiless GETs, so every request head on a keep-alive connection starts a new exchange.
     """
@@ -216,12 +228,18 @@ class _Connection:
         try:
             while data := self.client.recv(65536):
                 buffer += data
-                while b"\r\n\r\n" in buffer:
+                forward = b""
+                while b"\r\n\r\n" in buffer:  # bodiless requests: each head is a whole request
                     head, buffer = buffer.split(b"\r\n\r\n", 1)
                     line = head.split(b"\r\n", 1)[0].decode("latin-1")
                     self.path = line.split(" ")[1] if " " in line else line
                     self.sent, self.header_len, self.head = 0, None, bytearray()
-                self.upstream.sendall(data)
+                    if (answer := ERROR_ANSWERS.get(self.proxy.mode(self.path))) is not None:
+                        self.client.sendall(answer)
+                    else:
+                        forward += head + b"\r\n\r\n"
+                if forward:
+                    self.upstream.sendall(forward)
         except OSError:
             pass
         self._close()
