@@ -18,7 +18,7 @@ def test_the_estimate_grows_with_inflight_seg_num_and_heads() -> None:
     assert footprint.estimate(load_settings(overrides={"seg_num": 600})).per_video > base.per_video
     two_heads = footprint.estimate(load_settings(overrides={"predictors": [{"name": "a"}, {"name": "b"}]}))
     assert two_heads.model == base.model + footprint.HEAD_BYTES
-    # seg_num 300: the crops alone are 43 MiB, held three times.
+    # seg_num 300: the crops alone are 43 MiB, held about four times.
     assert base.per_video >= 300 * footprint.CROP_BYTES * footprint.CROP_COPIES
 
 

@@ -1,12 +1,14 @@
 """Does `max_inflight` fit the container's memory? A documented estimate, checked before the worker starts.
 
-estimate = model + max_inflight × per video, where (docs/performance.md, "Memory per video", says how each
-figure was measured with the real pipeline):
-- model: the worker process with its engines loaded and warmed up (oneDNN primitives for the one chunk
-  shape), by engine, for ResNet-101, plus each head's weights beyond the first;
-- per video: its sampled crops (seg_num × 224×224×3 bytes) held three times (in the decoder process, in the
-  reply's pipe buffer and as the worker's array), one normalised float32 batch, and a decoder process's own
-  resident size (an interpreter with OpenCV/FFmpeg and its frame buffers).
+estimate = model + max_inflight × per video, measured here with the real pipeline (docs/performance.md,
+"Memory per video", says how):
+- model: the worker process's peak while loading (the weight pickles and the layers are alive together) or
+  once warm (oneDNN primitives and reordered weights for the one chunk shape), whichever is larger, by engine,
+  for ResNet-101 and one head, plus HEAD_BYTES for each further head;
+- per video: its sampled crops (seg_num × 224×224×3 bytes) held about four times (in the decoder process, in
+  the reply, as the worker's array, and as float32 chunks on their way to the model thread), one normalised
+  float32 batch, and a decoder process's own resident size (an interpreter with OpenCV/FFmpeg and a 1080p
+  H.264 decoder's frame buffers).
 The worker refuses to start (one line, exit 2) when the estimate exceeds FIT_SHARE of the cgroup memory limit:
 the rest is left to glibc's arenas, S3 transfer buffers and the temporary file's page cache. No limit: no check.
 """
@@ -20,12 +22,12 @@ from worker.settings import Settings, SettingsError
 
 MIB = 1024**2
 CROP_BYTES = 224 * 224 * 3
-CROP_COPIES = 3
+CROP_COPIES = 4
 FRAME_FLOAT_BYTES = 3 * 224 * 224 * 4
-# Measured here (docs/performance.md): RSS of a worker process after loading ResNet-101 and tagging one video.
-MODEL_BYTES = {"inference": 1200 * MIB, "dygraph": 1300 * MIB, "simulated": 700 * MIB}
+# Measured here (docs/performance.md): peak RSS of the worker process with its engines loaded and warm.
+MODEL_BYTES = {"inference": 1250 * MIB, "dygraph": 1400 * MIB, "simulated": 1100 * MIB}
 HEAD_BYTES = 200 * MIB  # each head after the first: its AttentionLSTM weights (float32) and eager state
-DECODER_PROCESS_BYTES = 160 * MIB  # a decoder child's peak RSS beyond its crops, 1080p H.264
+DECODER_PROCESS_BYTES = 150 * MIB  # a decoder process's peak RSS beyond its crops (1080p H.264: 145 MiB)
 FIT_SHARE = 0.9
 
 
