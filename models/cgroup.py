@@ -108,9 +108,13 @@ def plan_threads(setting: int, quota: float | None, affinity: int) -> ThreadPlan
     return ThreadPlan(max(1, affinity), "affinity", quota, affinity)
 
 
-@functools.cache
 def thread_plan(setting: int = 0) -> ThreadPlan:
     """This process's plan for `cpu_threads` = `setting`, from the real cgroup; logged once per setting."""
+    return _thread_plan(setting)
+
+
+@functools.cache
+def _thread_plan(setting: int) -> ThreadPlan:  # (one cache key per setting, however the caller spells it)
     plan = plan_threads(setting, cpu_quota(), affinity_cpus())
     (log.warning if plan.source == "affinity" else log.info)("%s", plan.describe())
     return plan

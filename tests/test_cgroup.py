@@ -59,9 +59,12 @@ def test_an_explicit_setting_wins() -> None:
 
 
 def test_thread_plan_is_decided_and_logged_once(caplog: pytest.LogCaptureFixture) -> None:
-    cgroup.thread_plan.cache_clear()
+    cgroup._thread_plan.cache_clear()
     with caplog.at_level(logging.INFO, logger="models.cgroup"):
         first = cgroup.thread_plan(5)
-        assert cgroup.thread_plan(5) is first
+        assert cgroup.thread_plan(setting=5) is first
+        default = cgroup.thread_plan()
+        assert cgroup.thread_plan(0) is default and cgroup.thread_plan(setting=0) is default
     assert first.threads == 5
-    assert [r.getMessage() for r in caplog.records].count(first.describe()) == 1
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages.count(first.describe()) == 1 and messages.count(default.describe()) == 1
