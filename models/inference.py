@@ -25,6 +25,7 @@ Numbers and the reasons for each choice: docs/performance.md.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import logging
 import os
@@ -112,6 +113,11 @@ def check_options(device: str, precision: str, tensorrt: bool = False) -> None:
         if tensorrt and tuple(paddle.inference.get_trt_compile_version()) == (0, 0, 0):
             raise EngineOptionsError("tensorrt needs a paddlepaddle-gpu build with TensorRT (this one has none): "
                                      "install one, or set tensorrt false")
+        if tensorrt and importlib.util.find_spec("tensorrt") is None:
+            raise EngineOptionsError("tensorrt needs NVIDIA's `tensorrt` Python package, which Paddle's TensorRT "
+                                     "converter imports: install the one matching "
+                                     "paddle.inference.get_trt_compile_version() (deploy/Dockerfile.gpu: "
+                                     "TENSORRT_PACKAGE), or set tensorrt false")
 
 
 def config_plan(device: str = "cpu", precision: str = "fp32", threads: int | None = None, tensorrt: bool = False,

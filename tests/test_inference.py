@@ -316,9 +316,14 @@ def test_tensorrt_conversion_is_built_once_and_atomically(tmp_path: Path, monkey
 def test_tensorrt_is_refused_without_a_tensorrt_build(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(paddle, "is_compiled_with_cuda", lambda: True)
     monkeypatch.setattr(paddle.inference, "get_trt_compile_version", lambda: (0, 0, 0))
-    with pytest.raises(EngineOptionsError, match="TensorRT"):
+    with pytest.raises(EngineOptionsError, match="build with TensorRT"):
         check_options("gpu", "fp16", tensorrt=True)
     check_options("gpu", "fp16")  # plain CUDA is fine
+    # A TensorRT build without NVIDIA's `tensorrt` package: the PIR converter could not be imported.
+    monkeypatch.setattr(paddle.inference, "get_trt_compile_version", lambda: (10, 5, 0))
+    monkeypatch.setattr(inference.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(EngineOptionsError, match="`tensorrt` Python package"):
+        check_options("gpu", "fp16", tensorrt=True)
 
 
 @pytest.mark.slow

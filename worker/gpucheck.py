@@ -36,8 +36,13 @@ def preflight_problem(tensorrt: bool = True) -> str | None:
         return f"paddle {paddle.__version__} is not a CUDA build: install paddlepaddle-gpu (deploy/Dockerfile.gpu)"
     if paddle.device.cuda.device_count() < 1:
         return "paddlepaddle-gpu sees no GPU (driver, CUDA_VISIBLE_DEVICES, the container's GPU request)"
-    if tensorrt and tuple(paddle.inference.get_trt_compile_version()) == (0, 0, 0):
-        return "this paddlepaddle-gpu build has no TensorRT"
+    if tensorrt:
+        from models.inference import EngineOptionsError, check_options
+
+        try:
+            check_options("gpu", "fp16", tensorrt=True)
+        except EngineOptionsError as exc:
+            return str(exc)
     return None
 
 
