@@ -171,3 +171,15 @@ def test_plot_without_matplotlib(monkeypatch: pytest.MonkeyPatch, capsys: pytest
     monkeypatch.setattr(builtins, "__import__", no_matplotlib)
     assert bench.plot({}, str(tmp_path / "x.png")) is False
     assert "matplotlib is not installed" in capsys.readouterr().err
+
+
+def test_a_cold_start_that_fails_or_hangs_says_why_and_waits_no_longer(tmp_path: Path) -> None:
+    from worker.settings import load_settings
+
+    settings = load_settings(overrides={"extractor_weights": str(tmp_path / "none"), "seg_num": 4})
+    with pytest.raises(RuntimeError, match=r"`videotag tag` exited 2: .*tsn"):
+        bench.cold_start(settings, [VIDEOS / "carphone_pristine.mp4"])
+    start = time.monotonic()
+    with pytest.raises(RuntimeError, match="exited -9"):
+        bench.cold_start(settings, [VIDEOS / "carphone_pristine.mp4"], timeout_s=0.5)
+    assert time.monotonic() - start < 30
