@@ -7,10 +7,13 @@ seg_num. Exports are cached in `cache_dir/<weights key>-<net>-<layers|seg_num>/`
 directory and renamed into place, so concurrent or interrupted builds never leave a half-written model, and
 reused by later builds (re-exported when the Paddle version or input shape recorded with them differs).
 
-Run: `paddle.inference.Config` + `create_predictor`. CPU: oneDNN with `threads` math threads, fp32 (the
-faithful default) or oneDNN bf16 (CPUs with avx512_bf16 / amx_bf16 only). GPU: CUDA, optionally with
-TensorRT (fp32 or fp16) for the extractor. The choice of Config settings is a pure function
-(`config_plan`) so that the GPU branches are testable on a CPU-only build.
+Run: `paddle.inference.Config` + `create_predictor`. CPU: oneDNN with `threads` math threads (default: from
+the cgroup CPU quota, models/cgroup.py), fp32 (the faithful default) or oneDNN bf16 (CPUs with avx512_bf16 /
+amx_bf16 only). GPU: CUDA, fp32 with TF32 off (`gpu_precision_plan`) or fp16; with TensorRT, the export is
+converted once by `paddle.tensorrt.convert` (Paddle 3's route for PIR programs) into
+`<export>/trt-<precision>-b<max batch>-<gpu model>/`, keyed and written like the export. The choices are
+pure functions (`config_plan`, `gpu_precision_plan`, `tensorrt_plan`, `tensorrt_entry`) so that the GPU
+branches are testable on a CPU-only build; none of it has run on a GPU here (docs/performance.md).
 
 Threads: a predictor is not safe for concurrent `run`s, so each engine serialises its calls with a lock;
 calling from a thread other than the one that created the predictor works (measured, and tested), which
@@ -22,19 +25,21 @@ Numbers and the reasons for each choice: docs/performance.md.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import logging
 import os
 import shutil
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import paddle
 
+from models import cgroup
 from models.engines import DygraphEngine, Engine
 
 log = logging.getLogger(__name__)
@@ -62,11 +67,9 @@ class EngineOptionsError(ValueError):
 
 
 def default_threads() -> int:
-    """CPUs this process may run on (the affinity mask, which honours taskset/cpusets), else os.cpu_count()."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+    """CPU math threads when none are asked for: from the cgroup CPU quota, capped by the affinity mask
+    (models/cgroup.py; decided and logged once per process)."""
+    return cgroup.thread_plan().threads
 
 
 def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> set[str]:
@@ -107,15 +110,23 @@ def check_options(device: str, precision: str, tensorrt: bool = False) -> None:
             raise EngineOptionsError("precision bf16 is the CPU (oneDNN) mode; on GPU use fp32 or fp16")
         if not paddle.is_compiled_with_cuda():
             raise EngineOptionsError("device gpu needs a CUDA build of paddlepaddle (paddlepaddle-gpu)")
+        if tensorrt and tuple(paddle.inference.get_trt_compile_version()) == (0, 0, 0):
+            raise EngineOptionsError("tensorrt needs a paddlepaddle-gpu build with TensorRT (this one has none): "
+                                     "install one, or set tensorrt false")
+        if tensorrt and importlib.util.find_spec("tensorrt") is None:
+            raise EngineOptionsError("tensorrt needs NVIDIA's `tensorrt` Python package, which Paddle's TensorRT "
+                                     "converter imports: install the one matching "
+                                     "paddle.inference.get_trt_compile_version() (deploy/Dockerfile.gpu: "
+                                     "TENSORRT_PACKAGE), or set tensorrt false")
 
 
 def config_plan(device: str = "cpu", precision: str = "fp32", threads: int | None = None, tensorrt: bool = False,
-                *, gpu_memory_mb: int = DEFAULT_GPU_MEMORY_MB, device_id: int = 0,
-                input_shapes: tuple[dict[str, list[int]], dict[str, list[int]], dict[str, list[int]]] | None = None,
-                trt_cache_dir: str | None = None, max_batch: int = DEFAULT_MAX_BATCH) -> list[tuple[str, tuple]]:
+                *, gpu_memory_mb: int = DEFAULT_GPU_MEMORY_MB, device_id: int = 0) -> list[tuple[str, tuple]]:
     """The `paddle.inference.Config` calls, in order, as (method name, args): no side effects, no hardware check.
 
-    `input_shapes` = (min, max, opt) shapes per input name, for TensorRT's dynamic shapes.
+    With `tensorrt`, the Config is for a program that `convert_for_tensorrt` made already (Paddle 3's route
+    for PIR programs: its TensorRT engine ops carry their own precision), so it only runs it on the GPU in
+    fp32; the legacy `enable_tensorrt_engine` subgraph route is for pre-PIR programs.
     """
     PrecisionType = paddle.inference.PrecisionType
     # (No enable_memory_optim: with Paddle 3's PIR programs its pass is missing and create_predictor fails.)
@@ -126,19 +137,78 @@ def config_plan(device: str = "cpu", precision: str = "fp32", threads: int | Non
         if precision == "bf16":
             plan.append(("enable_mkldnn_bfloat16", ()))
         return plan
-    half = precision == "fp16"
-    # Without TensorRT, fp16 is Paddle's GPU mixed precision; with it, TensorRT picks the fp16 kernels.
-    gpu_precision = PrecisionType.Half if half and not tensorrt else PrecisionType.Float32
+    # Without TensorRT, fp16 is Paddle's GPU mixed precision; with it, the converted engines hold the fp16 kernels.
+    gpu_precision = PrecisionType.Half if precision == "fp16" and not tensorrt else PrecisionType.Float32
     plan.append(("enable_use_gpu", (gpu_memory_mb, device_id, gpu_precision)))
-    if tensorrt:
-        plan.append(("enable_tensorrt_engine", (TRT_WORKSPACE, max_batch, 3,
-                                                PrecisionType.Half if half else PrecisionType.Float32,
-                                                trt_cache_dir is not None, False)))
-        if input_shapes is not None:
-            plan.append(("set_trt_dynamic_shape_info", input_shapes))
-        if trt_cache_dir is not None:  # serialised TensorRT engines: built once, reused by later starts
-            plan.append(("set_optim_cache_dir", (trt_cache_dir,)))
     return plan
+
+
+def gpu_precision_plan(device: str, precision: str) -> tuple[dict[str, str], dict[str, bool]]:
+    """(environment variables, Paddle TF32 switches) for `precision` on `device`.
+
+    Faithful fp32 on a GPU means no TF32 (Ampere and later run fp32 matmuls and convolutions with a 10-bit
+    mantissa by default): NVIDIA_TF32_OVERRIDE=0 turns it off in cuBLAS, cuDNN and TensorRT alike (read when
+    the libraries initialise, so it must be set before CUDA is first used), and Paddle's own switches
+    (`core.set_cublas_switch` / `set_cudnn_switch`, which decide whether Paddle asks for TF32 math) are
+    turned off too. fp16 leaves both alone: it is the fast mode, and TensorRT picks its own kernels.
+    """
+    if device != "gpu" or precision != "fp32":
+        return {}, {}
+    return {"NVIDIA_TF32_OVERRIDE": "0"}, {"set_cublas_switch": False, "set_cudnn_switch": False}
+
+
+def set_up_gpu_precision(device: str, precision: str, environ: MutableMapping[str, str] = os.environ,
+                         core: Any = None) -> list[str]:
+    """Apply `gpu_precision_plan` (before the first CUDA use); returns what it set, for the log and tests."""
+    env, switches = gpu_precision_plan(device, precision)
+    done = []
+    for name, value in env.items():
+        environ[name] = value
+        done.append(f"{name}={value}")
+    if switches:
+        core = core if core is not None else paddle.base.core
+        for name, value in switches.items():
+            getattr(core, name)(value)
+            done.append(f"core.{name}({value})")
+    if done:
+        log.info("GPU %s: TF32 off (%s)", precision, ", ".join(done))
+    return done
+
+
+def tensorrt_plan(precision: str, max_batch: int, image_size: int = 224) -> dict[str, Any]:
+    """What `paddle.tensorrt.convert` is given for the extractor: dynamic batch 1..max_batch, optimised for
+    full batches (the model thread merges videos' frames into them), TensorRT precision FP16 or FP32."""
+    frame = [3, image_size, image_size]
+    return {"input": EXTRACTOR_INPUT, "min": [1, *frame], "opt": [max_batch, *frame], "max": [max_batch, *frame],
+            "precision": "FP16" if precision == "fp16" else "FP32", "workspace": TRT_WORKSPACE}
+
+
+def tensorrt_entry(export_dir: Path, plan: dict[str, Any], gpu_name: str) -> Path:
+    """Converted programs live beside the export they come from, one per precision, batch range and GPU model
+    (a TensorRT engine is built for one GPU model and TensorRT version): `<export>/trt-fp16-b64-<gpu>/`."""
+    gpu = "".join(c if c.isalnum() or c in "-_." else "_" for c in gpu_name)[:48]
+    return export_dir / f"trt-{plan['precision'].lower()}-b{plan['max'][0]}-{gpu}"
+
+
+def tensorrt_meta(plan: dict[str, Any], gpu_name: str, trt_version: str) -> dict[str, Any]:
+    return {"net": "extractor-tensorrt", **plan, "gpu": gpu_name, "tensorrt": trt_version,
+            "paddle": paddle.__version__}
+
+
+def convert_for_tensorrt(export_dir: Path, target: Path, plan: dict[str, Any], meta: dict[str, Any]) -> Path:
+    """`paddle.tensorrt.convert` of the exported PIR program into `target` (atomically, reused while its
+    meta matches): TensorRT engines for every subgraph TensorRT can run, the rest left to Paddle's GPU ops."""
+
+    def write(tmp: Path) -> None:
+        from paddle.tensorrt.export import Input, PrecisionMode, TensorRTConfig, convert
+
+        shapes = Input(min_input_shape=tuple(plan["min"]), optim_input_shape=tuple(plan["opt"]),
+                       max_input_shape=tuple(plan["max"]), name=plan["input"])
+        config = TensorRTConfig(inputs=[shapes], save_model_dir=str(tmp / MODEL_STEM),
+                                precision_mode=PrecisionMode[plan["precision"]], workspace_size=plan["workspace"])
+        convert(str(export_dir / MODEL_STEM), config)
+
+    return build_atomically(target, meta, write)
 
 
 def model_files(model_dir: str | Path) -> tuple[Path, Path]:
@@ -230,24 +300,17 @@ def _is_current(target: Path, meta: dict[str, Any]) -> bool:
         return False
 
 
-def export(layer: paddle.nn.Layer | Callable[[], paddle.nn.Layer], target: Path, input_shape: list[int | None],
-           input_name: str, meta: dict[str, Any]) -> Path:
-    """`paddle.jit.save` the layer into `target`, atomically: a temporary sibling renamed into place.
-
-    A current export already at `target` is reused (returned untouched); a stale one (other Paddle version,
-    other input shape) is replaced. `layer` may be a function that makes it, called only when an export is due.
-    """
-    global export_count
+def build_atomically(target: Path, meta: dict[str, Any], write: Callable[[Path], None]) -> Path:
+    """Make `target` with `write(tmp)` in a temporary sibling renamed into place, unless a current one (its
+    `export.json` equal to `meta`) is there already. A stale one is replaced; a concurrent build's complete
+    result is accepted."""
     if _is_current(target, meta):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
-        spec = paddle.static.InputSpec(list(input_shape), "float32", input_name)  # (it rewrites the list)
-        made = layer if isinstance(layer, paddle.nn.Layer) else layer()
-        paddle.jit.save(made, str(tmp / MODEL_STEM), input_spec=[spec])
+        write(tmp)
         (tmp / META_FILE).write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
-        export_count += 1
         tmp.chmod(0o755)  # mkdtemp makes it private; the cache may be shared by users of one machine
         if target.exists():  # stale: move it aside first (rename over a non-empty directory fails)
             old = Path(tempfile.mkdtemp(prefix=f".{target.name}-old-", dir=target.parent))
@@ -260,8 +323,26 @@ def export(layer: paddle.nn.Layer | Callable[[], paddle.nn.Layer], target: Path,
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    log.info("exported %s to %s", meta["net"], target)
+    log.info("built %s in %s", meta["net"], target)
     return target
+
+
+def export(layer: paddle.nn.Layer | Callable[[], paddle.nn.Layer], target: Path, input_shape: list[int | None],
+           input_name: str, meta: dict[str, Any]) -> Path:
+    """`paddle.jit.save` the layer into `target`, atomically (`build_atomically`).
+
+    A current export already at `target` is reused (returned untouched); a stale one (other Paddle version,
+    other input shape) is replaced. `layer` may be a function that makes it, called only when an export is due.
+    """
+
+    def write(tmp: Path) -> None:
+        global export_count
+        spec = paddle.static.InputSpec(list(input_shape), "float32", input_name)  # (it rewrites the list)
+        made = layer if isinstance(layer, paddle.nn.Layer) else layer()
+        paddle.jit.save(made, str(tmp / MODEL_STEM), input_spec=[spec])
+        export_count += 1
+
+    return build_atomically(target, meta, write)
 
 
 def random_weights_key(layers: list[paddle.nn.Layer], seed: int) -> str:
@@ -294,15 +375,15 @@ def extractor_engine(extractor_layer: paddle.nn.Layer | Callable[[], paddle.nn.L
     shape: list[int | None] = [None, 3, image_size, image_size]
     target = export(extractor_layer, cache_entry(cache_dir, weights_key(digest), "extractor", layers), shape,
                     EXTRACTOR_INPUT, _meta("extractor", layers, shape))
-    options: dict[str, Any] = {"max_batch": max_batch}
     if tensorrt:
-        fixed = [3, image_size, image_size]
-        options["input_shapes"] = ({EXTRACTOR_INPUT: [1, *fixed]}, {EXTRACTOR_INPUT: [max_batch, *fixed]},
-                                   {EXTRACTOR_INPUT: [max_batch, *fixed]})
-        options["trt_cache_dir"] = str(target / f"trt-{precision}")
+        plan = tensorrt_plan(precision, max_batch, image_size)
+        gpu = paddle.device.cuda.get_device_name()
+        trt_version = ".".join(map(str, paddle.inference.get_trt_runtime_version()))
+        target = convert_for_tensorrt(target, tensorrt_entry(target, plan, gpu), plan,
+                                      tensorrt_meta(plan, gpu, trt_version))
     if chunk is None and device == "cpu":
         chunk = DEFAULT_CPU_CHUNK
-    return InferenceEngine(make_config(target, device, precision, threads, tensorrt, **options),
+    return InferenceEngine(make_config(target, device, precision, threads, tensorrt),
                            (3, image_size, image_size), name=f"extractor ({target.name})", chunk=chunk)
 
 

@@ -8,18 +8,20 @@ weight file (its label file must match it); with zero heads the chain only extra
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import paddle
 
+from models import cgroup
 from models.attention_lstm import AttentionLSTM, attention_lstm
 from models.config import ExtractorConfig, PredictorConfig
-from models.engines import DygraphEngine, Engine
+from models.engines import DygraphEngine, Engine, SimulatedEngine
 from models.heads import DEFAULT_HEAD, HeadSpec, check_heads, load_control
 from models.labels import Tag, TagControl, load_labels, select_tags
 from models.preprocess import normalise
@@ -29,6 +31,7 @@ from models.video import InProcessDecoder
 from models.weights import assign, file_digest, find_params, load_into, randomize, read_state
 
 RANDOM_WEIGHTS = "random-untrained"
+ENGINES = ("dygraph", "inference", "simulated")
 RANDOM_SEED = 0
 
 
@@ -115,9 +118,14 @@ class VideoTagger:
         return TagResult(tags, probs, feats, video, timings)
 
 
-def set_device(device: str) -> None:
-    if device == "gpu" and not paddle.device.is_compiled_with_cuda():
-        raise RuntimeError("--device gpu needs a CUDA build of paddlepaddle (paddlepaddle-gpu)")
+def set_device(device: str, precision: str = "fp32") -> None:
+    """Select the device; on a GPU, first set up `precision` (TF32 off for fp32: before CUDA is used)."""
+    if device == "gpu":
+        if not paddle.device.is_compiled_with_cuda():
+            raise RuntimeError("--device gpu needs a CUDA build of paddlepaddle (paddlepaddle-gpu)")
+        from models.inference import set_up_gpu_precision
+
+        set_up_gpu_precision(device, precision)
     paddle.set_device(device)
 
 
@@ -173,6 +181,7 @@ def build_tagger(
     cache_dir: str | Path = ".cache/videotag/models",
     threads: int | None = None,
     tensorrt: bool = False,
+    simulated_ms_per_frame: float = 0.0,
 ) -> VideoTagger:
     """Load the extractor and the heads with their weights (or seeded random ones, for demos only).
 
@@ -181,30 +190,35 @@ def build_tagger(
     extractor and the heads on the default weights random; a head with weights of its own loads them.
     `engine` "dygraph" runs eager Paddle (fp32 only); "inference" exports the extractor to `cache_dir` and runs
     it on Paddle Inference (see models/inference.py) with `precision` fp32 or bf16 (CPU), fp16 (GPU), on
-    `threads` CPU math threads (default: all CPUs), `tensorrt` on GPU. Heads always run eagerly (see
-    `inference_engines` for why).
+    `threads` CPU math threads (default: from the cgroup CPU quota, models/cgroup.py), `tensorrt` on GPU. Heads
+    always run eagerly (see `inference_engines` for why). "simulated" loads no extractor: a stand-in that sleeps
+    `simulated_ms_per_frame` per frame and returns zero features, and heads that return zero probabilities
+    (no sleep: the LSTM is a few percent of a video's model time), for measuring the host side alone.
     """
-    if engine not in ("dygraph", "inference"):
-        raise ValueError(f"engine must be dygraph or inference, not {engine!r}")
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {list(ENGINES)}, not {engine!r}")
     if engine == "dygraph" and precision != "fp32":
         raise ValueError(f"precision {precision} needs engine inference (dygraph runs fp32 only)")
     specs = list(heads) if heads is not None else [HeadSpec(DEFAULT_HEAD)]
     check_heads(specs)
     ecfg = extractor_config or ExtractorConfig()
     pcfg = predictor_config or PredictorConfig()
-    set_device(device)
+    set_device(device, precision)
+    if device == "cpu" and engine == "inference":  # (eager Paddle runs its math on one thread by default)
+        threads = cgroup.thread_plan(threads or 0).threads  # decided and logged once per process
     # Looked for before the heads load: on a fresh checkout the first error names the first file to get.
-    extractor_file = None if allow_random_weights else find_params(extractor_weights, "tsn")
+    extractor_file = None if allow_random_weights or engine == "simulated" else find_params(extractor_weights, "tsn")
     loaded = [_load_head(spec, predictor_weights, label_file, pcfg, allow_random_weights) for spec in specs]
     built = tuple(head for head, _ in loaded)
     head_files = [path for _, path in loaded if path is not None]
     if extractor_file is None:
-        random_extractor = tsn_resnet(ecfg.layers)
-        randomize(random_extractor, RANDOM_SEED)
         weights = extractor_digest = RANDOM_WEIGHTS
 
-        def extractor() -> paddle.nn.Layer:
-            return random_extractor
+        @functools.cache
+        def extractor() -> paddle.nn.Layer:  # built when first needed (never for the simulated engine)
+            layer = tsn_resnet(ecfg.layers)
+            randomize(layer, RANDOM_SEED)
+            return layer
     else:
         source = extractor_file
         # `weights` names the whole chain in results; the extractor's own digest names its features
@@ -229,7 +243,16 @@ def build_tagger(
         "paddle": paddle.__version__,
     }
     extractor_engine: Engine
-    if engine == "inference":
+    if engine == "simulated":
+        info["simulated_ms_per_frame"] = simulated_ms_per_frame
+        size = ecfg.target_size
+        extractor_engine = SimulatedEngine(simulated_ms_per_frame, (pcfg.feature_size,), (3, size, size),
+                                           "simulated extractor")
+        built = tuple(replace(head, predictor=SimulatedEngine(0.0, (len(head.labels),),
+                                                              (ecfg.seg_num, pcfg.feature_size),
+                                                              f"simulated head {head.name}"))
+                      for head in built)
+    elif engine == "inference":
         from models.inference import extractor_engine as exported_extractor
         from models.inference import random_weights_key
 

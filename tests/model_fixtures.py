@@ -26,6 +26,8 @@ GOLDEN = SHARED / "golden"
 LABELS = SHARED / "label_3396.txt"
 MAKE_WEIGHTS = SHARED / "tools" / "make_weights.py"
 WEIGHTS_CACHE = REPO / ".cache" / "test-weights"
+# The device of the fidelity fixtures and CLI runs: cpu, or gpu under deploy/gpu-check.sh.
+TEST_DEVICE = os.environ.get("VIDEOTAG_TEST_DEVICE", "cpu")
 SAMPLE_VIDEOS = ("bikes.mp4", "carphone_pristine.mp4")
 TOLERANCE_PROBS = 1e-4
 TOLERANCE_FEATURES = 1e-3
@@ -84,7 +86,7 @@ def seed0_tagger_instance():
     from models.tagger import build_tagger
 
     weights = generated_weights(0, 101)
-    return build_tagger(weights / "tsn", weights / "attention_lstm", LABELS)
+    return build_tagger(weights / "tsn", weights / "attention_lstm", LABELS, device=TEST_DEVICE)
 
 
 @pytest.fixture(scope="session")
@@ -171,6 +173,8 @@ def make_clip(path: Path, frames: int, size: str = "320x240", rate: int = 25, ex
 def cli_env(**extra: str) -> dict[str, str]:
     """The environment for a `videotag` subprocess: no VIDEOTAG_* settings leaking in from outside."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("VIDEOTAG_")}
+    if TEST_DEVICE != "cpu":
+        env["VIDEOTAG_DEVICE"] = TEST_DEVICE
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     env.update(extra)
     return env

@@ -54,6 +54,55 @@ def test_bench_reports_every_figure(tmp_path: Path) -> None:
     # Same weights, faithful preprocessing, fp32: the pipeline tags as the original-style baseline.
     assert agreement["overlap"] == 20
     assert (tmp_path / "b.png").is_file() or "matplotlib is not installed" in done.stderr
+    # Cold start: a fresh `videotag tag` process, compared with the baseline's load + first video.
+    assert "cold start (`videotag tag`" in table
+    assert _positive(report["cold_start"]["cold_s"]) and report["cold_start"]["videos"] == 1
+    assert report["cold_start"]["warm_s_per_video"] is None  # one video: no second result to time
+    assert _positive(report["ratios"]["cold_vs_baseline"])
+
+
+@pytest.mark.slow
+def test_bench_simulated_engine_reports_the_host_side(tmp_path: Path) -> None:
+    require_shared()
+    video = VIDEOS / "carphone_pristine.mp4"
+    out = tmp_path / "host.json"
+    done = run_cli("bench", "--engine", "simulated", "--simulated-ms-per-frame", "20", "--videos", str(video),
+                   "--repeat", "3", "--seg-num", "8", "--allow-random-weights", "--label-file", str(LABELS),
+                   "--json", str(out), timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "host side (simulated engine, 20 ms/frame" in done.stdout and "videos per CPU-second" in done.stdout
+    report = json.loads(out.read_text(encoding="utf-8"))
+    host, pipeline = report["host_side"], report["pipeline"]
+    assert pipeline["videos"] == 3 and "baseline" not in report and "ceiling" not in report
+    for name in ("videos_per_s", "videos_per_cpu_s", "cpu_s_per_video", "decoder_cpu_s", "worker_cpu_s"):
+        assert _positive(host[name]), name
+    # The engine slept 20 ms for each distinct frame it was given (8 per video), the GIL released meanwhile.
+    assert pipeline["engine_busy_s"] >= 0.020 * pipeline["extracted_frames"] * 0.95
+    assert 0 < host["engine_busy"] <= 1
+    assert host["videos_per_cpu_s"] == pytest.approx(3 / (host["worker_cpu_s"] + host["decoder_cpu_s"]), rel=0.02)
+
+
+def test_cold_ratios_compare_with_the_baseline_as_a_cli_user_would() -> None:
+    cold = {"cold_s": 10.0, "warm_s_per_video": 2.0}
+    baseline = {"first_video_s": 170.0, "s_per_video": 171.0}
+    assert bench.cold_ratios(cold, baseline, baseline_load_s=30.0) == {"cold_vs_baseline": 20.0,
+                                                                       "warm_vs_baseline": 85.5}
+    assert bench.cold_ratios({**cold, "warm_s_per_video": None}, baseline, 30.0) == {"cold_vs_baseline": 20.0}
+
+
+def test_the_cold_tag_process_gets_the_bench_settings() -> None:
+    from models.heads import HeadSpec
+    from worker.cli import MODEL_SETTINGS
+    from worker.settings import load_settings
+
+    settings = load_settings(overrides={"seg_num": 4, "engine": "dygraph", "allow_random_weights": True,
+                                        "layers": 50, "cpu_threads": 2, "model_cache_dir": "/tmp/x",
+                                        "predictors": [{"name": "a"}, {"name": "b", "topk": 3}]})
+    env = bench.tag_environment(settings)
+    child = load_settings(env=env)
+    for name in MODEL_SETTINGS:
+        assert getattr(child, name) == getattr(settings, name), name
+    assert child.predictors == [HeadSpec("a"), HeadSpec("b", topk=3)]
 
 
 @pytest.mark.slow
@@ -122,3 +171,15 @@ def test_plot_without_matplotlib(monkeypatch: pytest.MonkeyPatch, capsys: pytest
     monkeypatch.setattr(builtins, "__import__", no_matplotlib)
     assert bench.plot({}, str(tmp_path / "x.png")) is False
     assert "matplotlib is not installed" in capsys.readouterr().err
+
+
+def test_a_cold_start_that_fails_or_hangs_says_why_and_waits_no_longer(tmp_path: Path) -> None:
+    from worker.settings import load_settings
+
+    settings = load_settings(overrides={"extractor_weights": str(tmp_path / "none"), "seg_num": 4})
+    with pytest.raises(RuntimeError, match=r"`videotag tag` exited 2: .*tsn"):
+        bench.cold_start(settings, [VIDEOS / "carphone_pristine.mp4"])
+    start = time.monotonic()
+    with pytest.raises(RuntimeError, match="exited -9"):
+        bench.cold_start(settings, [VIDEOS / "carphone_pristine.mp4"], timeout_s=0.5)
+    assert time.monotonic() - start < 30

@@ -203,8 +203,11 @@ def test_cpu_fp32_plan() -> None:
     assert not {"enable_use_gpu", "enable_tensorrt_engine"} & set(plan)
 
 
-def test_cpu_threads_default_to_all_cpus() -> None:
-    assert _methods(config_plan("cpu"))["set_cpu_math_library_num_threads"] == (inference.default_threads(),)
+def test_cpu_threads_default_to_the_cgroup_plan() -> None:
+    from models import cgroup
+
+    expected = cgroup.plan_threads(0, cgroup.cpu_quota(), cgroup.affinity_cpus()).threads
+    assert _methods(config_plan("cpu"))["set_cpu_math_library_num_threads"] == (expected,)
 
 
 def test_cpu_bf16_plan() -> None:
@@ -220,15 +223,107 @@ def test_gpu_plans() -> None:
     mixed = _methods(config_plan("gpu", "fp16"))
     assert mixed["enable_use_gpu"][2] == PrecisionType.Half and "enable_tensorrt_engine" not in mixed
 
-    shapes = ({"images": [1, 3, 224, 224]}, {"images": [32, 3, 224, 224]}, {"images": [32, 3, 224, 224]})
-    trt = _methods(config_plan("gpu", "fp16", tensorrt=True, input_shapes=shapes, trt_cache_dir="/c", max_batch=32))
-    _workspace, max_batch, _, precision, use_static, use_calib = trt["enable_tensorrt_engine"]
-    assert (max_batch, precision, use_static, use_calib) == (32, PrecisionType.Half, True, False)
-    assert trt["enable_use_gpu"][2] == PrecisionType.Float32  # TensorRT, not Paddle's AMP, does the fp16
-    assert trt["set_trt_dynamic_shape_info"] == shapes and trt["set_optim_cache_dir"] == ("/c",)
+    # Paddle 3's PIR route: the program is converted beforehand; the predictor only runs it on the GPU.
+    for precision in ("fp32", "fp16"):
+        trt = _methods(config_plan("gpu", precision, tensorrt=True))
+        assert trt["enable_use_gpu"][2] == PrecisionType.Float32  # the converted engines hold their precision
+        assert "enable_tensorrt_engine" not in trt  # (the legacy subgraph route, for pre-PIR programs)
 
-    trt32 = _methods(config_plan("gpu", "fp32", tensorrt=True))
-    assert trt32["enable_tensorrt_engine"][3] == PrecisionType.Float32
+
+def test_gpu_fp32_turns_tf32_off_before_cuda_and_fp16_leaves_it() -> None:
+    assert inference.gpu_precision_plan("gpu", "fp32") == (
+        {"NVIDIA_TF32_OVERRIDE": "0"}, {"set_cublas_switch": False, "set_cudnn_switch": False})
+    assert inference.gpu_precision_plan("gpu", "fp16") == ({}, {})
+    assert inference.gpu_precision_plan("cpu", "fp32") == ({}, {})
+
+    class Core:
+        def __init__(self) -> None:
+            self.calls: list[tuple[str, bool]] = []
+
+        def set_cublas_switch(self, on: bool) -> None:
+            self.calls.append(("cublas", on))
+
+        def set_cudnn_switch(self, on: bool) -> None:
+            self.calls.append(("cudnn", on))
+
+    env: dict[str, str] = {"NVIDIA_TF32_OVERRIDE": "1"}
+    core = Core()
+    done = inference.set_up_gpu_precision("gpu", "fp32", env, core)
+    assert env["NVIDIA_TF32_OVERRIDE"] == "0" and core.calls == [("cublas", False), ("cudnn", False)]
+    assert len(done) == 3
+    env = {}
+    assert inference.set_up_gpu_precision("gpu", "fp16", env, Core()) == [] and env == {}
+
+
+def test_tensorrt_plan_and_cache_entry(tmp_path: Path) -> None:
+    plan = inference.tensorrt_plan("fp16", 64)
+    assert (plan["min"], plan["opt"], plan["max"]) == ([1, 3, 224, 224], [64, 3, 224, 224], [64, 3, 224, 224])
+    assert plan["precision"] == "FP16" and plan["input"] == inference.EXTRACTOR_INPUT
+    assert inference.tensorrt_plan("fp32", 8)["precision"] == "FP32"
+    export_dir = tmp_path / "0123456789abcdef-extractor-101"
+    entry = inference.tensorrt_entry(export_dir, plan, "NVIDIA H100 80GB HBM3")
+    assert entry == export_dir / "trt-fp16-b64-NVIDIA_H100_80GB_HBM3"  # beside the export, keyed like it
+    assert inference.tensorrt_entry(export_dir, inference.tensorrt_plan("fp32", 64), "x") != \
+        inference.tensorrt_entry(export_dir, plan, "x")
+    meta = inference.tensorrt_meta(plan, "NVIDIA H100", "10.5.0")
+    assert meta["gpu"] == "NVIDIA H100" and meta["tensorrt"] == "10.5.0" and meta["paddle"] == paddle.__version__
+
+
+def test_tensorrt_conversion_is_built_once_and_atomically(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a fake `paddle.tensorrt.export` (the CPU wheel has none): the converter gets the plan's shapes and
+    precision and a save prefix inside a temporary directory; a second build reuses the result."""
+    import sys
+    import types
+
+    calls: list[tuple[str, object]] = []
+
+    class Input:
+        def __init__(self, **kwargs: object) -> None:
+            self.kwargs = kwargs
+
+    class TensorRTConfig:
+        def __init__(self, inputs: list, save_model_dir: str, precision_mode: str, workspace_size: int) -> None:
+            self.inputs, self.save_model_dir, self.precision_mode = inputs, save_model_dir, precision_mode
+
+    def convert(model_path: str, config: TensorRTConfig) -> None:
+        calls.append((model_path, config))
+        Path(config.save_model_dir + ".json").write_text("{}")
+        Path(config.save_model_dir + ".pdiparams").write_bytes(b"")
+
+    fake = types.ModuleType("paddle.tensorrt.export")
+    fake.Input, fake.TensorRTConfig, fake.convert = Input, TensorRTConfig, convert  # type: ignore[attr-defined]
+    fake.PrecisionMode = {"FP16": "fp16-mode", "FP32": "fp32-mode"}  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "paddle.tensorrt", types.ModuleType("paddle.tensorrt"))
+    monkeypatch.setitem(sys.modules, "paddle.tensorrt.export", fake)
+
+    export_dir = tmp_path / "key-extractor-50"
+    plan = inference.tensorrt_plan("fp16", 32)
+    target = inference.tensorrt_entry(export_dir, plan, "gpu")
+    meta = inference.tensorrt_meta(plan, "gpu", "10.0")
+    assert inference.convert_for_tensorrt(export_dir, target, plan, meta) == target
+    assert inference.convert_for_tensorrt(export_dir, target, plan, meta) == target
+    assert len(calls) == 1, "the second build converted again"
+    model_path, config = calls[0]
+    assert model_path == str(export_dir / "model") and config.precision_mode == "fp16-mode"
+    assert config.inputs[0].kwargs == {"min_input_shape": (1, 3, 224, 224), "optim_input_shape": (32, 3, 224, 224),
+                                       "max_input_shape": (32, 3, 224, 224), "name": "images"}
+    assert Path(config.save_model_dir).parent != target  # written elsewhere, renamed into place
+    assert inference.model_files(target)[0].name == "model.json"
+    assert json.loads((target / inference.META_FILE).read_text()) == meta
+    assert [p.name for p in tmp_path.rglob(".*")] == []  # no temporary directory left behind
+
+
+def test_tensorrt_is_refused_without_a_tensorrt_build(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(paddle, "is_compiled_with_cuda", lambda: True)
+    monkeypatch.setattr(paddle.inference, "get_trt_compile_version", lambda: (0, 0, 0))
+    with pytest.raises(EngineOptionsError, match="build with TensorRT"):
+        check_options("gpu", "fp16", tensorrt=True)
+    check_options("gpu", "fp16")  # plain CUDA is fine
+    # A TensorRT build without NVIDIA's `tensorrt` package: the PIR converter could not be imported.
+    monkeypatch.setattr(paddle.inference, "get_trt_compile_version", lambda: (10, 5, 0))
+    monkeypatch.setattr(inference.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(EngineOptionsError, match="`tensorrt` Python package"):
+        check_options("gpu", "fp16", tensorrt=True)
 
 
 @pytest.mark.slow

@@ -9,6 +9,17 @@ One run, one set of weights, the same videos:
   `tagger.tag(path)`, wall time for all videos × repeat.
 The ceiling fraction uses the frames the pipeline actually extracts (distinct sampled frames: a video shorter
 than seg_num frames repeats frames, which are extracted once), so it measures how busy the engine is kept.
+- cold start: `videotag tag` over the same videos as a fresh process, as a CLI user runs it: seconds to the
+  first result (interpreter, imports, model load, first video; the export is cached by then), and the mean
+  seconds between later results (warm), each as a ratio to the baseline's (its load + first video, and its
+  seconds per video).
+
+`--engine simulated --simulated-ms-per-frame X` measures the host side instead (docs/performance.md): the
+worker's way (each video decoded in a child process) with a stand-in engine that sleeps X ms per frame with
+the GIL released, so that decode + preprocess + the host copy are all that use the CPUs. It reports videos/s,
+videos per CPU-second of the worker and its decoder children (what one core sustains: the figure that sizes
+the CPUs of a GPU node) and the engine's busy fraction; no ceiling, baseline or cold start. Fetching from S3
+is not included (local files).
 
 `--long-video SECONDS` is a memory check instead: a synthetic 1080p H.264 clip of that length through the
 pipeline (peak RSS), and the baseline's RSS growth per second of 1080p video, measured on a short clip
@@ -40,6 +51,7 @@ import numpy as np
 from PIL import Image
 
 from models.config import ExtractorConfig, PredictorConfig
+from models.decoder_process import DecoderLimits
 from models.labels import top_k
 from models.preprocess import normalise, scaled_size
 from models.sampling import sample_indices
@@ -74,8 +86,10 @@ def peak_rss_mb() -> float:
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
 
-def cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
+def cpu_seconds(who: int = resource.RUSAGE_SELF) -> float:
+    """CPU seconds of this process (RUSAGE_SELF) or of its children that have been waited for (RUSAGE_CHILDREN:
+    the decoder processes)."""
+    usage = resource.getrusage(who)
     return usage.ru_utime + usage.ru_stime
 
 
@@ -257,6 +271,7 @@ def run_baseline(tagger: VideoTagger, videos: list[Path], seg_num: int) -> tuple
         print(f"  baseline {path.name}: {sum(timing.values()) / 1e3:.1f} s", file=sys.stderr, flush=True)
     wall = time.perf_counter() - start
     return {"videos": len(videos), "wall_s": round(wall, 2), "videos_per_min": round(len(videos) / wall * 60, 3),
+            "s_per_video": round(wall / len(videos), 2), "first_video_s": round(sum(timings[0].values()) / 1e3, 2),
             "frames_per_s": round(len(videos) * seg_num / wall, 3), "stages": stage_stats(timings)}, tops
 
 
@@ -280,18 +295,25 @@ def measure_ceiling(tagger: VideoTagger, seconds: float, min_batches: int = 2) -
 
 
 def run_pipeline(tagger: VideoTagger, videos: list[Path], repeat: int, max_inflight: int,
-                 seg_num: int) -> tuple[dict[str, Any], dict[str, list[int]]]:
-    """All videos × repeat through ModelThread with `max_inflight` concurrent `tag` calls."""
+                 seg_num: int, decode_timeout_s: float = 0.0,
+                 decoders: DecoderLimits | None = None) -> tuple[dict[str, Any], dict[str, list[int]]]:
+    """All videos × repeat through ModelThread with `max_inflight` concurrent `tag` calls; with
+    `decode_timeout_s` > 0, each video decoded in a child process under `decoders` limits, as the worker does."""
+    from models.decoder_process import isolate_decoding
     from worker.pipeline import ModelThread, share_engines
 
     model_thread = ModelThread(max_batch=tagger.batch_size).start()
     shared = share_engines(tagger, model_thread)
+    if decode_timeout_s > 0:
+        shared = isolate_decoding(shared, decode_timeout_s, decoders or DecoderLimits())
     jobs = [path for _ in range(repeat) for path in videos]
+    busy = getattr(tagger.extractor, "busy_s", None)  # a simulated engine counts its busy time
     try:
-        start, cpu = time.perf_counter(), cpu_seconds()
+        start, cpu, children = time.perf_counter(), cpu_seconds(), cpu_seconds(resource.RUSAGE_CHILDREN)
         with ThreadPoolExecutor(max_workers=max_inflight, thread_name_prefix="video") as pool:
             results = list(pool.map(shared.tag, jobs))
         wall, cpu = time.perf_counter() - start, cpu_seconds() - cpu
+        children = cpu_seconds(resource.RUSAGE_CHILDREN) - children
     finally:
         model_thread.stop()
     tops: dict[str, list[int]] = {}
@@ -304,7 +326,9 @@ def run_pipeline(tagger: VideoTagger, videos: list[Path], repeat: int, max_infli
             "frames_per_s": round(len(jobs) * seg_num / wall, 3),
             "extracted_frames_per_s": round(distinct / wall, 3), "extracted_frames": distinct,
             "cpu_s": round(cpu, 2), "extracted_frames_per_cpu_s": round(distinct / cpu, 3),
-            "repeats_identical": consistent, "stages": stage_stats([r.timings_ms for r in results])}, tops
+            "repeats_identical": consistent, "stages": stage_stats([r.timings_ms for r in results]),
+            "children_cpu_s": round(children, 2),
+            **({"engine_busy_s": round(tagger.extractor.busy_s - busy, 2)} if busy is not None else {})}, tops
 
 
 # ---------------------------------------------------------------------------------------------- building
@@ -319,17 +343,116 @@ def build(settings: Settings, engine: str, precision: str, preprocess: str, thre
         batch_size=settings.batch_size, max_width=settings.max_width, max_height=settings.max_height,
         engine=engine, precision=precision, cache_dir=settings.model_cache_dir, threads=threads,
         tensorrt=settings.tensorrt if engine == "inference" else False,
+        simulated_ms_per_frame=settings.simulated_ms_per_frame,
     )
 
 
 def environment(settings: Settings, threads: int | None) -> dict[str, Any]:
     import paddle
 
+    from models.inference import default_threads
+
     return {"engine": settings.engine, "precision": settings.precision, "preprocess": settings.preprocess,
             "batch_size": settings.batch_size, "max_inflight": settings.max_inflight, "seg_num": settings.seg_num,
-            "layers": settings.layers, "device": settings.device, "threads": threads or os.cpu_count(),
+            "layers": settings.layers, "device": settings.device, "threads": threads or default_threads(),
             "cpu": cpu_model(), "cpus": os.cpu_count(), "paddle": paddle.__version__,
             "loadavg_start": [round(x, 2) for x in os.getloadavg()]}
+
+
+# ---------------------------------------------------------------------------------------------- cold start
+
+
+def tag_environment(settings: Settings) -> dict[str, str]:
+    """The environment that gives a `videotag tag` child this bench's model settings (VIDEOTAG_*)."""
+    from worker.cli import MODEL_SETTINGS
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VIDEOTAG_")}
+    for name in MODEL_SETTINGS:
+        value = getattr(settings, name)
+        if value is None or value == []:
+            continue
+        if name == "predictors":
+            value = json.dumps([{k: v for k, v in vars(spec).items() if v is not None} for spec in value])
+        env[f"VIDEOTAG_{name.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
+    return env
+
+
+def cold_start(settings: Settings, videos: list[Path], timeout_s: float = 3600.0) -> dict[str, Any]:
+    """`videotag tag VIDEO...` as a fresh process: seconds from its start to its first result line (cold: the
+    interpreter, imports, model load and the first video) and mean seconds between later lines (warm)."""
+    command = [sys.executable, "-m", "worker.cli", "tag", *map(str, videos)]
+    arrivals: list[float] = []
+    with tempfile.TemporaryFile() as stderr:
+        start = time.perf_counter()
+        child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, env=tag_environment(settings))
+        assert child.stdout is not None
+        watchdog = threading.Timer(timeout_s, child.kill)  # a child that hangs before its output ends
+        watchdog.start()
+        try:
+            for _line in child.stdout:
+                arrivals.append(time.perf_counter() - start)
+            code = child.wait()
+        finally:
+            watchdog.cancel()
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+        if code != 0 or not arrivals:
+            stderr.seek(0)
+            tail = stderr.read().decode(errors="replace").strip().splitlines()[-3:]
+            raise RuntimeError(f"cold start: `videotag tag` exited {code}: {' / '.join(tail)}")
+    warm = (arrivals[-1] - arrivals[0]) / (len(arrivals) - 1) if len(arrivals) > 1 else None
+    return {"videos": len(arrivals), "cold_s": round(arrivals[0], 2),
+            "warm_s_per_video": None if warm is None else round(warm, 2),
+            "process_s": round(time.perf_counter() - start, 2)}
+
+
+def cold_ratios(cold: dict[str, Any], baseline: dict[str, Any], baseline_load_s: float) -> dict[str, float]:
+    """How many times faster than the baseline a CLI user gets a first result (against the baseline's load
+    and first video, in-process: no interpreter start counted for it) and each later one."""
+    ratios = {"cold_vs_baseline": round((baseline_load_s + baseline["first_video_s"]) / cold["cold_s"], 3)}
+    if cold["warm_s_per_video"]:
+        ratios["warm_vs_baseline"] = round(baseline["s_per_video"] / cold["warm_s_per_video"], 3)
+    return ratios
+
+
+# ---------------------------------------------------------------------------------------------- host side
+
+
+def run_host_side(settings: Settings, options: BenchOptions) -> dict[str, Any]:
+    """The pipeline with the simulated engine and decoder processes: what the host side sustains."""
+    report: dict[str, Any] = {"config": environment(settings, options.threads),
+                              "videos": [str(p) for p in options.videos], "repeat": options.repeat}
+    report["config"]["simulated_ms_per_frame"] = settings.simulated_ms_per_frame
+    limits = DecoderLimits(settings.decoder_max_memory_bytes, settings.decoder_max_cpu_s)
+    with RssSampler() as sampler:
+        with sampler.phase("load"):
+            tagger = build(settings, "simulated", settings.precision, settings.preprocess, options.threads)
+        report["config"]["weights"] = tagger.info["weights"]
+        print(f"host side: {len(options.videos)} videos × {options.repeat}, {settings.max_inflight} in flight, "
+              f"simulated engine {settings.simulated_ms_per_frame:g} ms/frame", file=sys.stderr, flush=True)
+        with sampler.phase("pipeline"):
+            pipeline, _ = run_pipeline(tagger, options.videos, options.repeat, settings.max_inflight,
+                                       settings.seg_num, settings.decode_timeout_s, limits)
+    report["pipeline"] = pipeline
+    report["host_side"] = host_side_figures(pipeline)
+    report["memory"] = {"peak_rss_mb": round(peak_rss_mb(), 1),
+                        "phases": {name: phase.as_dict() for name, phase in sampler.phases.items()}}
+    report["config"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+    report["disturbed_phases"] = [name for name, phase in report["memory"]["phases"].items()
+                                  if name == "pipeline" and phase["others_cpu_share"] > DISTURBED]
+    return report
+
+
+def host_side_figures(pipeline: dict[str, Any]) -> dict[str, float]:
+    """videos/s; videos per CPU-second of the worker and its decoder children (= per core kept busy); the CPU
+    seconds per video; how busy the simulated engine was (1.0: the host side kept it saturated)."""
+    wall, videos = pipeline["wall_s"], pipeline["videos"]
+    cpu = pipeline["cpu_s"] + pipeline["children_cpu_s"]
+    return {"videos_per_s": round(videos / wall, 3), "cpu_s_per_video": round(cpu / videos, 3),
+            "videos_per_cpu_s": round(videos / cpu, 3) if cpu else 0.0,
+            "worker_cpu_s": pipeline["cpu_s"], "decoder_cpu_s": pipeline["children_cpu_s"],
+            "cores_busy": round(cpu / wall, 2), "engine_busy": round(pipeline.get("engine_busy_s", 0.0) / wall, 3)}
 
 
 # ---------------------------------------------------------------------------------------------- the bench
@@ -342,6 +465,7 @@ class BenchOptions:
     skip_baseline: bool = False
     ceiling_seconds: float = 20.0
     threads: int | None = None
+    cold_start: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -383,6 +507,14 @@ def run_bench(settings: Settings, options: BenchOptions) -> dict[str, Any]:
             del baseline_tagger
             report["agreement"] = {path: agreement(pipeline_tops[path], baseline_tops[path])
                                    for path in baseline_tops}
+        if options.cold_start:
+            print("cold start: `videotag tag` as a fresh process", file=sys.stderr, flush=True)
+            with sampler.phase("cold_start"):
+                try:
+                    report["cold_start"] = cold_start(settings,
+                                                      [p for _ in range(options.repeat) for p in options.videos])
+                except RuntimeError as exc:  # the other figures stand; say why this one is missing
+                    report["cold_start_error"] = str(exc)
     pipeline, ceiling = report["pipeline"], report["ceiling"]
     # Wall-clock fraction (idle waits count against the pipeline) and, robust to other load on the machine,
     # the fraction of frames per CPU-second of this process (idle waits do not count).
@@ -391,6 +523,9 @@ def run_bench(settings: Settings, options: BenchOptions) -> dict[str, Any]:
                                                3)}
     if "baseline" in report:
         ratios["pipeline_vs_baseline"] = round(pipeline["videos_per_min"] / report["baseline"]["videos_per_min"], 3)
+        if "cold_start" in report:
+            ratios.update(cold_ratios(report["cold_start"], report["baseline"],
+                                      sampler.phases["baseline_load"].wall_s))
     report["ratios"] = ratios
     report["memory"]["peak_rss_mb"] = round(peak_rss_mb(), 1)
     report["memory"]["phases"] = {name: phase.as_dict() for name, phase in sampler.phases.items()}
@@ -480,6 +615,17 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(f"baseline RSS growth: {b['rss_growth_mb_per_s']:.0f} MB per second of 1080p "
                      f"(measured on {b['clip_seconds']:g} s), {b['extrapolated_rss_growth_gb']} GB for "
                      f"{lv['seconds']:g} s")
+    elif "host_side" in report:
+        h, p = report["host_side"], report["pipeline"]
+        lines.append(f"host side (simulated engine, {cfg['simulated_ms_per_frame']:g} ms/frame; decoders in child "
+                     f"processes; local files, no S3 fetch): {p['videos']} videos in {p['wall_s']} s")
+        lines.append(f"videos/s: {h['videos_per_s']:.3f}; per core: {h['videos_per_cpu_s']:.3f} videos per CPU-second "
+                     f"({h['cpu_s_per_video']:.2f} CPU-s per video: worker {h['worker_cpu_s']} s, decoders "
+                     f"{h['decoder_cpu_s']} s in all); cores busy {h['cores_busy']}; engine busy "
+                     f"{h['engine_busy']:.0%}")
+        s = p["stages"]
+        lines.append("stages p50/p95 ms: " + ", ".join(f"{st} {s[st]['p50_ms']:.0f}/{s[st]['p95_ms']:.0f}"
+                                                       for st in STAGES))
     else:
         header = (f"{'':10} {'videos/min':>10} {'frames/s':>9} {'decode p50/p95 ms':>19} "
                   f"{'extract p50/p95 ms':>20} {'predict p50/p95 ms':>20} {'RSS max MB':>10}")
@@ -510,6 +656,18 @@ def format_report(report: dict[str, Any]) -> str:
         for path, a in report.get("agreement", {}).items():
             lines.append(f"top-20 vs baseline, {Path(path).name}: {a['overlap']}/{a['of']} overlap, identical order: "
                          f"{'yes' if a['identical_order'] else 'no'}")
+        if "cold_start" in report:
+            c = report["cold_start"]
+            warm = f"{c['warm_s_per_video']} s" if c["warm_s_per_video"] is not None else "n/a (one video)"
+            line = f"cold start (`videotag tag`, fresh process, export cached): first result {c['cold_s']} s, " \
+                   f"then {warm} per video"
+            if "cold_vs_baseline" in ratios:
+                line += f"; vs baseline: {ratios['cold_vs_baseline']:.2f}x cold"
+                if "warm_vs_baseline" in ratios:
+                    line += f", {ratios['warm_vs_baseline']:.2f}x warm"
+            lines.append(line)
+        if "cold_start_error" in report:
+            lines.append(f"cold start: not measured: {report['cold_start_error']}")
         lines.append(f"peak RSS: {report['memory']['peak_rss_mb']:.0f} MB (process), "
                      f"{report['memory']['peak_rss_after_pipeline_mb']:.0f} MB after the pipeline phase")
     phases = report["memory"]["phases"]
@@ -566,7 +724,7 @@ def bench_command(args: argparse.Namespace, settings: Settings) -> int:
     if args.repeat < 1:
         print("videotag bench: --repeat must be at least 1", file=sys.stderr)
         return EXIT_USAGE
-    threads = settings.cpu_threads or None  # the `cpu_threads` setting (--cpu-threads); 0 = all CPUs
+    threads = settings.cpu_threads or None  # the `cpu_threads` setting (--cpu-threads); 0 = from the cgroup
     try:
         if args.long_video is not None:
             if args.long_video <= 0 or args.baseline_clip <= 0:
@@ -582,8 +740,10 @@ def bench_command(args: argparse.Namespace, settings: Settings) -> int:
             if not videos:
                 print(f"videotag bench: no video files in {args.videos}", file=sys.stderr)
                 return EXIT_USAGE
-            options = BenchOptions(videos, args.repeat, args.skip_baseline, args.ceiling_seconds, threads)
-            report = run_bench(settings, options)
+            options = BenchOptions(videos, args.repeat, args.skip_baseline, args.ceiling_seconds, threads,
+                                   cold_start=not args.skip_cold_start)
+            report = run_host_side(settings, options) if settings.engine == "simulated" else \
+                run_bench(settings, options)
     except (WeightsError, LabelsError, EngineOptionsError, FileNotFoundError, ValueError) as exc:
         print(f"videotag bench: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -42,7 +42,7 @@ def add_setting_flags(parser: argparse.ArgumentParser, names: list[str], undersc
 MODEL_SETTINGS = ["extractor_weights", "predictor_weights", "label_file", "predictors", "seg_num", "topk", "device",
                   "layers",
                   "preprocess", "engine", "precision", "batch_size", "allow_random_weights", "model_cache_dir",
-                  "cpu_threads", "tensorrt"]
+                  "cpu_threads", "tensorrt", "simulated_ms_per_frame"]
 # features, train, eval: the extractor only (each head comes from the command's own arguments)
 EXTRACTOR_SETTINGS = ["extractor_weights", "seg_num", "layers", "preprocess", "engine", "precision", "device",
                       "batch_size", "model_cache_dir", "cpu_threads", "tensorrt"]
@@ -417,6 +417,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--videos", nargs="+", metavar="DIR_OR_FILE", help="videos, or directories of videos")
     bench.add_argument("--repeat", type=int, default=1, help="pipeline passes over the videos (default 1)")
     bench.add_argument("--skip-baseline", action="store_true", help="no baseline (and no ratio or agreement)")
+    bench.add_argument("--skip-cold-start", action="store_true",
+                       help="no cold `videotag tag` run (first-result and per-video seconds as a CLI user sees them)")
     bench.add_argument("--ceiling-seconds", type=float, default=20.0, help="time spent measuring the ceiling")
     bench.add_argument("--plot", metavar="PNG", help="plot throughput and stage latencies (needs matplotlib)")
     bench.add_argument("--json", dest="json_out", metavar="FILE", help="also write the figures as JSON")

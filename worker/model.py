@@ -35,6 +35,7 @@ def load_tagger(settings: Settings, with_heads: bool = True) -> VideoTagger:
         cache_dir=settings.model_cache_dir,
         threads=settings.cpu_threads or None,
         tensorrt=settings.tensorrt,
+        simulated_ms_per_frame=settings.simulated_ms_per_frame,
     )
     if tagger.info["weights"] == RANDOM_WEIGHTS:
         log.warning("RUNNING WITH RANDOM, UNTRAINED WEIGHTS: the tags are meaningless (demo only). "

@@ -98,8 +98,9 @@ class Settings:
     precision: str = "fp32"
     preprocess: str = "faithful"
     batch_size: int = 32
-    cpu_threads: int = 0
+    cpu_threads: int = 0  # 0: from the cgroup CPU quota (models/cgroup.py)
     tensorrt: bool = False
+    simulated_ms_per_frame: float = 0.0  # engine "simulated" only: the stand-in's time per frame
     model_cache_dir: str = ".cache/videotag/models"
     max_width: int = 7680
     max_height: int = 4320
@@ -182,6 +183,8 @@ def settings_problems(s: Settings) -> list[str]:
     if s.decoder_max_memory_bytes < DECODER_MIN_MEMORY_BYTES:
         problems.append(f"decoder_max_memory_bytes ({s.decoder_max_memory_bytes}) must be at least "
                         f"{DECODER_MIN_MEMORY_BYTES}: a decoder process needs about half of that to start")
+    if s.simulated_ms_per_frame < 0:
+        problems.append("setting 'simulated_ms_per_frame': must be at least 0")
     if s.decoder_max_cpu_s < 1:
         problems.append("setting 'decoder_max_cpu_s': must be at least 1")
     if s.termination_grace_s is not None and s.drain_grace_s + STOP_MARGIN_S > s.termination_grace_s:

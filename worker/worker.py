@@ -39,6 +39,7 @@ from models.tagger import VideoTagger
 from worker import kafka_clients, logs, tracing
 from worker.attempts import Marks, inherit
 from worker.breaker import SYSTEMIC_CODES, Breaker
+from worker.footprint import check_fit
 from worker.health import HealthServer
 from worker.lanes import RetryState, lane_rank, not_due, parse_retry, paused_lanes
 from worker.messages import VideoRequest, dlq_message, parse_request, result_message
@@ -1012,6 +1013,7 @@ def _version() -> str:
 
 def run_worker(settings: Settings) -> int:
     """`videotag worker`: run until SIGTERM/SIGINT, drain, exit 0; a second signal exits at once."""
+    check_fit(settings)  # max_inflight against the cgroup memory limit, before anything is loaded
     worker = Worker(settings)
     signals = 0
 

@@ -1291,6 +1291,28 @@ def test_the_autoscaler_scales_the_rendered_workload(helm: ModuleType, kind: str
         "apiVersion": target["apiVersion"], "kind": kind, "name": target["metadata"]["name"]}
 
 
+def _worker_resources(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    return workload(docs)["spec"]["template"]["spec"]["containers"][0]["resources"]
+
+
+def test_the_cpu_limit_equals_the_request_by_default(helm: ModuleType) -> None:
+    """The worker sizes its math threads from the CPU quota (models/cgroup.py): a pod gets one by default."""
+    assert _worker_resources(render(helm)) == {"requests": {"cpu": "2", "memory": "4Gi"},
+                                               "limits": {"cpu": "2", "memory": "6Gi"}}
+    assert _worker_resources(render(helm, "resources.limits.cpu=3"))["limits"]["cpu"] == 3  # an explicit one wins
+    gpu = _worker_resources(render(helm, *MODES["gpu"]))["limits"]
+    assert gpu["cpu"] == "2" and gpu["nvidia.com/gpu"] == 1
+    assert "cpu" not in _worker_resources(render(helm, "cpuLimitFromRequest=false"))["limits"]
+    limit_only = _worker_resources(render(helm, "resources.requests.cpu=null", "resources.limits.cpu=1"))
+    assert limit_only["limits"]["cpu"] == 1 and "cpu" not in limit_only["requests"]
+
+
+def test_a_pod_without_cpu_request_or_limit_is_refused(helm: ModuleType) -> None:
+    with pytest.raises(helm.HelmError) as refused:
+        render(helm, "resources.requests.cpu=null")
+    assert "resources.requests.cpu" in str(refused.value) and "math thread per node core" in str(refused.value)
+
+
 def test_helm_renders_every_option(helm: ModuleType, tmp_path: Path) -> None:
     docs = render(helm, *MODES["everything"])
     assert {"HorizontalPodAutoscaler", "ServiceMonitor", "PrometheusRule"} <= kinds(docs)

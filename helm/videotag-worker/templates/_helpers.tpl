@@ -85,6 +85,11 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if and .Values.autoscaling.keda.allowIdleConsumers .Values.autoscaling.keda.limitToPartitionsWithLag }}
 {{- fail "autoscaling.keda.allowIdleConsumers and autoscaling.keda.limitToPartitionsWithLag exclude each other" }}
 {{- end }}
+{{- $requests := (.Values.resources | default dict).requests | default dict }}
+{{- $limits := (.Values.resources | default dict).limits | default dict }}
+{{- if not (or (hasKey $requests "cpu") (hasKey $limits "cpu")) }}
+{{- fail "resources: set resources.requests.cpu (the CPU limit is made equal to it) or resources.limits.cpu: without either the pod has no CPU quota, and each worker would start one math thread per node core" }}
+{{- end }}
 {{- if and (contains "SASL" $protocol) (not .Values.kafka.sasl.existingSecret) }}
 {{- fail "config.security_protocol uses SASL: name the Secret holding the password in kafka.sasl.existingSecret" }}
 {{- end }}
