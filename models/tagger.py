@@ -19,7 +19,7 @@ import paddle
 
 from models.attention_lstm import AttentionLSTM, attention_lstm
 from models.config import ExtractorConfig, PredictorConfig
-from models.engines import DygraphEngine, Engine
+from models.engines import DygraphEngine, Engine, run_batches
 from models.heads import DEFAULT_HEAD, HeadSpec, check_heads, load_control
 from models.labels import Tag, TagControl, load_labels, select_tags
 from models.preprocess import normalise
@@ -88,11 +88,9 @@ class VideoTagger:
     def features(self, video: SampledVideo) -> np.ndarray:
         """[seg_num, 2048]; each distinct frame goes through the network once."""
         cfg = self.extractor_config
-        parts = [
-            self.extractor(normalise(video.crops[i : i + self.batch_size], cfg.image_mean, cfg.image_std))
-            for i in range(0, len(video.crops), self.batch_size)
-        ]
-        return np.concatenate(parts)[video.order]
+        chunks = (normalise(video.crops[i : i + self.batch_size], cfg.image_mean, cfg.image_std)
+                  for i in range(0, len(video.crops), self.batch_size))
+        return np.concatenate(run_batches(self.extractor, chunks))[video.order]
 
     def probabilities(self, features: np.ndarray) -> dict[str, np.ndarray]:
         """[B, seg_num, 2048] → per head [B, num_classes]."""

@@ -5,8 +5,10 @@ One run, one set of weights, the same videos:
   RGB, as the original reader did), pick `seg_num` of them with the original sampler, PIL-resize and crop,
   eager (dygraph) fp32, one video at a time, all `seg_num` frames through the extractor;
 - ceiling: the chosen engine's extractor alone on random frames at the batch size (frames/s);
-- pipeline: the chosen engine behind `worker.pipeline.ModelThread`, `max_inflight` video threads each calling
-  `tagger.tag(path)`, wall time for all videos × repeat.
+- pipeline: the chain as `worker.model.build_chain` makes it with the networks in this process behind one
+  `worker.pipeline.ModelThread` (the worker puts that thread in its model process) and decoding in this
+  process too (so the CPU time and peak RSS figures are those of one process, comparable with earlier runs),
+  `max_inflight` video threads each calling `tagger.tag(path)`, wall time for all videos × repeat.
 The ceiling fraction uses the frames the pipeline actually extracts (distinct sampled frames: a video shorter
 than seg_num frames repeats frames, which are extracted once), so it measures how busy the engine is kept.
 
@@ -31,7 +33,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,11 +41,11 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from models.config import ExtractorConfig, PredictorConfig
 from models.labels import top_k
 from models.preprocess import normalise, scaled_size
 from models.sampling import sample_indices
-from models.tagger import VideoTagger, build_tagger
+from models.tagger import VideoTagger
+from worker.model import Chain, build_chain
 from worker.settings import Settings
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".flv", ".mpg", ".mpeg", ".m4v", ".ts")
@@ -281,19 +283,13 @@ def measure_ceiling(tagger: VideoTagger, seconds: float, min_batches: int = 2) -
 
 def run_pipeline(tagger: VideoTagger, videos: list[Path], repeat: int, max_inflight: int,
                  seg_num: int) -> tuple[dict[str, Any], dict[str, list[int]]]:
-    """All videos × repeat through ModelThread with `max_inflight` concurrent `tag` calls."""
-    from worker.pipeline import ModelThread, share_engines
-
-    model_thread = ModelThread(max_batch=tagger.batch_size).start()
-    shared = share_engines(tagger, model_thread)
+    """All videos × repeat through the chain (built with its model thread) with `max_inflight` concurrent
+    `tag` calls."""
     jobs = [path for _ in range(repeat) for path in videos]
-    try:
-        start, cpu = time.perf_counter(), cpu_seconds()
-        with ThreadPoolExecutor(max_workers=max_inflight, thread_name_prefix="video") as pool:
-            results = list(pool.map(shared.tag, jobs))
-        wall, cpu = time.perf_counter() - start, cpu_seconds() - cpu
-    finally:
-        model_thread.stop()
+    start, cpu = time.perf_counter(), cpu_seconds()
+    with ThreadPoolExecutor(max_workers=max_inflight, thread_name_prefix="video") as pool:
+        results = list(pool.map(tagger.tag, jobs))
+    wall, cpu = time.perf_counter() - start, cpu_seconds() - cpu
     tops: dict[str, list[int]] = {}
     consistent = True
     for path, result in zip(jobs, results, strict=True):
@@ -310,16 +306,15 @@ def run_pipeline(tagger: VideoTagger, videos: list[Path], repeat: int, max_infli
 # ---------------------------------------------------------------------------------------------- building
 
 
-def build(settings: Settings, engine: str, precision: str, preprocess: str, threads: int | None) -> VideoTagger:
-    return build_tagger(
-        settings.extractor_weights, settings.predictor_weights, settings.label_file,
-        ExtractorConfig(layers=settings.layers, seg_num=settings.seg_num), PredictorConfig(topk=settings.topk),
-        heads=settings.predictors or None,
-        device=settings.device, allow_random_weights=settings.allow_random_weights, preprocess=preprocess,
-        batch_size=settings.batch_size, max_width=settings.max_width, max_height=settings.max_height,
-        engine=engine, precision=precision, cache_dir=settings.model_cache_dir, threads=threads,
-        tensorrt=settings.tensorrt if engine == "inference" else False,
-    )
+def build(settings: Settings, threads: int | None) -> Chain:
+    """The chain under test, as the worker builds it but with its model thread and decoding in this process."""
+    return build_chain(replace(settings, cpu_threads=threads or settings.cpu_threads, decode_timeout_s=0), "thread")
+
+
+def build_baseline(settings: Settings) -> Chain:
+    """The original's configuration: eager fp32, faithful preprocessing (its engines are called directly)."""
+    return build_chain(replace(settings, engine="dygraph", precision="fp32", preprocess="faithful", cpu_threads=0,
+                               tensorrt=False, decode_timeout_s=0), "inline")
 
 
 def environment(settings: Settings, threads: int | None) -> dict[str, Any]:
@@ -351,7 +346,8 @@ def run_bench(settings: Settings, options: BenchOptions) -> dict[str, Any]:
     seg_num = settings.seg_num
     with RssSampler() as sampler:
         with sampler.phase("load"):
-            tagger = build(settings, settings.engine, settings.precision, settings.preprocess, options.threads)
+            chain = build(settings, options.threads)
+            tagger = chain.tagger
         report["config"]["weights"] = tagger.info["weights"]
         print(f"ceiling: {settings.engine} {settings.precision} extractor, batch {settings.batch_size}",
               file=sys.stderr, flush=True)
@@ -373,11 +369,12 @@ def run_bench(settings: Settings, options: BenchOptions) -> dict[str, Any]:
                              "frames_per_cpu_s": round(frames / cpu, 3),
                              "before_frames_per_s": before["frames_per_s"],
                              "after_frames_per_s": after["frames_per_s"]}
-        del tagger
+        chain.close()
+        del tagger, chain
         if not options.skip_baseline:
             print("baseline: original-style reader, dygraph fp32, one video at a time", file=sys.stderr, flush=True)
             with sampler.phase("baseline_load"):
-                baseline_tagger = build(settings, "dygraph", "fp32", "faithful", None)
+                baseline_tagger = build_baseline(settings).tagger
             with sampler.phase("baseline"):
                 report["baseline"], baseline_tops = run_baseline(baseline_tagger, options.videos, seg_num)
             del baseline_tagger
@@ -432,11 +429,12 @@ def run_long_video(settings: Settings, seconds: float, baseline_seconds: float,
                     "generate_s": round(time.perf_counter() - start, 1)})
         print(f"long video: {seconds:g} s of 1080p generated in {out['generate_s']} s", file=sys.stderr, flush=True)
         with sampler.phase("load"):
-            tagger = build(settings, settings.engine, settings.precision, settings.preprocess, threads)
-        report["config"]["weights"] = tagger.info["weights"]
+            chain = build(settings, threads)
+        report["config"]["weights"] = chain.tagger.info["weights"]
         with sampler.phase("pipeline"):
-            pipeline, _ = run_pipeline(tagger, [clip], 1, settings.max_inflight, settings.seg_num)
-        del tagger
+            pipeline, _ = run_pipeline(chain.tagger, [clip], 1, settings.max_inflight, settings.seg_num)
+        chain.close()
+        del chain
         out["pipeline"] = pipeline
         out["pipeline_peak_rss_mb"] = round(peak_rss_mb(), 1)  # the whole process so far: load included
         clip.unlink()

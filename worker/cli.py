@@ -69,17 +69,17 @@ def cmd_tag(args: argparse.Namespace) -> int:
     from models.labels import LabelsError
     from models.weights import WeightsError
     from worker.batch import tag_files
-    from worker.model import load_tagger
+    from worker.model import build_chain
 
     if not (paths := _video_paths(args)):
         return EXIT_USAGE
     settings = _settings(args)
-    try:
-        tagger = load_tagger(settings)
+    try:  # networks in this process: one video at a time, and no endpoints to keep responsive
+        chain = build_chain(settings, "inline")
     except (WeightsError, LabelsError) as exc:
         print(f"videotag tag: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    failures = tag_files(tagger, paths, Path(args.save_dir) if args.save_dir else None)
+    failures = tag_files(chain.tagger, paths, Path(args.save_dir) if args.save_dir else None)
     return EXIT_FAILED if failures else EXIT_OK
 
 

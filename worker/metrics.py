@@ -73,6 +73,13 @@ class Metrics:
         self.model_info = Info("videotag_model", "The loaded model chain and its weights.", registry=r)
         self.build_info = Info("videotag_build", "Worker build.", registry=r)
         self.ready = Gauge("videotag_ready", "1 when the worker reports ready on /readyz.", registry=r)
+        self.model_process_up = Gauge(
+            "videotag_model_process_up", "1 while the model process (the networks) is up, 0 while it is restarted.",
+            registry=r
+        )
+        self.model_process_restarts = Counter(
+            "videotag_model_process_restarts", "Times the model process died and was started again.", registry=r
+        )
         for stage in STAGES:
             self.stage_seconds.labels(stage=stage)
         for status in ("ok", "dlq"):
