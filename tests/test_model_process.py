@@ -64,7 +64,9 @@ os.dup2(2, 1)
 print("a library printing to stdout does not reach the replies")
 start, _ = mp.read_message(sys.stdin.buffer)
 mp.die_with_parent(start["parent"])
-labels = ["a", "b", "c"]
+labels = os.environ.get("FAKE_MODEL_LABELS", "a,b,c").split(",")
+if os.environ.get("FAKE_MODEL_LABELS_FILE"):
+    labels = open(os.environ["FAKE_MODEL_LABELS_FILE"]).read().split(",")
 tagger = VideoTagger(ExtractorConfig(layers=50, seg_num=4), extractor,
                      (Head("videotag", predictor, labels, compile_control(labels), 2, "fake"),),
                      info={"weights": "fake", "extractor_weights": "fake"})
@@ -357,5 +359,21 @@ def test_many_threads_share_one_child(fake_child_env, tmp_path):
         assert len(first.tags) == 2 and first.features.shape == (4, 1)
         for result in results[1:]:
             np.testing.assert_array_equal(result.features, first.features)
+    finally:
+        process.close()
+
+
+def test_a_restart_that_loads_another_chain_is_refused(fake_child_env, monkeypatch, tmp_path):
+    """The worker tags with the labels and publishes the info of the chain it started with: a new process that
+    loaded something else (weights or labels changed on disk) is not used; the worker stays not-ready."""
+    labels = tmp_path / "labels.txt"
+    labels.write_text("a,b,c")
+    monkeypatch.setenv("FAKE_MODEL_LABELS_FILE", str(labels))
+    process = ModelProcess(_settings(), command=FAKE_COMMAND).start()
+    try:
+        labels.write_text("a,b,changed")
+        os.kill(process.pid, signal.SIGKILL)
+        _wait_for(lambda: "another chain" in str(process.problem()), 60)
+        assert process.pid is None and process.restarts == 0
     finally:
         process.close()

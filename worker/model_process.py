@@ -310,6 +310,10 @@ class ModelProcess:
             if header.get("status") == "config_error":
                 raise config_error(header)
             raise SystemicError(ErrorCode.MODEL_PROCESS_DIED, f"the model process answered {header.get('status')!r}")
+        if self.description and _chain_of(header) != _chain_of(self.description):
+            _end(child)  # the worker tags with the first one's labels and publishes its info
+            raise SystemicError(ErrorCode.MODEL_PROCESS_DIED, "the restarted model process loaded another chain "
+                                                              "(weights or labels changed on disk): restart the worker")
         with self._lock:
             if self._closed.is_set():  # closed while it loaded
                 _end(child)
@@ -389,6 +393,11 @@ def _end(child: subprocess.Popen[bytes]) -> None:
     if child.poll() is None:
         child.kill()
     child.wait()
+
+
+def _chain_of(description: Mapping[str, Any]) -> dict[str, Any]:
+    """A `ready` description without what differs from one start to the next."""
+    return {key: value for key, value in description.items() if key != "pid"}
 
 
 def _resolve(future: Future[np.ndarray], header: dict[str, Any], array: np.ndarray | None) -> None:
