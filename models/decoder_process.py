@@ -56,7 +56,7 @@ from models.preprocess import make_transform
 from models.sampling import SampledVideo
 
 if TYPE_CHECKING:  # the child imports this module and must stay free of Paddle
-    from models.tagger import VideoTagger
+    from models.chain import VideoTagger
 
 COMMAND = (sys.executable, "-P", "-m", "models.decoder_process")
 _METADATA = ("frames_decoded", "frames_reported", "width", "height", "fps", "decoder")

@@ -11,12 +11,14 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterable
 from concurrent.futures import Future
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
-import paddle
 
 from models import cancel
+
+if TYPE_CHECKING:  # imported where it runs: the worker, whose networks run elsewhere, never loads Paddle
+    import paddle
 
 CANCEL_POLL_S = 0.25  # how soon a video waiting for its batch notices that it was cancelled
 # Chunks a video may have submitted and not yet collected: enough to keep the network fed (one running, the
@@ -35,6 +37,8 @@ class DygraphEngine:
         self.layer = layer
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
+        import paddle
+
         with paddle.no_grad():
             return self.layer(paddle.to_tensor(batch)).numpy()
 

@@ -44,7 +44,7 @@ import os, sys, time
 import numpy as np
 from models.config import ExtractorConfig
 from models.labels import compile_control
-from models.tagger import Head, VideoTagger
+from models.chain import Head, VideoTagger
 from worker import model_process as mp
 
 DELAY = float(os.environ.get("FAKE_MODEL_DELAY_S", "0"))
@@ -377,3 +377,26 @@ def test_a_restart_that_loads_another_chain_is_refused(fake_child_env, monkeypat
         assert process.pid is None and process.restarts == 0
     finally:
         process.close()
+
+
+def test_liveness_fails_once_the_model_process_stayed_down_for_stuck_after_s():
+    """Restarts are retried for as long as they fail; /healthz turns that into a pod restart after stuck_after_s."""
+    from worker.model import Chain
+    from worker.worker import Worker
+
+    class Down:
+        def __init__(self, seconds: float) -> None:
+            self.seconds = seconds
+
+        def problem(self) -> str:
+            return "model process died (killed by SIGKILL); restarting it"
+
+        def down_for(self) -> float:
+            return self.seconds
+
+    worker = Worker(Settings())
+    worker.chain = Chain(None, lambda: None, Down(60.0))  # type: ignore[arg-type]
+    assert worker.healthy() == (True, "ok")
+    assert worker.chain.problem() == "model process died (killed by SIGKILL); restarting it"
+    worker.chain = Chain(None, lambda: None, Down(901.0))  # type: ignore[arg-type]
+    assert worker.healthy() == (False, "model process down for 901 s")

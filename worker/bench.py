@@ -41,10 +41,10 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from models.chain import VideoTagger
 from models.labels import top_k
 from models.preprocess import normalise, scaled_size
 from models.sampling import sample_indices
-from models.tagger import VideoTagger
 from worker.model import Chain, build_chain
 from worker.settings import Settings
 

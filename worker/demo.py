@@ -13,7 +13,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from models.tagger import RANDOM_WEIGHTS
+from models.chain import RANDOM_WEIGHTS
 from models.weights import WeightsError, find_params
 from worker import kafka_clients
 from worker.enqueue import enqueue

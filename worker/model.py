@@ -17,9 +17,9 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from models.chain import RANDOM_WEIGHTS, VideoTagger
 from models.config import ExtractorConfig, PredictorConfig
 from models.decoder_process import DecoderLimits, isolate_decoding
-from models.tagger import RANDOM_WEIGHTS, VideoTagger, build_tagger
 from worker.metrics import Metrics
 from worker.model_process import ModelProcess
 from worker.pipeline import ModelThread, replace_engines
@@ -35,6 +35,8 @@ def load_tagger(settings: Settings, with_heads: bool = True) -> VideoTagger:
 
     Raises WeightsError / LabelsError when the files are missing or wrong: callers report and exit.
     """
+    from models.tagger import build_tagger  # Paddle: not imported by the worker, whose networks run elsewhere
+
     tagger = build_tagger(
         settings.extractor_weights,
         settings.predictor_weights,

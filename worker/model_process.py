@@ -54,7 +54,7 @@ from models.engines import CANCEL_POLL_S, wait
 from models.errors import CodedError, ErrorCode, InputError, SystemicError
 
 if TYPE_CHECKING:
-    from models.tagger import VideoTagger
+    from models.chain import VideoTagger
     from worker.metrics import Metrics
     from worker.settings import Settings
 
@@ -231,9 +231,9 @@ class ModelProcess:
 
     def tagger(self) -> VideoTagger:
         """The chain as the worker uses it: decoding and tag selection here, every network in the child."""
+        from models.chain import Head, VideoTagger
         from models.config import ExtractorConfig
         from models.labels import TagControl
-        from models.tagger import Head, VideoTagger
 
         d = self.description
         config = {k: tuple(v) if isinstance(v, list) else v for k, v in d["extractor_config"].items()}

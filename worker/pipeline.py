@@ -23,8 +23,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from models.chain import VideoTagger
 from models.engines import Engine, wait
-from models.tagger import VideoTagger
 
 log = logging.getLogger(__name__)
 

@@ -155,14 +155,13 @@ class Worker:
         self.metrics.set_build_info(_version())
         self.health = HealthServer(self.metrics, s.metrics_host, s.metrics_port, self.ready, self.healthy).start()
         log.info("endpoints on %s:%d; settings %s", s.metrics_host, self.health.port, s.redacted())
-        chain = build_chain(s, "process", self.metrics)
-        self.metrics.model_info.info({k: str(v) for k, v in chain.tagger.info.items()})
+        self.chain = build_chain(s, "process", self.metrics)  # stop() closes it, whatever fails after this
+        self.metrics.model_info.info({k: str(v) for k, v in self.chain.tagger.info.items()})
         swept = sweep_temp_dir(s.temp_dir)  # what workers killed with SIGKILL left behind
         if swept:
             log.info("removed %d temporary files left by processes that are gone", swept)
         self.s3 = make_client(s.s3_endpoint_url, s.s3_region, s.s3_connect_timeout_s, s.s3_read_timeout_s)
         self.fetcher = ObjectFetcher(self.s3, s.temp_dir, s.max_object_bytes, TempBudget(s.temp_dir_max_bytes))
-        self.chain = chain
         self._connect()
         return self
 
@@ -295,7 +294,8 @@ class Worker:
     def healthy(self) -> tuple[bool, str]:
         """Liveness: false when the worker has work but finished nothing for `stuck_after_s`. Every video ends
         within `video_timeout_s` (answered or cancelled), which settings load keeps below it, so this is a
-        wedged pipeline (a model thread that no longer returns, say), which only a restart cures."""
+        wedged pipeline (a model process that no longer answers, say), which only a restart cures; and false when the
+        model process has been down (every restart failing) for as long."""
         idle = time.monotonic() - self._last_progress
         down = self.chain.down_for() if self.chain is not None else 0.0
         if down > self.settings.stuck_after_s:  # every restart of the model process failed for that long

@@ -67,15 +67,24 @@ def test_metrics_answer_fast_and_kafka_never_stalls_while_two_300_frame_videos_a
         stop.set()
         poller.join(15)
     wall = time.monotonic() - started
+    model_pid = worker.model_process_pid()
+    memory = {"worker": _rss_mb(worker.process.pid), "model process": _rss_mb(model_pid) if model_pid else None}
     stalls = worker.log()[log_before:].count(STALL_WARNING)
     ms = np.array(latencies) * 1e3
     p50, p99, worst = (float(np.percentile(ms, 50)), float(np.percentile(ms, 99)), float(ms.max()))
     print(f"responsiveness: {len(ms)} polls of /metrics over {wall:.0f} s: p50 {p50:.1f} ms, p99 {p99:.1f} ms, "
           f"max {worst:.1f} ms; kafka-python stall warnings: {stalls}; extract "
-          f"{[round(a.get('timings_ms', {}).get('extract', 0) / 1e3, 1) for a in answers]} s")
+          f"{[round(a.get('timings_ms', {}).get('extract', 0) / 1e3, 1) for a in answers]} s; RSS MB {memory}")
     assert sorted(a["video_id"] for a in answers if "tags" in a) == ["a.mp4", "b.mp4"], answers
     assert all(a["frames"]["sampled"] == 300 for a in answers)
     assert failures == []
     assert len(ms) >= 50  # the polls covered the extraction
     assert stalls == 0, f"{stalls} kafka-python stall warnings"
     assert p99 < P99_BOUND_S * 1e3, f"/metrics p99 {p99:.0f} ms"
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return 0.0
