@@ -57,7 +57,7 @@ from models.preprocess import make_transform
 from models.sampling import SampledVideo
 
 if TYPE_CHECKING:  # the child imports this module and must stay free of Paddle
-    from models.tagger import VideoTagger
+    from models.chain import VideoTagger
 
 log = logging.getLogger(__name__)
 COMMAND = (sys.executable, "-P", "-m", "models.decoder_process")
@@ -191,7 +191,7 @@ def decoder_death(returncode: int, stderr: bytes, name: str, limits: DecoderLimi
     last = stderr.decode("utf-8", "replace").strip().rsplit("\n", 1)[-1][-200:]
     said = f": {last}" if last else ""
     return InputError(ErrorCode.DECODER_CRASHED,
-                      f"{name}: the decoder process died ({_exit_reason(returncode)}){said}")
+                      f"{name}: the decoder process died ({exit_reason(returncode)}){said}")
 
 
 def isolate_decoding(tagger: VideoTagger, timeout_s: float, limits: DecoderLimits = DecoderLimits()) -> VideoTagger:
@@ -219,7 +219,7 @@ def _header(line: bytes) -> dict[str, Any] | None:
     return header if isinstance(header, dict) and "status" in header else None
 
 
-def _exit_reason(code: int) -> str:
+def exit_reason(code: int) -> str:
     if code < 0:
         try:
             return f"killed by {signal.Signals(-code).name}"
@@ -228,7 +228,7 @@ def _exit_reason(code: int) -> str:
     return f"exit code {code}"
 
 
-def _die_with_parent(parent: int) -> None:
+def die_with_parent(parent: int) -> None:
     """SIGKILL this process when the thread that started it ends; exit now if its parent is already gone."""
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL) != 0:
@@ -274,7 +274,7 @@ def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent decides, drains
     request = json.loads(sys.stdin.buffer.read())
     if _LINUX:
-        _die_with_parent(request["parent"])
+        die_with_parent(request["parent"])
     # Unbuffered: numpy writes an array to a real file with tofile(), which asks a buffered pipe for a file
     # position it does not have (it only worked under PYTHONUNBUFFERED, which the environment no longer passes).
     with open(sys.stdout.fileno(), "wb", buffering=0, closefd=False) as stdout:

@@ -70,6 +70,8 @@ class ErrorCode(StrEnum):
     DECODER_CPU_LIMIT = "decoder_cpu_limit", Kind.PERMANENT
     DECODER_CRASHED = "decoder_crashed", Kind.SYSTEMIC
     DECODER_KILLED = "decoder_killed", Kind.SYSTEMIC
+    # The model process (worker/model_process.py)
+    MODEL_PROCESS_DIED = "model_process_died", Kind.SYSTEMIC
     # The worker (worker/worker.py)
     VIDEO_TIMEOUT = "video_timeout", Kind.PERMANENT
     RETRIES_EXHAUSTED = "retries_exhausted", Kind.PERMANENT

@@ -310,8 +310,8 @@ def test_the_decoder_dies_with_the_worker() -> None:
 
 
 def test_a_decoder_whose_parent_is_gone_before_it_asks_exits() -> None:
-    done = subprocess.run([sys.executable, "-P", "-c", "from models.decoder_process import _die_with_parent\n"
-                           "_die_with_parent(-1)\nprint('still here')"], capture_output=True, timeout=60)
+    done = subprocess.run([sys.executable, "-P", "-c", "from models.decoder_process import die_with_parent\n"
+                           "die_with_parent(-1)\nprint('still here')"], capture_output=True, timeout=60)
     assert done.returncode == 1 and b"still here" not in done.stdout
 
 

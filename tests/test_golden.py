@@ -162,3 +162,38 @@ def test_cli_tag_matches_golden(seed0_weights: Path, tmp_path: Path) -> None:  #
         assert saved[1:] == record["tags"]
         assert all(set(entry) == {"class_id", "class_name", "probability"} for entry in saved[1:])
     assert sorted(p.name for p in save_dir.iterdir()) == ["result0.json", "result1.json"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Through the model process (the worker's placement of the networks: worker/model_process.py)
+
+
+def test_golden_through_the_model_process(seed0_weights: Path, seed0_tagger, tmp_path: Path) -> None:  # noqa: F811
+    """The chain the worker builds (networks in the model process, decoding in decoder children) gives the
+    golden outputs; one video at a time (no merged batches) it is bit-identical to the in-process chain, and two
+    videos at once (their chunks merged into shared batches) stay within the golden tolerance."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from worker.model import build_chain
+    from worker.settings import Settings
+
+    settings = Settings(extractor_weights=str(seed0_weights / "tsn"),
+                        predictor_weights=str(seed0_weights / "attention_lstm"), label_file=str(LABELS),
+                        engine="dygraph", preprocess="faithful", seg_num=8, layers=101,
+                        model_cache_dir=str(tmp_path / "model-cache"))
+    chain = build_chain(settings, "process")
+    try:
+        assert chain.model_process is not None and chain.model_process.pid is not None
+        for video in SAMPLE_VIDEOS:
+            result = chain.tagger.tag(VIDEOS / video)
+            _check_against_golden(result, 8, video)
+            reference = seed0_tagger.tag(VIDEOS / video, seg_num=8)
+            np.testing.assert_array_equal(result.features, reference.features)
+            np.testing.assert_array_equal(result.probabilities["videotag"], reference.probabilities["videotag"])
+            assert result.tags == reference.tags
+        with ThreadPoolExecutor(2) as pool:
+            together = list(pool.map(lambda video: chain.tagger.tag(VIDEOS / video), SAMPLE_VIDEOS))
+        for video, result in zip(SAMPLE_VIDEOS, together, strict=True):
+            _check_against_golden(result, 8, video)
+    finally:
+        chain.close()

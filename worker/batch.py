@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
+from models.chain import RANDOM_WEIGHTS, VideoTagger
 from models.errors import InputError
-from models.tagger import RANDOM_WEIGHTS, VideoTagger
 from worker.preview import SheetWriter
 from worker.progress import Progress
 

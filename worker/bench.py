@@ -5,8 +5,10 @@ One run, one set of weights, the same videos:
   RGB, as the original reader did), pick `seg_num` of them with the original sampler, PIL-resize and crop,
   eager (dygraph) fp32, one video at a time, all `seg_num` frames through the extractor;
 - ceiling: the chosen engine's extractor alone on random frames at the batch size (frames/s);
-- pipeline: the chosen engine behind `worker.pipeline.ModelThread`, `max_inflight` video threads each calling
-  `tagger.tag(path)`, wall time for all videos × repeat.
+- pipeline: the chain as `worker.model.build_chain` makes it with the networks in this process behind one
+  `worker.pipeline.ModelThread` (the worker puts that thread in its model process) and decoding in this
+  process too (so the CPU time and peak RSS figures are those of one process, comparable with earlier runs),
+  `max_inflight` video threads each calling `tagger.tag(path)`, wall time for all videos × repeat.
 The ceiling fraction uses the frames the pipeline actually extracts (distinct sampled frames: a video shorter
 than seg_num frames repeats frames, which are extracted once), so it measures how busy the engine is kept.
 - cold start: `videotag tag` over the same videos as a fresh process, as a CLI user runs it: seconds to the
@@ -42,7 +44,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -50,12 +52,11 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from models.config import ExtractorConfig, PredictorConfig
-from models.decoder_process import DecoderLimits
+from models.chain import VideoTagger
 from models.labels import top_k
 from models.preprocess import normalise, scaled_size
 from models.sampling import sample_indices
-from models.tagger import VideoTagger, build_tagger
+from worker.model import Chain, build_chain
 from worker.settings import Settings
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".flv", ".mpg", ".mpeg", ".m4v", ".ts")
@@ -295,27 +296,17 @@ def measure_ceiling(tagger: VideoTagger, seconds: float, min_batches: int = 2) -
 
 
 def run_pipeline(tagger: VideoTagger, videos: list[Path], repeat: int, max_inflight: int,
-                 seg_num: int, decode_timeout_s: float = 0.0,
-                 decoders: DecoderLimits | None = None) -> tuple[dict[str, Any], dict[str, list[int]]]:
-    """All videos × repeat through ModelThread with `max_inflight` concurrent `tag` calls; with
-    `decode_timeout_s` > 0, each video decoded in a child process under `decoders` limits, as the worker does."""
-    from models.decoder_process import isolate_decoding
-    from worker.pipeline import ModelThread, share_engines
-
-    model_thread = ModelThread(max_batch=tagger.batch_size).start()
-    shared = share_engines(tagger, model_thread)
-    if decode_timeout_s > 0:
-        shared = isolate_decoding(shared, decode_timeout_s, decoders or DecoderLimits())
+                 seg_num: int) -> tuple[dict[str, Any], dict[str, list[int]]]:
+    """All videos × repeat through the chain (built with its model thread) with `max_inflight` concurrent
+    `tag` calls; the CPU of decoder children (a chain built with decoders in children) counted apart."""
     jobs = [path for _ in range(repeat) for path in videos]
-    busy = getattr(tagger.extractor, "busy_s", None)  # a simulated engine counts its busy time
-    try:
-        start, cpu, children = time.perf_counter(), cpu_seconds(), cpu_seconds(resource.RUSAGE_CHILDREN)
-        with ThreadPoolExecutor(max_workers=max_inflight, thread_name_prefix="video") as pool:
-            results = list(pool.map(shared.tag, jobs))
-        wall, cpu = time.perf_counter() - start, cpu_seconds() - cpu
-        children = cpu_seconds(resource.RUSAGE_CHILDREN) - children
-    finally:
-        model_thread.stop()
+    engine = getattr(tagger.extractor, "engine", tagger.extractor)  # the one a ThreadEngine runs
+    busy = getattr(engine, "busy_s", None)  # a simulated engine counts its busy time
+    start, cpu, children = time.perf_counter(), cpu_seconds(), cpu_seconds(resource.RUSAGE_CHILDREN)
+    with ThreadPoolExecutor(max_workers=max_inflight, thread_name_prefix="video") as pool:
+        results = list(pool.map(tagger.tag, jobs))
+    wall, cpu = time.perf_counter() - start, cpu_seconds() - cpu
+    children = cpu_seconds(resource.RUSAGE_CHILDREN) - children
     tops: dict[str, list[int]] = {}
     consistent = True
     for path, result in zip(jobs, results, strict=True):
@@ -328,23 +319,23 @@ def run_pipeline(tagger: VideoTagger, videos: list[Path], repeat: int, max_infli
             "cpu_s": round(cpu, 2), "extracted_frames_per_cpu_s": round(distinct / cpu, 3),
             "repeats_identical": consistent, "stages": stage_stats([r.timings_ms for r in results]),
             "children_cpu_s": round(children, 2),
-            **({"engine_busy_s": round(tagger.extractor.busy_s - busy, 2)} if busy is not None else {})}, tops
+            **({"engine_busy_s": round(engine.busy_s - busy, 2)} if busy is not None else {})}, tops
 
 
 # ---------------------------------------------------------------------------------------------- building
 
 
-def build(settings: Settings, engine: str, precision: str, preprocess: str, threads: int | None) -> VideoTagger:
-    return build_tagger(
-        settings.extractor_weights, settings.predictor_weights, settings.label_file,
-        ExtractorConfig(layers=settings.layers, seg_num=settings.seg_num), PredictorConfig(topk=settings.topk),
-        heads=settings.predictors or None,
-        device=settings.device, allow_random_weights=settings.allow_random_weights, preprocess=preprocess,
-        batch_size=settings.batch_size, max_width=settings.max_width, max_height=settings.max_height,
-        engine=engine, precision=precision, cache_dir=settings.model_cache_dir, threads=threads,
-        tensorrt=settings.tensorrt if engine == "inference" else False,
-        simulated_ms_per_frame=settings.simulated_ms_per_frame,
-    )
+def build(settings: Settings, threads: int | None, decoders: bool = False) -> Chain:
+    """The chain under test, as the worker builds it but with its model thread in this process; decoding in this
+    process too, or with `decoders` in child processes as the worker does."""
+    return build_chain(replace(settings, cpu_threads=threads or settings.cpu_threads,
+                               decode_timeout_s=settings.decode_timeout_s if decoders else 0), "thread")
+
+
+def build_baseline(settings: Settings) -> Chain:
+    """The original's configuration: eager fp32, faithful preprocessing (its engines are called directly)."""
+    return build_chain(replace(settings, engine="dygraph", precision="fp32", preprocess="faithful", cpu_threads=0,
+                               tensorrt=False, decode_timeout_s=0), "inline")
 
 
 def environment(settings: Settings, threads: int | None) -> dict[str, Any]:
@@ -424,16 +415,18 @@ def run_host_side(settings: Settings, options: BenchOptions) -> dict[str, Any]:
     report: dict[str, Any] = {"config": environment(settings, options.threads),
                               "videos": [str(p) for p in options.videos], "repeat": options.repeat}
     report["config"]["simulated_ms_per_frame"] = settings.simulated_ms_per_frame
-    limits = DecoderLimits(settings.decoder_max_memory_bytes, settings.decoder_max_cpu_s)
     with RssSampler() as sampler:
         with sampler.phase("load"):
-            tagger = build(settings, "simulated", settings.precision, settings.preprocess, options.threads)
-        report["config"]["weights"] = tagger.info["weights"]
+            chain = build(replace(settings, engine="simulated"), options.threads, decoders=True)
+        report["config"]["weights"] = chain.tagger.info["weights"]
         print(f"host side: {len(options.videos)} videos × {options.repeat}, {settings.max_inflight} in flight, "
               f"simulated engine {settings.simulated_ms_per_frame:g} ms/frame", file=sys.stderr, flush=True)
-        with sampler.phase("pipeline"):
-            pipeline, _ = run_pipeline(tagger, options.videos, options.repeat, settings.max_inflight,
-                                       settings.seg_num, settings.decode_timeout_s, limits)
+        try:
+            with sampler.phase("pipeline"):
+                pipeline, _ = run_pipeline(chain.tagger, options.videos, options.repeat, settings.max_inflight,
+                                           settings.seg_num)
+        finally:
+            chain.close()
     report["pipeline"] = pipeline
     report["host_side"] = host_side_figures(pipeline)
     report["memory"] = {"peak_rss_mb": round(peak_rss_mb(), 1),
@@ -475,7 +468,8 @@ def run_bench(settings: Settings, options: BenchOptions) -> dict[str, Any]:
     seg_num = settings.seg_num
     with RssSampler() as sampler:
         with sampler.phase("load"):
-            tagger = build(settings, settings.engine, settings.precision, settings.preprocess, options.threads)
+            chain = build(settings, options.threads)
+            tagger = chain.tagger
         report["config"]["weights"] = tagger.info["weights"]
         print(f"ceiling: {settings.engine} {settings.precision} extractor, batch {settings.batch_size}",
               file=sys.stderr, flush=True)
@@ -497,11 +491,12 @@ def run_bench(settings: Settings, options: BenchOptions) -> dict[str, Any]:
                              "frames_per_cpu_s": round(frames / cpu, 3),
                              "before_frames_per_s": before["frames_per_s"],
                              "after_frames_per_s": after["frames_per_s"]}
-        del tagger
+        chain.close()
+        del tagger, chain
         if not options.skip_baseline:
             print("baseline: original-style reader, dygraph fp32, one video at a time", file=sys.stderr, flush=True)
             with sampler.phase("baseline_load"):
-                baseline_tagger = build(settings, "dygraph", "fp32", "faithful", None)
+                baseline_tagger = build_baseline(settings).tagger
             with sampler.phase("baseline"):
                 report["baseline"], baseline_tops = run_baseline(baseline_tagger, options.videos, seg_num)
             del baseline_tagger
@@ -567,11 +562,12 @@ def run_long_video(settings: Settings, seconds: float, baseline_seconds: float,
                     "generate_s": round(time.perf_counter() - start, 1)})
         print(f"long video: {seconds:g} s of 1080p generated in {out['generate_s']} s", file=sys.stderr, flush=True)
         with sampler.phase("load"):
-            tagger = build(settings, settings.engine, settings.precision, settings.preprocess, threads)
-        report["config"]["weights"] = tagger.info["weights"]
+            chain = build(settings, threads)
+        report["config"]["weights"] = chain.tagger.info["weights"]
         with sampler.phase("pipeline"):
-            pipeline, _ = run_pipeline(tagger, [clip], 1, settings.max_inflight, settings.seg_num)
-        del tagger
+            pipeline, _ = run_pipeline(chain.tagger, [clip], 1, settings.max_inflight, settings.seg_num)
+        chain.close()
+        del chain
         out["pipeline"] = pipeline
         out["pipeline_peak_rss_mb"] = round(peak_rss_mb(), 1)  # the whole process so far: load included
         clip.unlink()

@@ -13,7 +13,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from models.tagger import RANDOM_WEIGHTS
+from models.chain import RANDOM_WEIGHTS
 from models.weights import WeightsError, find_params
 from worker import kafka_clients
 from worker.enqueue import enqueue
@@ -120,7 +120,7 @@ def run_demo(settings: Settings, videos: list[Path], timeout_s: float = 900.0) -
                 thread.join(timeout=settings.drain_grace_s + 10)
                 worker.stop()
     ok = sum(1 for topic, _ in seen if topic == settings.output_topic)
-    untrained = " (random weights)" if worker.tagger and worker.tagger.info["weights"] == RANDOM_WEIGHTS else ""
+    untrained = " (random weights)" if worker.chain and worker.chain.tagger.info["weights"] == RANDOM_WEIGHTS else ""
     print(f"\n{ok} tagged, {len(seen) - ok} dead-lettered of {len(videos)} in {elapsed:.1f} s "
           f"({60 * len(seen) / elapsed:.1f} videos/min at seg-num {settings.seg_num}){untrained}")
     return 0 if len(seen) == len(videos) else 1

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
+from models.chain import VideoTagger
 from models.errors import InputError
 from models.heads import HeadSpec
-from models.tagger import VideoTagger
 from worker.progress import Progress
 from worker.settings import Settings
 

@@ -92,6 +92,13 @@ class Metrics:
             "videotag_breaker_trips",
             "Self-tests the circuit breaker ran after breaker_threshold systemic failures in a row.", registry=r,
         )
+        self.model_process_up = Gauge(
+            "videotag_model_process_up", "1 while the model process (the networks) is up, 0 while it is restarted.",
+            registry=r
+        )
+        self.model_process_restarts = Counter(
+            "videotag_model_process_restarts", "Times the model process died and was started again.", registry=r
+        )
         for stage in STAGES:
             self.stage_seconds.labels(stage=stage)
         for status in ("ok", "dlq"):

@@ -1,14 +1,32 @@
-"""Building the VideoTag chain from worker settings (shared by every command that runs the model)."""
+"""Building the VideoTag chain from settings: the one place every command that tags assembles it.
+
+`load_tagger` loads the networks in this process (`videotag features`, `train`, `eval`, and the model process
+itself). `build_chain` is what the worker, `videotag tag`, `bench` and `demo` use: the same networks placed
+where the caller needs them (`networks`):
+- "process": in the model process (worker/model_process.py): the worker's threads never wait on Paddle's GIL;
+- "thread": in this process, behind one `ModelThread` that merges the chunks of concurrent videos (`bench`,
+  which measures the engine and the pipeline in one process);
+- "inline": in this process, called directly (`videotag tag`: one video at a time, no endpoints to keep
+  responsive).
+Each video is decoded in a child process when `decode_timeout_s` > 0 (the default), whatever the placement.
+"""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 
+from models.chain import RANDOM_WEIGHTS, VideoTagger
 from models.config import ExtractorConfig, PredictorConfig
-from models.tagger import RANDOM_WEIGHTS, VideoTagger, build_tagger
+from models.decoder_process import DecoderLimits, isolate_decoding
+from worker.metrics import Metrics
+from worker.model_process import ModelProcess
+from worker.pipeline import ModelThread, replace_engines
 from worker.settings import Settings
 
 log = logging.getLogger(__name__)
+NETWORKS = ("process", "thread", "inline")
 
 
 def load_tagger(settings: Settings, with_heads: bool = True) -> VideoTagger:
@@ -17,6 +35,8 @@ def load_tagger(settings: Settings, with_heads: bool = True) -> VideoTagger:
 
     Raises WeightsError / LabelsError when the files are missing or wrong: callers report and exit.
     """
+    from models.tagger import build_tagger  # Paddle: not imported by the worker, whose networks run elsewhere
+
     tagger = build_tagger(
         settings.extractor_weights,
         settings.predictor_weights,
@@ -41,3 +61,44 @@ def load_tagger(settings: Settings, with_heads: bool = True) -> VideoTagger:
         log.warning("RUNNING WITH RANDOM, UNTRAINED WEIGHTS: the tags are meaningless (demo only). "
                     "Get the real weights with `videotag weights download`.")
     return tagger
+
+
+@dataclass
+class Chain:
+    """A built chain: `tagger` to call, `close` to release what runs it (the model process or thread)."""
+
+    tagger: VideoTagger
+    close: Callable[[], None]
+    model_process: ModelProcess | None = None  # set for networks="process"
+
+    def problem(self) -> str | None:
+        """Why the networks cannot run now (the model process is down), or None."""
+        return None if self.model_process is None else self.model_process.problem()
+
+    def down_for(self) -> float:
+        return 0.0 if self.model_process is None else self.model_process.down_for()
+
+
+def build_chain(settings: Settings, networks: str, metrics: Metrics | None = None) -> Chain:
+    """The chain for `settings` with its networks placed as `networks` says (see the module docstring).
+    Raises the same configuration errors as `load_tagger` (WeightsError, LabelsError, ...)."""
+    if networks not in NETWORKS:
+        raise ValueError(f"networks must be one of {list(NETWORKS)}, not {networks!r}")
+    close: Callable[[], None] = _nothing
+    process = None
+    if networks == "process":
+        process = ModelProcess(settings, metrics).start()
+        tagger, close = process.tagger(), process.close
+    else:
+        tagger = load_tagger(settings)
+        if networks == "thread":
+            model_thread = ModelThread(settings.batch_size).start()
+            tagger, close = replace_engines(tagger, model_thread.wrap), model_thread.stop
+    if settings.decode_timeout_s > 0:  # a crashing or hanging decoder costs one video, not the caller
+        tagger = isolate_decoding(tagger, settings.decode_timeout_s,
+                                  DecoderLimits(settings.decoder_max_memory_bytes, settings.decoder_max_cpu_s))
+    return Chain(tagger, close, process)
+
+
+def _nothing() -> None:
+    pass

@@ -4,9 +4,11 @@ Lifecycle: `start()` (endpoints, model, clients), `run()` (consume until asked t
 in-flight work within the grace period, commit), `stop()` (leave the group, close everything).
 
 Only the main thread touches the consumer. Videos run in a thread pool (`max_inflight`); their network
-calls are batched by one model thread. A partition is paused, never left unpolled, while the worker is
-full, so group membership survives videos that take minutes. With `features_output`, a video's features are
-stored before its result is published, so a result's `features_uri` always names an existing object.
+calls go to the model process (worker/model_process.py), which batches them: Paddle never holds this
+process's GIL, so polling, heartbeats and the endpoints stay responsive while videos are extracted.
+A partition is paused, never left unpolled, while the worker is full, so group membership survives videos
+that take minutes. With `features_output`, a video's features are stored before its result is published, so
+a result's `features_uri` always names an existing object.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,9 +36,7 @@ from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
 from models import cancel
-from models.decoder_process import DecoderLimits, isolate_decoding
 from models.errors import ErrorCode, InputError, SystemicError
-from models.tagger import VideoTagger
 from worker import kafka_clients, logs, tracing
 from worker.attempts import Marks, inherit
 from worker.breaker import SYSTEMIC_CODES, Breaker
@@ -44,9 +45,8 @@ from worker.health import HealthServer
 from worker.lanes import RetryState, lane_rank, not_due, parse_retry, paused_lanes
 from worker.messages import VideoRequest, dlq_message, parse_request, result_message
 from worker.metrics import Metrics
-from worker.model import load_tagger
+from worker.model import Chain, build_chain
 from worker.offsets import OffsetTracker, PartitionOffsets
-from worker.pipeline import ModelThread, share_engines
 from worker.recurring import RecurringErrors
 from worker.settings import STOP_MARGIN_S, Settings, SettingsError
 from worker.storage import (
@@ -126,7 +126,7 @@ class _Rebalance(AsyncConsumerRebalanceListener):
 
 
 class Worker:
-    def __init__(self, settings: Settings, tagger: VideoTagger | None = None, metrics: Metrics | None = None) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
         self.settings = settings
         try:  # before anything slow: a malformed setting is a usage error
             self._features_at = split_s3_uri(settings.features_output) if settings.features_output else None
@@ -134,12 +134,11 @@ class Worker:
             raise SettingsError(f"setting 'features_output': {exc}") from exc
         self.metrics = metrics or Metrics()
         self.telemetry = make_telemetry(settings.otel_exporter_otlp_endpoint)  # no setting: no OpenTelemetry
-        self.tagger = tagger
+        self.chain: Chain | None = None  # the model: loaded by start()
         self.tracker = OffsetTracker()
         self.consumer: KafkaConsumer | None = None
         self.producer: KafkaProducer | None = None
         self.health: HealthServer | None = None
-        self._model_thread = ModelThread(settings.batch_size)
         self._executor = ThreadPoolExecutor(settings.max_inflight, thread_name_prefix="video")
         self._backlog: deque[Job] = deque()
         self._done: queue.Queue[Job] = queue.Queue()
@@ -164,8 +163,7 @@ class Worker:
         self._marks: dict[tuple[str, int], Marks] = {}  # per partition: worker deaths per message (attempts.py)
         self._base: dict[tuple[str, int], int] = {}  # per partition: where this worker began reading it
         self._graceful = False  # the commits of a stop let go of what is still running
-        self.breaker = Breaker(settings.breaker_threshold, lambda clip: self._tagger.tag(clip, name="self-test"),
-                               self.metrics)
+        self.breaker = Breaker(settings.breaker_threshold, self._self_test, self.metrics)
 
     # lifecycle -------------------------------------------------------------------------------------------
 
@@ -174,19 +172,13 @@ class Worker:
         self.metrics.set_build_info(_version())
         self.health = HealthServer(self.metrics, s.metrics_host, s.metrics_port, self.ready, self.healthy).start()
         log.info("endpoints on %s:%d; settings %s", s.metrics_host, self.health.port, s.redacted())
-        tagger = self.tagger or load_tagger(s)
-        self.metrics.model_info.info({k: str(v) for k, v in tagger.info.items()})
-        self._model_thread.start()
-        self._tagger = share_engines(tagger, self._model_thread)
-        if s.decode_timeout_s > 0:  # a crashing or hanging decoder costs one video, not the worker
-            self._tagger = isolate_decoding(self._tagger, s.decode_timeout_s,
-                                            DecoderLimits(s.decoder_max_memory_bytes, s.decoder_max_cpu_s))
+        self.chain = build_chain(s, "process", self.metrics)  # stop() closes it, whatever fails after this
+        self.metrics.model_info.info({k: str(v) for k, v in self.chain.tagger.info.items()})
         swept = sweep_temp_dir(s.temp_dir)  # what workers killed with SIGKILL left behind
         if swept:
             log.info("removed %d temporary files left by processes that are gone", swept)
         self.s3 = make_client(s.s3_endpoint_url, s.s3_region, s.s3_connect_timeout_s, s.s3_read_timeout_s)
         self.fetcher = ObjectFetcher(self.s3, s.temp_dir, s.max_object_bytes, TempBudget(s.temp_dir_max_bytes))
-        self.tagger = tagger
         self._connect()
         return self
 
@@ -274,7 +266,8 @@ class Worker:
             except Exception as exc:  # the broker may be gone too: the session timeout does it then
                 log.warning("could not remove static member %s: %s", self.settings.group_instance_id, exc)
         self._executor.shutdown(wait=False, cancel_futures=True)
-        self._model_thread.stop()
+        if self.chain is not None:
+            self.chain.close()
         if self.health is not None:
             self.health.stop()
         self.telemetry.shutdown()
@@ -283,10 +276,19 @@ class Worker:
     def request_stop(self) -> None:
         self._stopping.set()
 
+    def _chain(self) -> Chain:
+        assert self.chain is not None, "the worker is started"
+        return self.chain
+
+    def _self_test(self, clip: Path) -> object:
+        """The breaker's check: the chain tags a known-good clip. While the model process is being restarted
+        this waits for it (submit does), so a restart that succeeds never fails the self-test."""
+        return self._chain().tagger.tag(clip, name="self-test")
+
     # readiness ---------------------------------------------------------------------------------------------
 
     def ready(self) -> tuple[bool, str]:
-        if self.tagger is None:
+        if self.chain is None:
             return False, "model not loaded"
         if self._not_connected is not None:
             return False, self._not_connected
@@ -296,6 +298,8 @@ class Worker:
         if self.consumer is None or self.consumer._coordinator.coordinator_unknown():
             # kafka-python has no public "connected to the group" check; the coordinator link is that check.
             return False, "group coordinator (broker) not reachable"
+        if (model := self.chain.problem()) is not None:  # the model process is being restarted
+            return False, model
         if self.breaker.broken:
             return False, self.breaker.broken
         if self.breaker.testing:
@@ -309,8 +313,12 @@ class Worker:
     def healthy(self) -> tuple[bool, str]:
         """Liveness: false when the worker has work but finished nothing for `stuck_after_s`. Every video ends
         within `video_timeout_s` (answered or cancelled), which settings load keeps below it, so this is a
-        wedged pipeline (a model thread that no longer returns, say), which only a restart cures."""
+        wedged pipeline (a model process that no longer answers, say), which only a restart cures; and false when the
+        model process has been down (every restart failing) for as long."""
         idle = time.monotonic() - self._last_progress
+        down = self.chain.down_for() if self.chain is not None else 0.0
+        if down > self.settings.stuck_after_s:  # every restart of the model process failed for that long
+            return False, f"model process down for {down:.0f} s"
         if self._active and idle > self.settings.stuck_after_s:
             return False, f"{len(self._active)} videos in flight and none finished for {idle:.0f} s"
         return True, "ok"
@@ -755,7 +763,7 @@ class Worker:
                     fetched = time.perf_counter()
                     self._outage = None
                     self.metrics.video_bytes.observe(size)
-                    result = self._tagger.tag(path, name=f"s3://{request.bucket}/{request.key}")
+                    result = self._chain().tagger.tag(path, name=f"s3://{request.bucket}/{request.key}")
                 break
             except TransientError as exc:
                 # No answer: this object's transfer stalling, or the store down for everyone? Ask about the bucket.
@@ -804,7 +812,7 @@ class Worker:
                   "sampled": len(video.order), "width": video.width, "height": video.height,
                   "decoder": video.decoder}
         timings["total"] = (time.perf_counter() - t0) * 1e3
-        message = result_message(request, result.heads, self.tagger.info if self.tagger else {}, timings, frames,
+        message = result_message(request, result.heads, self._chain().tagger.info, timings, frames,
                                  features_uri)
         self._publish(self.settings.output_topic, request.video_id, message, job)
         self.breaker.success()
@@ -842,12 +850,12 @@ class Worker:
     def _store_features(self, request: VideoRequest, features: np.ndarray) -> str:
         """`<features_output><video_id>.npy` ([seg_num, 2048] float32), retried while S3 fails transiently;
         returns its URI. The object's metadata names what made it, like `videotag features`' index.csv."""
-        assert self._features_at is not None and self.tagger is not None
+        assert self._features_at is not None
         bucket, prefix = self._features_at
         key = f"{prefix}{request.video_id}.npy"
         buffer = io.BytesIO()
         np.save(buffer, features.astype(np.float32, copy=False), allow_pickle=False)
-        metadata = {"seg-num": str(len(features)), "extractor-weights": self.tagger.info["extractor_weights"]}
+        metadata = {"seg-num": str(len(features)), "extractor-weights": self._chain().tagger.info["extractor_weights"]}
         attempts = 0
         while True:
             attempts += 1

@@ -63,12 +63,6 @@ REQUIRED_ALERTS = {
     "VideotagEndToEndLatencyHigh", "VideotagWorkerDown", "VideotagPartitionStuck", "VideotagLaneStarved",
     "VideotagBreakerOpen", "VideotagModelProcessDown", "VideotagModelProcessRestarting", "VideotagRetriesHigh",
 }
-# Metrics that branches merged beside this one add (issue 17: a retry topic, a model process), which the dashboard
-# and the alerts already watch. Once one is exported, test_pending_metrics_are_not_exported_yet fails: its name
-# leaves this set, and the checks below hold it to the live scrape like every other.
-PENDING_METRICS = {
-    "videotag_model_process_up", "videotag_model_process_restarts_total",
-}
 
 
 def load_yaml(path: Path) -> Any:
@@ -649,16 +643,6 @@ def exported() -> set[str]:
     return names
 
 
-@pytest.fixture(scope="module")
-def contract(exported: set[str]) -> set[str]:
-    """What dashboards and alerts may name: the live scrape's samples and the pending ones."""
-    return exported | PENDING_METRICS
-
-
-def test_pending_metrics_are_not_exported_yet(exported: set[str]) -> None:
-    assert not PENDING_METRICS & exported, "exported now: remove them from PENDING_METRICS"
-
-
 PROMQL_KEYWORDS = {"and", "or", "unless", "by", "without", "on", "ignoring", "group_left", "group_right",
                    "bool", "offset", "inf", "nan"}
 
@@ -739,29 +723,29 @@ def template_rules() -> list[dict[str, Any]]:
     return rules
 
 
-def test_dashboard_metrics_are_exported(contract: set[str]) -> None:
+def test_dashboard_metrics_are_exported(exported: set[str]) -> None:
     exprs = dashboard_exprs()
     assert len(exprs) > 10
-    unknown = set().union(*(unknown_metrics(promql_metrics(e), contract) for e in exprs))
+    unknown = set().union(*(unknown_metrics(promql_metrics(e), exported) for e in exprs))
     assert not unknown, f"dashboard metrics the worker does not export: {unknown}"
 
 
-def test_alert_metrics_are_exported(contract: set[str]) -> None:
+def test_alert_metrics_are_exported(exported: set[str]) -> None:
     exprs = rule_exprs(load_yaml(ALERTS)["groups"])
     assert set(exprs) >= REQUIRED_ALERTS
     for alert, expr in exprs.items():
         names = promql_metrics(expr)
         assert names, alert
-        assert not unknown_metrics(names, contract), f"{alert}: {unknown_metrics(names, contract)}"
+        assert not unknown_metrics(names, exported), f"{alert}: {unknown_metrics(names, exported)}"
 
 
-def test_prometheusrule_template_metrics_are_exported(contract: set[str]) -> None:
+def test_prometheusrule_template_metrics_are_exported(exported: set[str]) -> None:
     rules = template_rules()
     assert {r["alert"] for r in rules} >= REQUIRED_ALERTS
     for rule in rules:
         assert not rule["expr"].startswith(("|", ">")), "keep template exprs on one line"
         names = promql_metrics(rule["expr"])
-        assert names and not unknown_metrics(names, contract), f"{rule['alert']}: {names}"
+        assert names and not unknown_metrics(names, exported), f"{rule['alert']}: {names}"
 
 
 def test_metric_check_catches_an_unexported_name(exported: set[str]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import time
 from collections import Counter
@@ -165,6 +166,45 @@ def test_kill_9_mid_video_loses_nothing(workers, kafka_broker, s3_server, topics
     print(f"kill -9: {done_before:.0f} finished before the kill, duplicates after recovery {duplicates}")
     assert sorted(answers) == sorted(keys)
     assert all("tags" in recs[0] for recs in answers.values())
+
+
+def test_kill_9_of_the_model_process_mid_video_restarts_it_and_loses_nothing(workers, kafka_broker, s3_server,
+                                                                            topics, bucket, clips):
+    """The networks' process killed with SIGKILL while videos are in flight: the worker reports not-ready, starts
+    a new one, and the videos are still tagged (retried, not dead-lettered); the worker itself stays up."""
+    keys = _upload(s3_server, bucket, clips, 3)
+    worker = workers(seg_num="32", max_inflight="2")
+    worker.wait_ready()
+    first = worker.model_process_pid()
+    assert first is not None
+    idle = _cpu_seconds(first)
+    produce(kafka_broker.bootstrap_servers, topics.input, [_request(k, bucket, k) for k in keys])
+    deadline = time.monotonic() + 120
+    while _cpu_seconds(first) - idle < 1.0 and time.monotonic() < deadline:  # a batch has been running 1 s
+        time.sleep(0.05)
+    assert worker.metric("videotag_inflight_videos") >= 1
+    os.kill(first, signal.SIGKILL)
+    said = worker.wait_readyz("503", "model process", timeout=30)
+    worker.wait_ready(timeout=120)
+    answers = _answers(kafka_broker, topics, expected=len(keys), timeout=600)
+    dead_letters = consume_all(kafka_broker.bootstrap_servers, topics.dlq, 1, 5)
+    second = worker.model_process_pid()
+    lost = worker.metric("videotag_failures_total", 'reason="model_process_died"')
+    print(f"model process {first} killed: /readyz said {said!r}; restarted as {second}; {lost:.0f} videos retried")
+    assert sorted(answers) == sorted(keys)
+    assert all("tags" in recs[0] for recs in answers.values())
+    assert dead_letters == []
+    assert lost >= 1  # a batch was in the process when it died: its video was retried
+    assert second is not None and second != first
+    assert worker.metric("videotag_model_process_restarts_total") == 1
+    assert worker.metric("videotag_model_process_up") == 1
+    assert worker.process.poll() is None and "model process" in worker.log()
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def test_sigterm_drains_commits_and_exits_0(workers, kafka_broker, s3_server, topics, bucket, clips,

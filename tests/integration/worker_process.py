@@ -90,6 +90,20 @@ class WorkerProcess:
         found = re.search(pattern, text)
         return float(found.group(1)) if found else 0.0
 
+    def model_process_pid(self) -> int | None:
+        """The pid of this worker's model process (a child running worker.model_process), or None."""
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit():
+                continue
+            try:
+                ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                cmdline = (proc / "cmdline").read_bytes()
+            except (OSError, ValueError, IndexError):
+                continue
+            if ppid == self.process.pid and b"worker.model_process" in cmdline:
+                return int(proc.name)
+        return None
+
     def log(self) -> str:
         self._log.flush()
         return self.log_path.read_text(errors="replace")

@@ -1,0 +1,109 @@
+"""The VideoTag chain as it runs: video file → sampled frames → features → each head's probabilities → its tags.
+
+`VideoTagger` holds the engines (any callables: eager Paddle, Paddle Inference, the model thread, the model
+process), the heads with their labels and tag control, and the sampler that decodes a video. It imports no
+Paddle: the worker, whose networks run in the model process (worker/model_process.py), tags with it without
+loading Paddle. Loading the networks is models/tagger.py's `build_tagger`.
+Invariants: heads keep their configured order and the first one's tags are a result's `tags`; with zero heads
+the chain only extracts features.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from models.config import ExtractorConfig
+from models.engines import Engine, run_batches
+from models.labels import Tag, TagControl, select_tags
+from models.preprocess import normalise
+from models.sampling import SampledVideo
+from models.video import InProcessDecoder
+
+RANDOM_WEIGHTS = "random-untrained"
+
+
+@dataclass(frozen=True)
+class Head:
+    """One predictor over the shared features, with the labels and tag control it publishes under."""
+
+    name: str
+    predictor: Engine
+    labels: list[str]
+    control: TagControl
+    topk: int
+    weights: str  # "sha256:<digest of its weight file>" or RANDOM_WEIGHTS
+
+    def tags(self, probabilities: np.ndarray) -> list[Tag]:
+        return select_tags(probabilities, self.control, self.topk)
+
+
+@dataclass
+class TagResult:
+    heads: dict[str, list[Tag]]  # per head, in the tagger's order
+    probabilities: dict[str, np.ndarray]  # per head: [num_classes]
+    features: np.ndarray
+    video: SampledVideo
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def tags(self) -> list[Tag]:
+        """The first head's tags: what a result's `tags` has always held."""
+        return next(iter(self.heads.values()))
+
+
+@dataclass
+class VideoTagger:
+    extractor_config: ExtractorConfig
+    extractor: Engine
+    heads: tuple[Head, ...]
+    preprocess: str = "faithful"
+    batch_size: int = 32
+    max_width: int = 7680
+    max_height: int = 4320
+    info: dict[str, Any] = field(default_factory=dict)
+    # (path, seg_num, name) → SampledVideo; unset: decoded in this process (models.video.InProcessDecoder),
+    # models.decoder_process.isolate_decoding puts every video in a child instead.
+    sampler: Callable[[str | Path, int, str | None], SampledVideo] | None = None
+
+    def __post_init__(self) -> None:
+        if self.sampler is None:
+            cfg = self.extractor_config
+            self.sampler = InProcessDecoder(self.preprocess, cfg.short_size, cfg.target_size, self.max_width,
+                                            self.max_height)
+
+    def sample(self, path: str | Path, seg_num: int | None = None, name: str | None = None) -> SampledVideo:
+        assert self.sampler is not None  # set in __post_init__
+        return self.sampler(path, seg_num or self.extractor_config.seg_num, name)
+
+    def features(self, video: SampledVideo) -> np.ndarray:
+        """[seg_num, 2048]; each distinct frame goes through the network once."""
+        cfg = self.extractor_config
+        chunks = (normalise(video.crops[i : i + self.batch_size], cfg.image_mean, cfg.image_std)
+                  for i in range(0, len(video.crops), self.batch_size))
+        return np.concatenate(run_batches(self.extractor, chunks))[video.order]
+
+    def probabilities(self, features: np.ndarray) -> dict[str, np.ndarray]:
+        """[B, seg_num, 2048] → per head [B, num_classes]."""
+        batch = features.astype(np.float32, copy=False)
+        return {head.name: head.predictor(batch) for head in self.heads}
+
+    def tag(self, path: str | Path, seg_num: int | None = None, name: str | None = None) -> TagResult:
+        """`name` is how errors refer to the video (e.g. its S3 URI rather than a temporary file)."""
+        if not self.heads:
+            raise ValueError("this tagger has no heads: it only extracts features")
+        t0 = time.perf_counter()
+        video = self.sample(path, seg_num, name)
+        t1 = time.perf_counter()
+        feats = self.features(video)
+        t2 = time.perf_counter()
+        probs = {head: p[0] for head, p in self.probabilities(feats[None]).items()}
+        t3 = time.perf_counter()
+        timings = {"decode": (t1 - t0) * 1e3, "extract": (t2 - t1) * 1e3, "predict": (t3 - t2) * 1e3}
+        tags = {head.name: head.tags(probs[head.name]) for head in self.heads}
+        return TagResult(tags, probs, feats, video, timings)
