@@ -11,6 +11,7 @@ import pytest
 
 from models.video import read_video
 from worker.breaker import Breaker, make_clip
+from worker.metrics import Metrics
 
 
 def test_below_the_threshold_failures_are_the_inputs_and_a_success_resets_the_count() -> None:
@@ -38,7 +39,8 @@ def test_a_failing_self_test_means_the_worker_is_broken_for_every_waiting_failur
         release.wait(5)
         raise RuntimeError("PreconditionNotMet: the predictor lost its device")
 
-    breaker = Breaker(1, engine_down)
+    metrics = Metrics()
+    breaker = Breaker(1, engine_down, metrics)
     verdicts: list[bool] = []
     threads = [threading.Thread(target=lambda: verdicts.append(breaker.failure_is_the_inputs())) for _ in range(3)]
     for thread in threads:
@@ -48,6 +50,9 @@ def test_a_failing_self_test_means_the_worker_is_broken_for_every_waiting_failur
         thread.join(10)
     assert verdicts == [False, False, False]
     assert breaker.broken is not None and "PreconditionNotMet" in breaker.broken
+    # The alert's view: open for good once broken, and the failures that waited shared one self-test.
+    assert metrics.registry.get_sample_value("videotag_breaker_open") == 1
+    assert metrics.registry.get_sample_value("videotag_breaker_trips_total") == 1
 
 
 def test_the_self_test_clip_decodes(tmp_path: Path) -> None:
