@@ -323,7 +323,8 @@ def test_the_worker_dead_letters_what_it_could_never_answer() -> None:
     worker = Worker(Settings())
     try:
         for offset, value in enumerate(values):
-            worker._accept(SimpleNamespace(topic="t", partition=0, offset=offset, timestamp=0, key=None, value=value))
+            worker._accept(SimpleNamespace(topic="t", partition=0, offset=offset, timestamp=0, key=None, value=value,
+                                            headers=[]))
         codes = [job.error.code if job.error else None for job in worker._backlog]
     finally:
         worker._executor.shutdown()
@@ -333,7 +334,8 @@ def test_the_worker_dead_letters_what_it_could_never_answer() -> None:
     shallow = NESTED_SHAPES["attributes"](63)  # {"a": [[...]]}: 64 levels with the attributes object
     worker = Worker(Settings())
     try:
-        worker._accept(SimpleNamespace(topic="t", partition=0, offset=0, timestamp=0, key=None, value=shallow))
+        worker._accept(SimpleNamespace(topic="t", partition=0, offset=0, timestamp=0, key=None, value=shallow,
+                                       headers=[]))
         assert worker._backlog[0].error is None  # 64 levels are still fine
     finally:
         worker._executor.shutdown()

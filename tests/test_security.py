@@ -148,7 +148,8 @@ def test_s3_errors_and_debug_logs_name_no_credentials(tmp_path: Path, caplog: py
         s3.create_bucket("creds")
         s3.client().put_object(Bucket="creds", Key="v.mp4", Body=b"x" * 100)
         messages = []
-        with caplog.at_level(logging.DEBUG):
+        # every logger at DEBUG: botocore's too, which the CLI quiets to WARNING (a CLI test may have run main())
+        with caplog.at_level(logging.DEBUG), caplog.at_level(logging.DEBUG, logger="botocore"):
             for access, secret in (("right-access-key", right), ("right-access-key", wrong), ("unknown-key", wrong)):
                 client = boto3.client("s3", endpoint_url=s3.endpoint_url, region_name="us-east-1",
                                       aws_access_key_id=access, aws_secret_access_key=secret,
