@@ -83,7 +83,8 @@ class AttentionLSTM(nn.Layer):
         attention = F.softmax(self.rgb_weight(seq), axis=1)  # over time steps, as sequence_softmax
         pooled = paddle.sum(seq * attention, axis=1)
         hidden = paddle.tanh(self.fc2(F.relu(self.fc1(pooled))))
-        return self.output(hidden)
+        out: paddle.Tensor = self.output(hidden)  # (Layer.__call__ is typed Any)
+        return out
 
     def forward(self, features: paddle.Tensor) -> paddle.Tensor:
         return F.sigmoid(self.logits(features))

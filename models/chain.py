@@ -86,7 +86,8 @@ class VideoTagger:
         cfg = self.extractor_config
         chunks = (normalise(video.crops[i : i + self.batch_size], cfg.image_mean, cfg.image_std)
                   for i in range(0, len(video.crops), self.batch_size))
-        return np.concatenate(run_batches(self.extractor, chunks))[video.order]
+        features: np.ndarray = np.concatenate(run_batches(self.extractor, chunks))[video.order]  # (index: Any)
+        return features
 
     def probabilities(self, features: np.ndarray) -> dict[str, np.ndarray]:
         """[B, seg_num, 2048] → per head [B, num_classes]."""

@@ -46,7 +46,8 @@ class DygraphEngine:
         import paddle
 
         with paddle.no_grad():
-            return self.layer(paddle.to_tensor(batch)).numpy()
+            out: np.ndarray = self.layer(paddle.to_tensor(batch)).numpy()  # (Layer.__call__ is typed Any)
+            return out
 
 
 class SimulatedEngine:

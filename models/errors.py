@@ -93,7 +93,8 @@ class CodedError(Exception):
     that is no code fails here rather than on the wire."""
 
     def __init__(self, code: ErrorCode | str, message: str) -> None:
-        self.code = ErrorCode(code)
+        # A lookup by value (EnumMeta.__call__), which mypy checks against the members' __new__(value, kind).
+        self.code = ErrorCode(code)  # type: ignore[call-arg]
         self.message = message
         super().__init__(f"{self.code}: {message}")
 

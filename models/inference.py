@@ -121,7 +121,7 @@ def check_options(device: str, precision: str, tensorrt: bool = False) -> None:
 
 
 def config_plan(device: str = "cpu", precision: str = "fp32", threads: int | None = None, tensorrt: bool = False,
-                *, gpu_memory_mb: int = DEFAULT_GPU_MEMORY_MB, device_id: int = 0) -> list[tuple[str, tuple]]:
+                *, gpu_memory_mb: int = DEFAULT_GPU_MEMORY_MB, device_id: int = 0) -> list[tuple[str, tuple[Any, ...]]]:
     """The `paddle.inference.Config` calls, in order, as (method name, args): no side effects, no hardware check.
 
     With `tensorrt`, the Config is for a program that `convert_for_tensorrt` made already (Paddle 3's route
@@ -130,7 +130,7 @@ def config_plan(device: str = "cpu", precision: str = "fp32", threads: int | Non
     """
     PrecisionType = paddle.inference.PrecisionType
     # (No enable_memory_optim: with Paddle 3's PIR programs its pass is missing and create_predictor fails.)
-    plan: list[tuple[str, tuple]] = [("disable_glog_info", ()), ("switch_ir_optim", (True,))]
+    plan: list[tuple[str, tuple[Any, ...]]] = [("disable_glog_info", ()), ("switch_ir_optim", (True,))]
     if device == "cpu":
         plan += [("disable_gpu", ()), ("enable_mkldnn", ()),
                  ("set_cpu_math_library_num_threads", (threads or default_threads(),))]
@@ -167,9 +167,9 @@ def set_up_gpu_precision(device: str, precision: str, environ: MutableMapping[st
         done.append(f"{name}={value}")
     if switches:
         core = core if core is not None else paddle.base.core
-        for name, value in switches.items():
-            getattr(core, name)(value)
-            done.append(f"core.{name}({value})")
+        for name, on in switches.items():
+            getattr(core, name)(on)
+            done.append(f"core.{name}({on})")
     if done:
         log.info("GPU %s: TF32 off (%s)", precision, ", ".join(done))
     return done
@@ -261,7 +261,8 @@ class InferenceEngine:
         self._input.copy_from_cpu(batch)
         self._predictor.run()
         self.calls += 1
-        return self._output.copy_to_cpu()
+        out: np.ndarray = self._output.copy_to_cpu()  # (Paddle types it Any)
+        return out
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         if self.expected_shape is not None and tuple(batch.shape[1:]) != self.expected_shape:
@@ -295,7 +296,7 @@ def _meta(net: str, size: int, input_shape: list[int | None]) -> dict[str, Any]:
 def _is_current(target: Path, meta: dict[str, Any]) -> bool:
     try:
         model_files(target)
-        return json.loads((target / META_FILE).read_text(encoding="utf-8")) == meta
+        return bool(json.loads((target / META_FILE).read_text(encoding="utf-8")) == meta)
     except (OSError, ValueError):
         return False
 

@@ -44,7 +44,7 @@ def faithful_transform(short_size: int = 256, crop_size: int = 224) -> FrameTran
         image = Image.fromarray(rgb)
         size = scaled_size(image.width, image.height, short_size)
         if size is not None:
-            image = image.resize(size, Image.BILINEAR)
+            image = image.resize(size, Image.Resampling.BILINEAR)
         return np.ascontiguousarray(_center_crop(np.asarray(image), crop_size))
 
     return transform

@@ -35,6 +35,7 @@ class ConvBN(nn.Layer):
     def original_parameters(self) -> Iterator[tuple[str, paddle.Tensor]]:
         """(original name, tensor) for the conv weights and the four BatchNorm tensors."""
         bn = "bn_conv1" if self.original_name == "conv1" else "bn" + self.original_name[3:]
+        assert self.bn.weight is not None and self.bn.bias is not None  # (None only with weight_attr=False)
         yield f"{self.original_name}_weights", self.conv.weight
         yield f"{bn}_scale", self.bn.weight
         yield f"{bn}_offset", self.bn.bias

@@ -49,7 +49,8 @@ class SampledVideo:
 
     @property
     def frames(self) -> np.ndarray:
-        return self.crops[self.order]
+        frames: np.ndarray = self.crops[self.order]  # (numpy types an index by an array as Any)
+        return frames
 
 
 class FrameReader(Protocol):

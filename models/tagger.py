@@ -9,7 +9,7 @@ file must match it).
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -124,6 +124,7 @@ def build_tagger(
     loaded = [_load_head(spec, predictor_weights, label_file, pcfg, allow_random_weights) for spec in specs]
     built = tuple(head for head, _ in loaded)
     head_files = [path for _, path in loaded if path is not None]
+    extractor: Callable[[], paddle.nn.Layer]
     if extractor_file is None:
         weights = extractor_digest = RANDOM_WEIGHTS
 

@@ -93,7 +93,9 @@ def expected_shapes(model: paddle.nn.Layer) -> dict[str, tuple[int, ...]]:
 
 
 def original_parameters(model: paddle.nn.Layer) -> Iterator[tuple[str, paddle.Tensor]]:
-    return model.original_parameters()  # type: ignore[operator]
+    # Defined by the networks that load original weights (resnet.py, attention_lstm.py); Layer's __getattr__ is Any.
+    params: Iterator[tuple[str, paddle.Tensor]] = model.original_parameters()
+    return params
 
 
 def load_into(model: paddle.nn.Layer, location: str | Path, stem: str) -> Path:

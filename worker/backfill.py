@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO, cast
 
 from kafka.producer.future import FutureRecordMetadata
 
@@ -46,6 +46,9 @@ from worker.messages import request_message
 from worker.progress import Progress
 from worker.settings import Settings
 from worker.storage import make_client, split_s3_uri
+
+if TYPE_CHECKING:  # boto3-stubs (the test extra)
+    from mypy_boto3_s3 import S3Client
 
 # Containers and streams FFmpeg (OpenCV or PyAV) reads; what else a bucket holds (thumbnails, subtitles,
 # manifests, partial uploads) is not a video and is skipped.
@@ -148,7 +151,7 @@ def read_marker(path: Path | None, source: str) -> dict[str, Any] | None:
     other = marker.get("source") if isinstance(marker, dict) else repr(marker)
     if other != source:
         raise BackfillError(f"{path}: the marker of another backfill ({other}); give another --marker or delete it")
-    return marker
+    return cast(dict[str, Any], marker)  # a dict: no other JSON value's repr is a source URI
 
 
 def write_marker(path: Path, source: str, position: Any, complete: bool, stats: Stats) -> None:
@@ -165,7 +168,7 @@ def write_marker(path: Path, source: str, position: Any, complete: bool, stats: 
 # --------------------------------------------------------------------------------------------------------
 # Sources
 
-def list_source(client, uri: str, start_after: str | None, stats: Stats) -> Iterator[Entry]:
+def list_source(client: S3Client, uri: str, start_after: str | None, stats: Stats) -> Iterator[Entry]:
     """Every object under `s3://bucket/prefix` after `start_after`, in key order; the position is the key."""
     bucket, prefix = split_s3_uri(uri)
     options: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix, "PaginationConfig": {"PageSize": PAGE_SIZE}}
@@ -177,7 +180,7 @@ def list_source(client, uri: str, start_after: str | None, stats: Stats) -> Iter
             yield Entry(bucket, item["Key"], item.get("LastModified"), item["Key"])
 
 
-def _manifest(client, uri: str) -> dict[str, Any]:
+def _manifest(client: S3Client, uri: str) -> dict[str, Any]:
     bucket, key = split_s3_uri(uri)
     if not key.endswith("manifest.json"):
         raise BackfillError(f"{uri}: expected the URI of an S3 Inventory manifest.json")
@@ -221,7 +224,7 @@ def inventory_entry(row: dict[str, str], position: list[int]) -> Entry | None:
     return Entry(row["Bucket"], urllib.parse.unquote_plus(row["Key"]), when, position)
 
 
-def manifest_source(client, uri: str, resume: list[int] | None, stats: Stats, dated: bool) -> Iterator[Entry]:
+def manifest_source(client: S3Client, uri: str, resume: list[int] | None, stats: Stats, dated: bool) -> Iterator[Entry]:
     """The objects of an inventory report, data file by data file; the position is [file index, rows done].
     `dated`: the report must have the LastModifiedDate column (for --since)."""
     manifest = _manifest(client, uri)

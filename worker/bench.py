@@ -234,7 +234,7 @@ def original_preprocess(rgb: np.ndarray, short_size: int, crop_size: int) -> np.
     image = Image.fromarray(rgb)
     size = scaled_size(image.width, image.height, short_size)
     if size is not None:
-        image = image.resize(size, Image.BILINEAR)
+        image = image.resize(size, Image.Resampling.BILINEAR)
     array = np.asarray(image)
     top = round((array.shape[0] - crop_size) / 2.0)
     left = round((array.shape[1] - crop_size) / 2.0)
@@ -300,7 +300,7 @@ def run_pipeline(tagger: VideoTagger, videos: list[Path], repeat: int, max_infli
     """All videos × repeat through the chain (built with its model thread) with `max_inflight` concurrent
     `tag` calls; the CPU of decoder children (a chain built with decoders in children) counted apart."""
     jobs = [path for _ in range(repeat) for path in videos]
-    engine = getattr(tagger.extractor, "engine", tagger.extractor)  # the one a ThreadEngine runs
+    engine: Any = getattr(tagger.extractor, "engine", tagger.extractor)  # the one a ThreadEngine runs
     busy = getattr(engine, "busy_s", None)  # a simulated engine counts its busy time
     start, cpu, children = time.perf_counter(), cpu_seconds(), cpu_seconds(resource.RUSAGE_CHILDREN)
     with ThreadPoolExecutor(max_workers=max_inflight, thread_name_prefix="video") as pool:

@@ -86,7 +86,7 @@ def make_clip(path: Path, frames: int = 30, size: tuple[int, int] = (128, 96)) -
     import numpy as np
 
     width, height = size
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10, (width, height))
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"mp4v"), 10, (width, height))
     if not writer.isOpened():
         raise RuntimeError("OpenCV cannot write the self-test clip")
     try:

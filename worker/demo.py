@@ -12,6 +12,7 @@ import threading
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from models.chain import RANDOM_WEIGHTS
 from models.weights import WeightsError, find_params
@@ -57,9 +58,10 @@ def _has_weights(settings: Settings) -> bool:
     return True
 
 
-def _collect(settings: Settings, topics: list[str], expected: int, timeout_s: float) -> list[tuple[str, dict]]:
+def _collect(settings: Settings, topics: list[str], expected: int, timeout_s: float
+             ) -> list[tuple[str, dict[str, Any]]]:
     consumer = kafka_clients.reader(settings, *topics)
-    seen: list[tuple[str, dict]] = []
+    seen: list[tuple[str, dict[str, Any]]] = []
     deadline = time.monotonic() + timeout_s
     try:
         while len(seen) < expected and time.monotonic() < deadline:
@@ -72,7 +74,7 @@ def _collect(settings: Settings, topics: list[str], expected: int, timeout_s: fl
     return seen
 
 
-def _print(topic: str, message: dict) -> None:
+def _print(topic: str, message: dict[str, Any]) -> None:
     if "tags" in message:
         tags = ", ".join(f"{t['class_name']} {t['probability']:.2f}" for t in message["tags"][:5])
         total = message["timings_ms"]["total"] / 1e3
@@ -105,7 +107,12 @@ def run_demo(settings: Settings, videos: list[Path], timeout_s: float = 900.0) -
             settings = replace(settings, bootstrap_servers=stack.bootstrap_servers, s3_endpoint_url=stack.endpoint_url,
                                metrics_port=0, session_timeout_ms=6000, heartbeat_interval_ms=1000, temp_dir=tmp)
             worker = Worker(settings, metrics=Metrics()).start()
-            thread = threading.Thread(target=lambda: (worker.run(), worker.drain()), name="worker", daemon=True)
+
+            def serve() -> None:
+                worker.run()
+                worker.drain()
+
+            thread = threading.Thread(target=serve, name="worker", daemon=True)
             thread.start()
             try:
                 start = time.monotonic()

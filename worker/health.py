@@ -19,10 +19,14 @@ import threading
 import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from worker.metrics import Metrics
+
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
 
 Check = Callable[[], tuple[bool, str]]  # (ok, the reason, for people)
 REQUEST_TIMEOUT_S = 5.0  # probes and scrapers send their request at once
@@ -54,7 +58,7 @@ class _DeadlineReader(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer: bytearray | memoryview) -> int:
+    def readinto(self, buffer: WriteableBuffer) -> int:
         left = self._deadline - time.monotonic()
         if left <= 0 or not self._poll.poll(left * 1000):
             raise TimeoutError("the request did not arrive in time")
@@ -73,7 +77,7 @@ class _BoundedServer(ThreadingHTTPServer):
         super().__init__(address, handler)
         self._slots = threading.BoundedSemaphore(max_connections)
 
-    def process_request(self, request, client_address) -> None:
+    def process_request(self, request: socket.socket | tuple[bytes, socket.socket], client_address: Any) -> None:
         if not self._slots.acquire(blocking=False):
             self.shutdown_request(request)
             return
@@ -83,13 +87,13 @@ class _BoundedServer(ThreadingHTTPServer):
             self._slots.release()
             raise
 
-    def process_request_thread(self, request, client_address) -> None:
+    def process_request_thread(self, request: socket.socket | tuple[bytes, socket.socket], client_address: Any) -> None:
         try:
             super().process_request_thread(request, client_address)
         finally:
             self._slots.release()
 
-    def handle_error(self, request, client_address) -> None:
+    def handle_error(self, request: socket.socket | tuple[bytes, socket.socket], client_address: Any) -> None:
         pass  # a client that hung up or was too slow: nothing to report, and no traceback on stderr
 
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cache
 from importlib import resources
-from typing import Any
+from typing import Any, TypedDict
 
 import jsonschema
 
@@ -44,10 +44,22 @@ class VideoRequest:
     attributes: dict[str, Any] = field(default_factory=dict)
 
 
+class Frames(TypedDict):
+    """A result's `frames` (schemas/result.schema.json): frame counts, the size as displayed, the decoder."""
+
+    decoded: int
+    reported: int
+    sampled: int
+    width: int
+    height: int
+    decoder: str  # "opencv" or "pyav"
+
+
 @cache
 def schema(name: str) -> dict[str, Any]:
     text = resources.files("worker").joinpath("schemas", f"{name}.schema.json").read_text(encoding="utf-8")
-    return json.loads(text)
+    document: dict[str, Any] = json.loads(text)  # (json.loads is typed Any)
+    return document
 
 
 @cache
@@ -225,7 +237,7 @@ def request_message(bucket: str, key: str, video_id: str | None = None, **extra:
 
 
 def result_message(request: VideoRequest, heads: dict[str, list[Any]], model: dict[str, Any],
-                   timings_ms: dict[str, float], frames: dict[str, int], features_uri: str | None = None
+                   timings_ms: dict[str, float], frames: Frames, features_uri: str | None = None
                    ) -> dict[str, Any]:
     """`heads`: each head's tags, in order; `tags` repeats the first head's (the field consumers always read)."""
     message: dict[str, Any] = {"video_id": request.video_id, "bucket": request.bucket, "key": request.key}

@@ -32,6 +32,7 @@ Lifecycle invariants:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import json
 import logging
@@ -66,7 +67,7 @@ _LENGTH = struct.Struct(">I")
 MAX_HEADER_BYTES = 16 * 1024**2  # the ready message carries every head's labels and tag control
 MAX_ARRAY_BYTES = 2 * 1024**3
 MAX_DIMS = 8
-DTYPES = {"float32": np.dtype("<f4"), "float64": np.dtype("<f8")}
+DTYPES: dict[str, np.dtype] = {"float32": np.dtype("<f4"), "float64": np.dtype("<f8")}
 # What the child is told of the settings: the model's (never a Kafka or S3 one, so no secret).
 MODEL_SETTINGS = ("extractor_weights", "predictor_weights", "label_file", "predictors", "allow_random_weights",
                   "layers", "seg_num", "topk", "device", "engine", "precision", "preprocess", "batch_size",
@@ -84,14 +85,15 @@ class FramingError(ValueError):
 def write_message(stream: IO[bytes], header: Mapping[str, Any], array: np.ndarray | None = None) -> None:
     """One message: the header (with `dtype` and `shape` when an array follows), then the array's bytes."""
     fields = dict(header)
-    payload = b""
+    payload: bytes | memoryview = b""
     if array is not None:
         name = np.dtype(array.dtype).name
         if name not in DTYPES:
             raise FramingError(f"arrays of {name} are not sent (only {sorted(DTYPES)})")
         contiguous = np.ascontiguousarray(array, dtype=DTYPES[name])
         fields["dtype"], fields["shape"] = name, list(contiguous.shape)
-        payload = contiguous.tobytes() if contiguous.nbytes < 65536 else memoryview(contiguous).cast("B")
+        # (numpy's stubs give ndarray the buffer protocol for Python >= 3.12 only)
+        payload = contiguous.tobytes() if contiguous.nbytes < 65536 else memoryview(contiguous).cast("B")  # type: ignore[arg-type]
     data = json.dumps(fields, ensure_ascii=False).encode("utf-8")
     if len(data) > MAX_HEADER_BYTES:
         raise FramingError(f"header of {len(data)} bytes is over {MAX_HEADER_BYTES}")
@@ -236,7 +238,7 @@ class ModelProcess:
         from models.labels import TagControl
 
         d = self.description
-        config = {k: tuple(v) if isinstance(v, list) else v for k, v in d["extractor_config"].items()}
+        config: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in d["extractor_config"].items()}
         heads = tuple(Head(h["name"], RemoteEngine(self, f"head:{h['name']}"), h["labels"],
                            TagControl(np.array(h["control"]["floors"], dtype=np.float64),
                                       tuple(h["control"]["names"]), tuple(h["control"]["groups"])),
@@ -488,7 +490,7 @@ def serve(tagger: VideoTagger, requests: IO[bytes], replies: IO[bytes], max_batc
                                         "message": f"no engine {header.get('engine')!r} or no batch"})
             continue
         future = model_thread.submit(engine, batch)
-        future.add_done_callback(lambda done, rid=request_id: reply(rid, done))
+        future.add_done_callback(functools.partial(reply, request_id))
 
 
 def main() -> None:

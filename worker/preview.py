@@ -56,7 +56,7 @@ class FontMissing(ValueError):
 
 def _package_font() -> Path | None:
     try:
-        import pylopdf_fonts_zh_cn  # type: ignore[import-not-found]  # the videotag[preview] extra
+        import pylopdf_fonts_zh_cn  # the videotag[preview] extra
     except ImportError:
         return None
     return Path(pylopdf_fonts_zh_cn.sans_path())
@@ -79,7 +79,7 @@ def missing_glyphs(font: ImageFont.FreeTypeFont, text: str) -> list[str]:
     """The characters of `text` the font draws as its missing-glyph box (that is, as a code point that no
     font has, U+10FFFD)."""
     def pixels(ch: str) -> bytes:
-        image = Image.new("L", (4 * font.size, 2 * font.size))
+        image = Image.new("L", (4 * int(font.size), 2 * int(font.size)))  # (Pillow types the size as float)
         ImageDraw.Draw(image).text((0, 0), ch, font=font, fill=255)
         return image.tobytes()
 

@@ -27,7 +27,7 @@ import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 import boto3
 import botocore.config
@@ -35,6 +35,10 @@ import botocore.exceptions
 
 from models import cancel
 from models.errors import CodedError, ErrorCode, InputError, Kind, SystemicError, os_error_code
+
+if TYPE_CHECKING:  # boto3-stubs (the test extra): the S3 client's methods, typed
+    from botocore.response import StreamingBody
+    from mypy_boto3_s3 import S3Client
 
 TEMP_PREFIX = "videotag-"
 TEMP_SUFFIX = ".video"
@@ -191,7 +195,7 @@ def split_s3_uri(uri: str) -> tuple[str, str]:
     return bucket, key
 
 
-def put_object(client, bucket: str, key: str, body: bytes, metadata: dict[str, str]) -> None:
+def put_object(client: S3Client, bucket: str, key: str, body: bytes, metadata: dict[str, str]) -> None:
     """Store `body`. A key S3 refuses is permanent for that video (InputError); anything else, a missing bucket
     included, is transient: the destination is the operator's to fix, and /readyz reports the failures."""
     try:
@@ -204,7 +208,7 @@ def put_object(client, bucket: str, key: str, body: bytes, metadata: dict[str, s
 
 
 def make_client(endpoint_url: str | None, region: str | None, connect_timeout: float, read_timeout: float,
-                attempts: int = 1):
+                attempts: int = 1) -> S3Client:
     """A boto3 client with the standard credential chain. The worker's retries are its own, so botocore makes
     one attempt; a command without retries of its own (a backfill's listing) asks for botocore's `attempts`."""
     config = botocore.config.Config(
@@ -235,7 +239,7 @@ def _temp_file(temp_dir: str | None, where: str) -> Iterator[tuple[IO[bytes], Pa
 class ObjectFetcher:
     """Streams one object at a time per caller into `temp_dir` (None: the system's temp dir)."""
 
-    def __init__(self, client, temp_dir: str | None, max_object_bytes: int, budget: TempBudget) -> None:
+    def __init__(self, client: S3Client, temp_dir: str | None, max_object_bytes: int, budget: TempBudget) -> None:
         self.client = client
         self.temp_dir = temp_dir
         self.max_object_bytes = max_object_bytes
@@ -276,7 +280,7 @@ class ObjectFetcher:
         finally:
             body.close()
 
-    def _copy(self, body, out: IO[bytes], where: str) -> int:
+    def _copy(self, body: StreamingBody, out: IO[bytes], where: str) -> int:
         written = 0
         while True:
             with _store_call(where):

@@ -43,7 +43,7 @@ from worker.breaker import SYSTEMIC_CODES, Breaker
 from worker.footprint import check_fit
 from worker.health import HealthServer
 from worker.lanes import RetryState, lane_rank, not_due, parse_retry, paused_lanes
-from worker.messages import VideoRequest, dlq_message, parse_request, result_message
+from worker.messages import Frames, VideoRequest, dlq_message, parse_request, result_message
 from worker.metrics import Metrics
 from worker.model import Chain, build_chain
 from worker.offsets import OffsetTracker, PartitionOffsets
@@ -99,7 +99,7 @@ class Job:
                 "topic": self.topic, "partition": self.partition, "offset": self.offset}
 
 
-class _Rebalance(AsyncConsumerRebalanceListener):
+class _Rebalance(AsyncConsumerRebalanceListener):  # type: ignore[misc]  # (kafka-python is untyped: Any)
     """kafka-python 3 calls these on its IO thread while the main thread waits inside poll() or close(): they
     may change the worker's state, but a blocking client call there raises, so the commit is awaited.
 
@@ -152,7 +152,7 @@ class Worker:
         self._ends: dict[tuple[str, int], int] = {}  # end offsets of the higher lanes' partitions
         self._ends_at = 0.0
         self._revoking: set[tuple[str, int]] = set()  # revoked, not yet known whether assigned back
-        self._not_connected = "not connected to Kafka yet"  # why there are no clients (None once there are)
+        self._not_connected: str | None = "not connected to Kafka yet"  # why there are no clients (None once there are)
         self._producer_lock = threading.Lock()
         self._exactly_once = settings.delivery == "exactly_once"
         self._held = HeldOutputs()
@@ -808,9 +808,9 @@ class Worker:
         self.telemetry.stages(job.trace, started_ns, timings, _span_attributes(job))
         self.metrics.frames_decoded.inc(result.video.frames_decoded)
         video = result.video
-        frames = {"decoded": video.frames_decoded, "reported": video.frames_reported,
-                  "sampled": len(video.order), "width": video.width, "height": video.height,
-                  "decoder": video.decoder}
+        frames: Frames = {"decoded": video.frames_decoded, "reported": video.frames_reported,
+                          "sampled": len(video.order), "width": video.width, "height": video.height,
+                          "decoder": video.decoder}
         timings["total"] = (time.perf_counter() - t0) * 1e3
         message = result_message(request, result.heads, self._chain().tagger.info, timings, frames,
                                  features_uri)
@@ -950,7 +950,8 @@ class Worker:
                 return
             log.error("producer unusable (%s: %s): replacing it", type(error).__name__, error)
             with contextlib.suppress(Exception):
-                broken.close(timeout=0)
+                # (kafka-python is untyped: the `is` test above narrowed this Any to self.producer's `Any | None`)
+                broken.close(timeout=0)  # type: ignore[union-attr]
             try:
                 self.producer = kafka_clients.producer(self.settings)
             except kafka_clients.BrokerUnreachable as exc:
@@ -987,7 +988,9 @@ class Worker:
 
     def _backoff_s(self, attempts: int) -> float:
         s = self.settings
-        return min(s.retry_backoff_max_s, s.retry_backoff_base_s * 2 ** (attempts - 1)) * random.uniform(0.5, 1.0)
+        # (typeshed types int ** int as Any: a negative exponent makes a float)
+        backoff: float = min(s.retry_backoff_max_s, s.retry_backoff_base_s * 2 ** (attempts - 1))
+        return backoff * random.uniform(0.5, 1.0)
 
 
 
