@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 import traceback
+import typing
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -24,6 +25,14 @@ from worker.settings import CHOICES, ENV_PREFIX, FIELD_TYPES, Settings, load_set
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 DEMO_SEG_NUM = 16  # the demo is about the service; --seg-num 300 for the original sampling
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, its errors in one line like every other configuration error (the usage is one --help
+    away). Its commands' parsers are of this class too (add_subparsers takes the parent's class)."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _flag(name: str) -> str:
@@ -311,7 +320,7 @@ def _sheet_options(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="videotag", description="VideoTag video tagging: CLI and Kafka worker.")
+    parser = _Parser(prog="videotag", description="VideoTag video tagging: CLI and Kafka worker.")
     commands = parser.add_subparsers(dest="command", required=True)
 
     tag = commands.add_parser("tag", help="tag local video files; one JSON line per video on stdout")
