@@ -39,7 +39,8 @@ from worker.messages import MAX_EVENT_RECORDS, VideoIdFrom
 ENV_PREFIX = "VIDEOTAG_"
 SECRET_FIELDS = frozenset({"sasl_password", "ssl_password"})
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
-SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER", "GSSAPI"]  # kafka-python's
+# GSSAPI and OAUTHBEARER are passed through to kafka-python without options of their own (docs/reliability.md)
+SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER", "GSSAPI"]
 AssignmentStrategy = Literal["range", "roundrobin", "sticky", "cooperative-sticky"]
 Delivery = Literal["at_least_once", "exactly_once"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
