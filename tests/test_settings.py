@@ -231,3 +231,12 @@ def test_a_bad_value_in_a_config_file_names_the_file(tmp_path, monkeypatch) -> N
     with pytest.raises(SettingsError, match=re.escape(f"'layers': 77 is not one of 50, 101 (from "
                                                       f"{configs / 'tsn.yaml'})")):
         load_settings(env={})
+
+
+def test_the_model_process_reads_the_same_config_directory() -> None:
+    from models.config import CONFIG_DIR_ENV
+    from worker.model_process import model_environment
+
+    child = model_environment({CONFIG_DIR_ENV: "/etc/videotag/configs", "VIDEOTAG_SASL_PASSWORD": "p",
+                               "AWS_SECRET_ACCESS_KEY": "s", "OMP_NUM_THREADS": "2"})
+    assert child == {CONFIG_DIR_ENV: "/etc/videotag/configs", "OMP_NUM_THREADS": "2"}

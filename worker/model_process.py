@@ -49,6 +49,7 @@ from typing import IO, TYPE_CHECKING, Any
 import numpy as np
 
 from models import cancel
+from models.config import CONFIG_DIR_ENV
 from models.decoder_process import die_with_parent, exit_reason
 from models.engines import CANCEL_POLL_S, wait
 from models.errors import CodedError, ConfigError, ErrorCode, InputError, SystemicError
@@ -422,8 +423,10 @@ def model_settings(settings: Settings) -> dict[str, Any]:
 
 
 def model_environment(parent: Mapping[str, str]) -> dict[str, str]:
-    """The child's environment: the worker's (Paddle's and CUDA's variables count) without credentials."""
-    return {name: value for name, value in parent.items() if not name.startswith(_ENV_DROPPED)}
+    """The child's environment: the worker's (Paddle's and CUDA's variables count) without credentials or settings
+    (it is told those it needs), but with the directory of the hyper-parameter files, which both must read alike."""
+    return {name: value for name, value in parent.items()
+            if name == CONFIG_DIR_ENV or not name.startswith(_ENV_DROPPED)}
 
 
 def config_error(header: Mapping[str, Any]) -> Exception:
