@@ -62,6 +62,12 @@ def config_default(file: str, key: str) -> Any:
     return field(default_factory=functools.partial(config_value, file, key))
 
 
+def config_source(f: dataclasses.Field[Any]) -> str | None:
+    """The file a `config_default` field's default is read from; None for any other field."""
+    factory = f.default_factory
+    return factory.args[0] if isinstance(factory, functools.partial) and factory.func is config_value else None
+
+
 @dataclass(frozen=True)
 class ExtractorConfig:
     layers: int = config_default(TSN_FILE, "layers")

@@ -8,7 +8,7 @@ one-line SettingsError (a ConfigError: exit 2) that names the setting, the allow
 from. A fixed-choice setting is typed with a `Literal` alias (here, or models/options.py for the model's): its
 allowed values are `typing.get_args` of that alias, for validation (CHOICES) and the CLI's `choices` alike.
 The defaults of the model's sizes (layers, seg_num, batch_size, max_width, max_height, topk) are not written here:
-they are read from configs/tsn.yaml and configs/attention_lstm.yaml (models/config.py, YAML_DEFAULTS).
+they are read from configs/tsn.yaml and configs/attention_lstm.yaml (models/config.py), when settings load.
 `Settings` is frozen: code that needs other values makes a copy (`dataclasses.replace`).
 Every setting is a scalar except `predictors`, a list of head mappings (YAML list, or JSON text in the
 environment and on the command line), coerced field by field into typed `HeadSpec`s like the scalars.
@@ -28,7 +28,7 @@ from typing import Any, Literal
 
 import yaml
 
-from models.config import ATTENTION_LSTM_FILE, TSN_FILE, config_default, config_dir, config_value
+from models.config import ATTENTION_LSTM_FILE, TSN_FILE, config_default, config_dir, config_source, config_value
 from models.errors import ConfigError
 from models.heads import HeadSpec, check_heads
 from models.options import Device, Engine, Layers, Precision, Preprocess
@@ -44,9 +44,6 @@ SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"
 AssignmentStrategy = Literal["range", "roundrobin", "sticky", "cooperative-sticky"]
 Delivery = Literal["at_least_once", "exactly_once"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
-# Settings whose default is read from a hyper-parameter YAML in the config directory (models/config.py).
-YAML_DEFAULTS = {"layers": TSN_FILE, "seg_num": TSN_FILE, "batch_size": TSN_FILE, "max_width": TSN_FILE,
-                 "max_height": TSN_FILE, "topk": ATTENTION_LSTM_FILE}
 # Text settings that hold a comma-separated list; a YAML list is accepted for them too.
 LIST_FIELDS = frozenset({"allowed_buckets", "input_topics"})
 
@@ -163,6 +160,8 @@ class Settings:
         return f"Settings({', '.join(f'{k}={v!r}' for k, v in self.redacted().items())})"
 
 
+# Settings whose default is read from a hyper-parameter YAML in the config directory (models/config.py) → the file.
+YAML_DEFAULTS = {f.name: file for f in fields(Settings) if (file := config_source(f)) is not None}
 STOP_MARGIN_S = 15.0  # after the drain: commit, leave the group, close clients
 # An interpreter with OpenCV's or PyAV's FFmpeg reserves about 0.5 GiB before it decodes anything: below this,
 # every video would fail decoder_memory_limit, a permanent code, and the whole backlog drain into the DLQ.
