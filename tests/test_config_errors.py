@@ -3,6 +3,7 @@ only at --log-level DEBUG (worker/cli.py, models.errors.ConfigError)."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 from pathlib import Path
@@ -93,3 +94,12 @@ def test_debug_shows_the_traceback(tmp_path: Path, argv: list[str]) -> None:
     assert "Traceback (most recent call last)" in run.stderr and "SettingsError" in run.stderr
     assert run.stderr.splitlines()[-1].startswith("videotag: error: setting 'delivery': 'twice'")
 
+
+
+def test_in_json_mode_the_traceback_is_in_the_one_json_line(tmp_path: Path) -> None:
+    run = run_cli("--log-level", "DEBUG", "worker", cwd=tmp_path, timeout=120, VIDEOTAG_LOG_FORMAT="json",
+                  VIDEOTAG_DELIVERY="twice")
+    assert run.returncode == EXIT_USAGE
+    [line] = run.stderr.splitlines()
+    entry = json.loads(line)
+    assert "'twice'" in entry["message"] and "Traceback (most recent call last)" in entry["exc_info"]

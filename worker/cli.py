@@ -461,12 +461,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except ConfigError as exc:
-        if log_level == "DEBUG":
-            traceback.print_exc()
         message = " ".join(str(exc).split())  # one line, whatever the message held
-        if log_format == "json":
-            logging.getLogger("videotag").error("%s", message)
+        debug = log_level == "DEBUG"
+        if log_format == "json":  # every line on stderr stays a JSON object, the traceback in its exc_info
+            logging.getLogger("videotag").error("%s", message, exc_info=exc if debug else None)
         else:
+            if debug:
+                traceback.print_exception(exc)
             print(f"videotag: error: {message}", file=sys.stderr)
         return EXIT_USAGE
 
