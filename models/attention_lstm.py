@@ -18,6 +18,8 @@ import paddle
 from paddle import nn
 from paddle.nn import functional as F
 
+from models.config import PredictorConfig
+
 
 class PeepholeLSTM(nn.Layer):
     """Legacy fluid `dynamic_lstm` with peepholes and zero initial state, over full-length sequences.
@@ -58,8 +60,8 @@ class PeepholeLSTM(nn.Layer):
 class AttentionLSTM(nn.Layer):
     """Features [B, T, 2048] → independent tag probabilities [B, num_classes]."""
 
-    def __init__(self, feature_size: int = 2048, embedding_size: int = 1024, lstm_size: int = 512,
-                 num_classes: int = 3396, dropout_rate: float = 0.5) -> None:
+    def __init__(self, feature_size: int, embedding_size: int, lstm_size: int, num_classes: int,
+                 dropout_rate: float) -> None:
         super().__init__()
         self.rgb_fc = nn.Linear(feature_size, embedding_size)
         self.rgb_fc_forward = nn.Linear(embedding_size, 4 * lstm_size, bias_attr=False)
@@ -97,9 +99,12 @@ class AttentionLSTM(nn.Layer):
                 yield f"{name}.b_0", layer.bias
 
 
-def attention_lstm(feature_size: int = 2048, embedding_size: int = 1024, lstm_size: int = 512,
-                   num_classes: int = 3396, dropout_rate: float = 0.5) -> AttentionLSTM:
-    """The predictor in inference mode."""
-    model = AttentionLSTM(feature_size, embedding_size, lstm_size, num_classes, dropout_rate)
+def attention_lstm(feature_size: int | None = None, embedding_size: int | None = None, lstm_size: int | None = None,
+                   num_classes: int | None = None, dropout_rate: float | None = None) -> AttentionLSTM:
+    """The predictor in inference mode; a size not given is configs/attention_lstm.yaml's (models/config.py)."""
+    given = {"feature_size": feature_size, "embedding_size": embedding_size, "lstm_size": lstm_size,
+             "num_classes": num_classes, "dropout_rate": dropout_rate}
+    cfg = PredictorConfig(**{name: value for name, value in given.items() if value is not None})
+    model = AttentionLSTM(cfg.feature_size, cfg.embedding_size, cfg.lstm_size, cfg.num_classes, cfg.dropout_rate)
     model.eval()
     return model

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from models.config import ExtractorConfig
+from models.config import TSN_FILE, ExtractorConfig, config_default
 from models.engines import Engine, run_batches
 from models.labels import Tag, TagControl, select_tags
 from models.preprocess import normalise
@@ -63,9 +63,9 @@ class VideoTagger:
     extractor: Engine
     heads: tuple[Head, ...]
     preprocess: str = "faithful"
-    batch_size: int = 32
-    max_width: int = 7680
-    max_height: int = 4320
+    batch_size: int = config_default(TSN_FILE, "batch_size")
+    max_width: int = config_default(TSN_FILE, "max_width")
+    max_height: int = config_default(TSN_FILE, "max_height")
     info: dict[str, Any] = field(default_factory=dict)
     # (path, seg_num, name) → SampledVideo; unset: decoded in this process (models.video.InProcessDecoder),
     # models.decoder_process.isolate_decoding puts every video in a child instead.

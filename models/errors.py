@@ -10,6 +10,11 @@ Invariants:
   test holds the two in step.
 - This module imports nothing heavy: the decoder child, `models/` and `worker/` all import it.
 
+`ConfigError` is the one type of configuration problem: a setting, or a file the configuration names (weights,
+labels, a settings or hyper-parameter YAML), that cannot work. It is refused before any work, never retried and
+never a video's fault: every command prints it as one line and exits 2 (worker/cli.py). Its subclasses
+(SettingsError, WeightsError, LabelsError, EngineOptionsError, ...) only say which part of the configuration.
+
 `NeedsFallback` is no error of the input: it says that OpenCV cannot read a file that the PyAV reader (which
 runs in a process of its own, models/decoder_process.py) should try.
 """
@@ -109,6 +114,10 @@ class InputError(CodedError):
 class SystemicError(CodedError):
     """The worker or its machine is unwell (a full disk, no file descriptors left, a decoder killed under
     memory pressure): not the input's fault, so it must not be dead-lettered as bad input."""
+
+
+class ConfigError(Exception):
+    """The configuration cannot work (see the module docstring): one line for people, exit status 2."""
 
 
 class NeedsFallback(Exception):

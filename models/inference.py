@@ -41,6 +41,7 @@ import paddle
 
 from models import cgroup
 from models.engines import DygraphEngine, Engine
+from models.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ TRT_WORKSPACE = 1 << 30
 export_count = 0
 
 
-class EngineOptionsError(ValueError):
+class EngineOptionsError(ConfigError, ValueError):
     """The requested device / precision / TensorRT combination cannot run here."""
 
 

@@ -15,6 +15,8 @@ from typing import TypedDict
 
 import numpy as np
 
+from models.errors import ConfigError
+
 
 class Tag(TypedDict):
     class_id: int
@@ -22,7 +24,7 @@ class Tag(TypedDict):
     probability: float
 
 
-class LabelsError(Exception):
+class LabelsError(ConfigError):
     """The label file is missing or does not match the model."""
 
 

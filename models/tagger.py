@@ -18,16 +18,17 @@ import paddle
 from models import cgroup
 from models.attention_lstm import AttentionLSTM, attention_lstm
 from models.chain import RANDOM_WEIGHTS, Head, TagResult, VideoTagger
-from models.config import ExtractorConfig, PredictorConfig
+from models.config import TSN_FILE, ExtractorConfig, PredictorConfig, config_value
 from models.engines import DygraphEngine, Engine, SimulatedEngine
+from models.errors import ConfigError
 from models.heads import DEFAULT_HEAD, HeadSpec, check_heads, load_control
 from models.labels import load_labels
+from models.options import ENGINES
 from models.resnet import tsn_resnet
 from models.weights import assign, file_digest, find_params, load_into, randomize, read_state
 
 __all__ = ["ENGINES", "RANDOM_SEED", "RANDOM_WEIGHTS", "Head", "TagResult", "VideoTagger", "build_tagger",
            "load_predictor", "set_device"]
-ENGINES = ("dygraph", "inference", "simulated")
 RANDOM_SEED = 0
 
 
@@ -86,9 +87,9 @@ def build_tagger(
     device: str = "cpu",
     allow_random_weights: bool = False,
     preprocess: str = "faithful",
-    batch_size: int = 32,
-    max_width: int = 7680,
-    max_height: int = 4320,
+    batch_size: int | None = None,
+    max_width: int | None = None,
+    max_height: int | None = None,
     engine: str = "dygraph",
     precision: str = "fp32",
     cache_dir: str | Path = ".cache/videotag/models",
@@ -109,12 +110,16 @@ def build_tagger(
     (no sleep: the LSTM is a few percent of a video's model time), for measuring the host side alone.
     """
     if engine not in ENGINES:
-        raise ValueError(f"engine must be one of {list(ENGINES)}, not {engine!r}")
+        raise ConfigError(f"engine must be one of {', '.join(ENGINES)}, not {engine!r}")
     if engine == "dygraph" and precision != "fp32":
-        raise ValueError(f"precision {precision} needs engine inference (dygraph runs fp32 only)")
+        raise ConfigError(f"precision {precision} needs engine inference (dygraph runs fp32 only)")
     specs = list(heads) if heads is not None else [HeadSpec(DEFAULT_HEAD)]
     check_heads(specs)
     ecfg = extractor_config or ExtractorConfig()
+    # unset: configs/tsn.yaml's (models/config.py)
+    batch_size = config_value(TSN_FILE, "batch_size") if batch_size is None else batch_size
+    max_width = config_value(TSN_FILE, "max_width") if max_width is None else max_width
+    max_height = config_value(TSN_FILE, "max_height") if max_height is None else max_height
     pcfg = predictor_config or PredictorConfig()
     set_device(device, precision)
     if device == "cpu" and engine == "inference":  # (eager Paddle runs its math on one thread by default)

@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import paddle
 
+from models.errors import ConfigError
+
 # Names in the TSN file that the extractor has no use for: the Kinetics classifier of the pre-training.
 IGNORED_PREFIXES = ("fc_0.",)
 HOW_TO_GET = (
@@ -24,7 +26,7 @@ HOW_TO_GET = (
 )
 
 
-class WeightsError(Exception):
+class WeightsError(ConfigError):
     """Weight files are missing or do not fit the network."""
 
 

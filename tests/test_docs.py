@@ -13,6 +13,17 @@ def test_every_setting_is_documented():
     assert missing == []
 
 
+def test_every_fixed_choice_setting_lists_its_allowed_values():
+    """Each Literal setting's row in docs/configuration.md names every value that loads (worker/settings.py)."""
+    from worker.settings import CHOICES
+
+    text = (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8")
+    rows = {line.split("`")[1]: line for line in text.splitlines() if line.startswith("| `")}
+    missing = {name: [choice for choice in choices if f"`{choice}`" not in rows.get(name, "")]
+               for name, choices in CHOICES.items()}
+    assert {name: values for name, values in missing.items() if values} == {}
+
+
 def test_example_worker_config_loads():
     settings = load_settings(ROOT / "configs" / "worker.yaml", env={})
     assert settings.input_topic == "videotag.requests" and settings.seg_num == 300

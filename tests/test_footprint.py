@@ -52,6 +52,6 @@ def test_the_worker_refuses_to_start_with_one_line_and_exit_2(monkeypatch: pytes
     monkeypatch.setattr("worker.worker.Worker", no_worker)
     assert main(["worker", "--max-inflight", "8", "--bootstrap-servers", "127.0.0.1:1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("videotag: max_inflight 8 does not fit the memory limit")
+    assert len(err) == 1 and err[0].startswith("videotag: error: max_inflight 8 does not fit the memory limit")
     with pytest.raises(SettingsError):
         footprint.check_fit(load_settings(overrides={"max_inflight": 8}), 2 * GIB)

@@ -17,6 +17,7 @@ import pytest
 from models import inference
 from models import tagger as tagger_module
 from models.config import ExtractorConfig
+from models.errors import ConfigError
 from models.heads import HeadSpec
 from models.inference import (
     EngineOptionsError,
@@ -371,7 +372,7 @@ def test_impossible_combinations() -> None:
 
 
 def test_build_tagger_rejects_bad_engine_options() -> None:
-    with pytest.raises(ValueError, match="needs engine inference"):
+    with pytest.raises(ConfigError, match="needs engine inference"):
         build_tagger("w/tsn", "w/attention_lstm", LABELS, engine="dygraph", precision="bf16")
-    with pytest.raises(ValueError, match="engine must be"):
+    with pytest.raises(ConfigError, match="engine must be"):
         build_tagger("w/tsn", "w/attention_lstm", LABELS, engine="onnx")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from typing import Any
@@ -261,5 +262,5 @@ def test_a_request_too_large_for_the_retry_topic_is_retried_in_place() -> None:
     assert job.request is not None
     exc = TransientError(ErrorCode.ACCESS_DENIED, "403 Forbidden", outage=False)
     assert worker._retry_later(job, exc, 1) is False and job.outputs == []
-    worker.settings.retry_topic = None
+    worker.settings = dataclasses.replace(worker.settings, retry_topic=None)
     assert worker._retry_later(job, exc, 1) is False

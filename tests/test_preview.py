@@ -51,7 +51,7 @@ def test_a_font_without_chinese_is_refused_before_any_model_loads(tmp_path: Path
     run = run_cli("preview", "v.mp4", "--out", str(tmp_path / "s.png"), "--font", str(not_a_font),
                   "--extractor-weights", str(tmp_path / "no-weights"), timeout=120)
     assert run.returncode == 2
-    assert run.stderr.splitlines() == [f"videotag preview: --font {not_a_font}: not a font with Chinese glyphs; "
+    assert run.stderr.splitlines() == [f"videotag: error: --font {not_a_font}: not a font with Chinese glyphs; "
                                        "pip install 'videotag[preview]' (Noto Sans SC), or apt-get install "
                                        "fonts-noto-cjk, or give --font FILE"]
 

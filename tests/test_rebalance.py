@@ -9,6 +9,7 @@ in-flight videos must still hold its commit back; a partition that went elsewher
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from typing import Any
 
 from kafka import TopicPartition
@@ -272,7 +273,7 @@ def test_a_revoked_partitions_videos_are_cancelled_and_free_their_slots() -> Non
 
 def test_a_video_past_its_deadline_is_cancelled_and_the_worker_stays_healthy_until_stuck() -> None:
     worker, _ = _worker()
-    worker.settings.video_timeout_s = 0.0
+    worker.settings = dataclasses.replace(worker.settings, video_timeout_s=0.0)
     worker._accept(_record(P0, 0))
     worker._step(accept=True)
     [job] = worker._active.values()

@@ -1,4 +1,8 @@
-"""The `videotag` command line. Parsing only: each command's work lives in its own module."""
+"""The `videotag` command line. Parsing only: each command's work lives in its own module.
+
+A configuration problem (models.errors.ConfigError: a setting, weights, labels, a font, a YAML) ends any command
+with one line on stderr, `videotag: error: ...`, and exit status 2; its traceback only at `--log-level DEBUG`.
+"""
 
 from __future__ import annotations
 
@@ -8,16 +12,27 @@ import logging
 import os
 import signal
 import sys
+import traceback
+import typing
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from models.errors import ConfigError
 from worker import logs
-from worker.settings import ENV_PREFIX, FIELD_TYPES, Settings, SettingsError, load_settings
+from worker.settings import CHOICES, ENV_PREFIX, FIELD_TYPES, Settings, load_settings
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 DEMO_SEG_NUM = 16  # the demo is about the service; --seg-num 300 for the original sampling
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, its errors in one line like every other configuration error (the usage is one --help
+    away). Its commands' parsers are of this class too (add_subparsers takes the parent's class)."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _flag(name: str) -> str:
@@ -35,8 +50,19 @@ def add_setting_flags(parser: argparse.ArgumentParser, names: list[str], undersc
             parser.add_argument(*flags, dest=name, action="store_const", const=True, default=None)
         elif kind is list:  # predictors: JSON text, as in the environment
             parser.add_argument(*flags, dest=name, default=None, metavar="JSON")
+        elif name in CHOICES:  # the setting's Literal: argparse refuses anything else, and --help lists them
+            parser.add_argument(*flags, dest=name, type=kind, default=None, choices=CHOICES[name])
         else:
             parser.add_argument(*flags, dest=name, type=kind, default=None, metavar=name.upper())
+
+
+def _add_common_options(parser: argparse.ArgumentParser) -> None:
+    """Options taken before the command and after it alike (`videotag --log-level DEBUG worker` and `videotag
+    worker --log-level DEBUG`): added to the top parser and to every command's. SUPPRESS as the default, so that a
+    command's parser, which parses after the top one, does not overwrite a value given before the command."""
+    parser.add_argument("--log-level", type=str.upper, choices=CHOICES["log_level"], default=argparse.SUPPRESS,
+                        help="logging level for stderr (default INFO); DEBUG also shows a configuration "
+                        "error's traceback")
 
 
 MODEL_SETTINGS = ["extractor_weights", "predictor_weights", "label_file", "predictors", "seg_num", "topk", "device",
@@ -71,20 +97,14 @@ def _video_paths(args: argparse.Namespace) -> list[str]:
 def _tag(args: argparse.Namespace, paths: list[str], save_dir: str | None, sheets: list[Path] | None) -> int:
     """Tag `paths` (tag and preview), with a contact sheet per video at `sheets`; the font is looked for first,
     so that a missing one costs no model load."""
-    from models.labels import LabelsError
-    from models.weights import WeightsError
     from worker.batch import tag_files
     from worker.model import build_chain
-    from worker.preview import DEFAULT_TILES, FontMissing, SheetWriter, find_font
+    from worker.preview import DEFAULT_TILES, SheetWriter, find_font
 
     settings = _settings(args)
-    try:
-        writer = SheetWriter(find_font(args.font), args.tiles or DEFAULT_TILES) if sheets is not None else None
-        # networks in this process: one video at a time, and no endpoints to keep responsive
-        chain = build_chain(settings, "inline")
-    except (WeightsError, LabelsError, FontMissing) as exc:
-        print(f"videotag {args.command}: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+    writer = SheetWriter(find_font(args.font), args.tiles or DEFAULT_TILES) if sheets is not None else None
+    # networks in this process: one video at a time, and no endpoints to keep responsive
+    chain = build_chain(settings, "inline")
     failures = tag_files(chain.tagger, paths, Path(save_dir) if save_dir else None,
                          sheets=(writer, sheets) if writer is not None and sheets is not None else None,
                          quiet=args.quiet)
@@ -105,34 +125,26 @@ def cmd_preview(args: argparse.Namespace) -> int:
 
 
 def cmd_features(args: argparse.Namespace) -> int:
-    from models.labels import LabelsError
-    from models.weights import WeightsError
     from worker.features import load_extractor, write_features
 
     if not (paths := _video_paths(args)):
         return EXIT_USAGE
-    try:
-        tagger = load_extractor(_settings(args))
-    except (WeightsError, LabelsError) as exc:
-        print(f"videotag features: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+    tagger = load_extractor(_settings(args))
     failures = write_features(tagger, paths, Path(args.out), args.quiet)
     print(f"features of {len(paths) - failures} of {len(paths)} videos in {args.out}", file=sys.stderr)
     return EXIT_FAILED if failures else EXIT_OK
 
 
 def _on_dataset(args: argparse.Namespace, work: Callable[[], dict[str, Any]]) -> tuple[int, dict[str, Any] | None]:
-    """(exit code, result) of train's or eval's work: unusable weights or labels are a usage error (2), a
-    dataset that cannot be used (CSV, a video) a failure (1)."""
-    from models.labels import LabelsError
-    from models.weights import WeightsError
+    """(exit code, result) of train's or eval's work: a dataset that cannot be used (CSV, a video) is a failure
+    (1); unusable weights or labels a configuration error (2, reported by `main`)."""
     from worker.train import DatasetError
 
     try:
         return EXIT_OK, work()
-    except (WeightsError, LabelsError, DatasetError) as exc:
+    except DatasetError as exc:
         print(f"videotag {args.command}: {exc}", file=sys.stderr)
-        return (EXIT_FAILED if isinstance(exc, DatasetError) else EXIT_USAGE), None
+        return EXIT_FAILED, None
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -308,8 +320,7 @@ def _sheet_options(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="videotag", description="VideoTag video tagging: CLI and Kafka worker.")
-    parser.add_argument("--log-level", default="INFO", help="logging level for stderr (default INFO)")
+    parser = _Parser(prog="videotag", description="VideoTag video tagging: CLI and Kafka worker.")
     commands = parser.add_subparsers(dest="command", required=True)
 
     tag = commands.add_parser("tag", help="tag local video files; one JSON line per video on stdout")
@@ -430,24 +441,34 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--config", help="settings YAML (as for the worker)")
     add_setting_flags(bench, [*MODEL_SETTINGS, "max_inflight"])
     bench.set_defaults(func=cmd_bench)
+    for each in [parser, *commands.choices.values(), *weights_commands.choices.values()]:
+        _add_common_options(each)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    # The format as far as the flag and the environment tell (a settings file may still change it, for the worker).
+    # The level and format as far as the flags and the environment tell (a settings file may still change them, for
+    # the worker); a value that is no choice here is reported by the settings' check, in one line.
+    log_level = getattr(args, "log_level", None) or os.environ.get(ENV_PREFIX + "LOG_LEVEL", "").upper() or "INFO"
+    log_level = log_level if log_level in CHOICES["log_level"] else "INFO"
     log_format = getattr(args, "log_format", None) or os.environ.get(ENV_PREFIX + "LOG_FORMAT") or "text"
-    logs.configure(args.log_level, log_format if log_format in logs.FORMATS else "text")
+    log_format = log_format if log_format in logs.FORMATS else "text"
+    logs.configure(log_level, log_format)
     for chatty in ("kafka", "botocore"):  # chatty at INFO ("Found credentials in environment variables")
         logging.getLogger(chatty).setLevel(max(logging.WARNING, logging.getLogger().level))
     try:
         return int(args.func(args))
-    except SettingsError as exc:
-        if log_format == "json":
-            logging.getLogger("videotag").error("%s", exc)
+    except ConfigError as exc:
+        message = " ".join(str(exc).split())  # one line, whatever the message held
+        debug = log_level == "DEBUG"
+        if log_format == "json":  # every line on stderr stays a JSON object, the traceback in its exc_info
+            logging.getLogger("videotag").error("%s", message, exc_info=exc if debug else None)
         else:
-            print(f"videotag: {exc}", file=sys.stderr)
+            if debug:
+                traceback.print_exception(exc)
+            print(f"videotag: error: {message}", file=sys.stderr)
         return EXIT_USAGE
 
 

@@ -26,9 +26,10 @@ import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import IO, Any
+from typing import IO, Any, Literal, get_args
 
-FORMATS = ("text", "json")
+LogFormat = Literal["text", "json"]
+FORMATS: tuple[LogFormat, ...] = get_args(LogFormat)
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 CONTEXT_FIELDS = ("video_id", "trace_id", "topic", "partition", "offset")
 NATIVE_LOGGER = "native"

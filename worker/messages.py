@@ -20,14 +20,15 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cache
 from importlib import resources
-from typing import Any, TypedDict
+from typing import Any, Literal, TypedDict, get_args
 
 import jsonschema
 
 from models.errors import ErrorCode, InputError
 
 MAX_EVENT_RECORDS = 1000  # the default of the max_event_records setting
-VIDEO_ID_FROM = ("key", "bucket_key")  # values of the s3_event_video_id setting
+VideoIdFrom = Literal["key", "bucket_key"]  # the s3_event_video_id setting
+VIDEO_ID_FROM: tuple[VideoIdFrom, ...] = get_args(VideoIdFrom)
 MAX_ATTRIBUTES_DEPTH = 64  # far below the interpreter's recursion limit, which json.dumps of the result hits
 MAX_MESSAGE_BYTES = 1 << 20  # requests are a few hundred bytes; S3 events batch at most a few records
 MAX_ATTRIBUTES_BYTES = 64 * 1024  # echoed into the result: bounded so that every result fits a Kafka record

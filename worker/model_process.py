@@ -50,9 +50,10 @@ from typing import IO, TYPE_CHECKING, Any
 import numpy as np
 
 from models import cancel
+from models.config import CONFIG_DIR_ENV
 from models.decoder_process import die_with_parent, exit_reason
 from models.engines import CANCEL_POLL_S, wait
-from models.errors import CodedError, ErrorCode, InputError, SystemicError
+from models.errors import CodedError, ConfigError, ErrorCode, InputError, SystemicError
 
 if TYPE_CHECKING:
     from models.chain import VideoTagger
@@ -424,8 +425,10 @@ def model_settings(settings: Settings) -> dict[str, Any]:
 
 
 def model_environment(parent: Mapping[str, str]) -> dict[str, str]:
-    """The child's environment: the worker's (Paddle's and CUDA's variables count) without credentials."""
-    return {name: value for name, value in parent.items() if not name.startswith(_ENV_DROPPED)}
+    """The child's environment: the worker's (Paddle's and CUDA's variables count) without credentials or settings
+    (it is told those it needs), but with the directory of the hyper-parameter files, which both must read alike."""
+    return {name: value for name, value in parent.items()
+            if name == CONFIG_DIR_ENV or not name.startswith(_ENV_DROPPED)}
 
 
 def config_error(header: Mapping[str, Any]) -> Exception:
@@ -437,7 +440,7 @@ def config_error(header: Mapping[str, Any]) -> Exception:
 
     kinds: dict[str, type[Exception]] = {"WeightsError": WeightsError, "LabelsError": LabelsError,
                                          "SettingsError": SettingsError, "EngineOptionsError": EngineOptionsError}
-    return kinds.get(str(header.get("error")), ValueError)(str(header.get("message")))
+    return kinds.get(str(header.get("error")), ConfigError)(str(header.get("message")))
 
 
 # ---------------------------------------------------------------------------------------------- child side
@@ -502,11 +505,8 @@ def main() -> None:
     start, _ = read_message(requests)
     if _LINUX:
         die_with_parent(int(start["parent"]))
-    from models.inference import EngineOptionsError
-    from models.labels import LabelsError
-    from models.weights import WeightsError
     from worker.model import load_tagger
-    from worker.settings import SettingsError, load_settings
+    from worker.settings import load_settings
 
     settings_values = start["settings"]
     logging.basicConfig(level=str(settings_values.get("log_level", "INFO")).upper(), stream=sys.stderr,
@@ -514,7 +514,7 @@ def main() -> None:
     try:
         settings = load_settings(env={}, overrides=settings_values)
         tagger = load_tagger(settings)
-    except (WeightsError, LabelsError, SettingsError, EngineOptionsError) as exc:
+    except ConfigError as exc:
         write_message(replies, {"status": "config_error", "error": type(exc).__name__, "message": str(exc)})
         replies.close()
         os._exit(2)

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from PIL import Image, ImageDraw, ImageFont
 
+from models.errors import ConfigError
 from models.sampling import sample_indices
 
 if TYPE_CHECKING:
@@ -50,7 +51,7 @@ TAG_ROWS = 20  # tags shown, split between the heads
 BACKGROUND, INK, FAINT, ACCENT, WARN = (250, 250, 248), (20, 20, 20), (110, 110, 110), (52, 120, 200), (190, 30, 30)
 
 
-class FontMissing(ValueError):
+class FontMissing(ConfigError, ValueError):
     """No usable CJK font: the message says how to get one."""
 
 

@@ -3,7 +3,13 @@
 Every field here is a setting; docs/configuration.md describes each one. Credentials are not settings of
 their own for S3 (boto3's standard chain: AWS_* variables, shared files, IRSA) and are never logged; the Kafka
 secrets (SECRET_FIELDS) are redacted wherever settings are shown, `repr` included.
-Values are checked when loaded: a setting of the wrong type, or outside its choices, refuses to start.
+Values are checked when loaded: a setting of the wrong type, or outside its choices, refuses to start with a
+one-line SettingsError (a ConfigError: exit 2) that names the setting, the allowed values and where the value came
+from. A fixed-choice setting is typed with a `Literal` alias (here, or models/options.py for the model's): its
+allowed values are `typing.get_args` of that alias, for validation (CHOICES) and the CLI's `choices` alike.
+The defaults of the model's sizes (layers, seg_num, batch_size, max_width, max_height, topk) are not written here:
+they are read from configs/tsn.yaml and configs/attention_lstm.yaml (models/config.py), when settings load.
+`Settings` is frozen: code that needs other values makes a copy (`dataclasses.replace`).
 Every setting is a scalar except `predictors`, a list of head mappings (YAML list, or JSON text in the
 environment and on the command line), coerced field by field into typed `HeadSpec`s like the scalars.
 """
@@ -18,29 +24,35 @@ import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
+from models.config import ATTENTION_LSTM_FILE, TSN_FILE, config_default, config_dir, config_source, config_value
+from models.errors import ConfigError
 from models.heads import HeadSpec, check_heads
+from models.options import Device, Engine, Layers, Precision, Preprocess
 from worker.lanes import lane_order, lane_problems
-from worker.logs import FORMATS as LOG_FORMATS
-from worker.messages import MAX_EVENT_RECORDS, VIDEO_ID_FROM
+from worker.logs import LogFormat
+from worker.messages import MAX_EVENT_RECORDS, VideoIdFrom
 
 ENV_PREFIX = "VIDEOTAG_"
 SECRET_FIELDS = frozenset({"sasl_password", "ssl_password"})
-ASSIGNMENT_STRATEGIES = ("range", "roundrobin", "sticky", "cooperative-sticky")
-CHOICES = {"s3_event_video_id": VIDEO_ID_FROM, "partition_assignment_strategy": ASSIGNMENT_STRATEGIES,
-           "delivery": ("at_least_once", "exactly_once"), "log_format": LOG_FORMATS}
+SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+# GSSAPI and OAUTHBEARER are passed through to kafka-python without options of their own (docs/reliability.md)
+SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER", "GSSAPI"]
+AssignmentStrategy = Literal["range", "roundrobin", "sticky", "cooperative-sticky"]
+Delivery = Literal["at_least_once", "exactly_once"]
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 # Text settings that hold a comma-separated list; a YAML list is accepted for them too.
 LIST_FIELDS = frozenset({"allowed_buckets", "input_topics"})
 
 
-class SettingsError(ValueError):
-    """A setting is unknown or has a value of the wrong type."""
+class SettingsError(ConfigError, ValueError):
+    """A setting is unknown, has a value of the wrong type or outside its choices, or settings do not fit."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class Settings:
     # Kafka
     bootstrap_servers: str = "localhost:9092"
@@ -51,13 +63,13 @@ class Settings:
     output_topic: str = "videotag.tags"
     dlq_topic: str = "videotag.dlq"
     client_id: str = "videotag-worker"
-    security_protocol: str = "PLAINTEXT"
+    security_protocol: SecurityProtocol = "PLAINTEXT"
     ssl_cafile: str | None = None
     ssl_certfile: str | None = None
     ssl_keyfile: str | None = None
     ssl_password: str | None = None
     ssl_check_hostname: bool = True
-    sasl_mechanism: str | None = None
+    sasl_mechanism: SaslMechanism | None = None
     sasl_username: str | None = None
     sasl_password: str | None = None
     session_timeout_ms: int = 45000
@@ -65,9 +77,9 @@ class Settings:
     max_poll_interval_ms: int = 300000
     group_instance_id: str | None = None  # static membership; unset: $POD_NAME when set (see load_settings)
     leave_group_on_stop: bool = True
-    partition_assignment_strategy: str = "range"
+    partition_assignment_strategy: AssignmentStrategy = "range"
     delivery_timeout_ms: int = 120000
-    delivery: str = "at_least_once"
+    delivery: Delivery = "at_least_once"
     transaction_timeout_ms: int = 30000
     publish_timeout_s: float = 130.0
     create_topics: bool = False
@@ -77,7 +89,7 @@ class Settings:
     s3_region: str | None = None
     s3_connect_timeout_s: float = 5.0
     s3_read_timeout_s: float = 30.0
-    s3_event_video_id: str = "key"
+    s3_event_video_id: VideoIdFrom = "key"
     max_event_records: int = MAX_EVENT_RECORDS
     allowed_buckets: str | None = None  # comma-separated; unset: any bucket
     max_object_bytes: int = 2 * 1024**3
@@ -90,20 +102,20 @@ class Settings:
     label_file: str = "label_3396.txt"
     predictors: list[HeadSpec] = field(default_factory=list)  # empty: one head, predictor_weights + label_file
     allow_random_weights: bool = False
-    layers: int = 101
-    seg_num: int = 300
-    topk: int = 20
-    device: str = "cpu"
-    engine: str = "inference"
-    precision: str = "fp32"
-    preprocess: str = "faithful"
-    batch_size: int = 32
+    layers: Layers = config_default(TSN_FILE, "layers")
+    seg_num: int = config_default(TSN_FILE, "seg_num")
+    topk: int = config_default(ATTENTION_LSTM_FILE, "topk")
+    device: Device = "cpu"
+    engine: Engine = "inference"
+    precision: Precision = "fp32"
+    preprocess: Preprocess = "faithful"
+    batch_size: int = config_default(TSN_FILE, "batch_size")
     cpu_threads: int = 0  # 0: from the cgroup CPU quota (models/cgroup.py)
     tensorrt: bool = False
     simulated_ms_per_frame: float = 0.0  # engine "simulated" only: the stand-in's time per frame
     model_cache_dir: str = ".cache/videotag/models"
-    max_width: int = 7680
-    max_height: int = 4320
+    max_width: int = config_default(TSN_FILE, "max_width")
+    max_height: int = config_default(TSN_FILE, "max_height")
     # Worker
     max_inflight: int = 2
     retry_max_attempts: int = 5
@@ -121,8 +133,8 @@ class Settings:
     decoder_max_cpu_s: int = 3600
     metrics_host: str = "0.0.0.0"
     metrics_port: int = 9100
-    log_level: str = "INFO"
-    log_format: str = "text"  # or json: one JSON object per line (worker/logs.py)
+    log_level: LogLevel = "INFO"
+    log_format: LogFormat = "text"  # or json: one JSON object per line (worker/logs.py)
     otel_exporter_otlp_endpoint: str | None = None  # OTLP/HTTP collector: spans per stage (worker/telemetry.py)
 
     def allowed_bucket_names(self) -> frozenset[str] | None:
@@ -148,6 +160,8 @@ class Settings:
         return f"Settings({', '.join(f'{k}={v!r}' for k, v in self.redacted().items())})"
 
 
+# Settings whose default is read from a hyper-parameter YAML in the config directory (models/config.py) → the file.
+YAML_DEFAULTS = {f.name: file for f in fields(Settings) if (file := config_source(f)) is not None}
 STOP_MARGIN_S = 15.0  # after the drain: commit, leave the group, close clients
 # An interpreter with OpenCV's or PyAV's FFmpeg reserves about 0.5 GiB before it decodes anything: below this,
 # every video would fail decoder_memory_limit, a permanent code, and the whole backlog drain into the DLQ.
@@ -157,8 +171,9 @@ KAFKA_REQUEST_TIMEOUT_MS = 30000  # kafka-python's producer default; delivery mu
 
 def settings_problems(s: Settings) -> list[str]:
     """Settings that load but cannot work together, each named with the rule it breaks."""
-    problems = [f"setting {name!r}: {getattr(s, name)!r} is not one of {list(choices)}"
-                for name, choices in CHOICES.items() if getattr(s, name) not in choices]
+    problems = []
+    if s.engine == "dygraph" and s.precision != "fp32":
+        problems.append(f"setting 'precision': {s.precision} needs engine inference (dygraph runs fp32 only)")
     if s.max_event_records < 1:
         problems.append("setting 'max_event_records': must be at least 1")
     if s.allowed_buckets is not None and not split_list(s.allowed_buckets):
@@ -193,20 +208,27 @@ def settings_problems(s: Settings) -> list[str]:
     return problems
 
 
-def _field_types(cls: type) -> dict[str, type]:
-    """Field name → its type: the X of `X | None`, the container of `list[X]`."""
-    hints = typing.get_type_hints(cls)
-    out: dict[str, type] = {}
-    for f in fields(cls):
-        hint = hints[f.name]
-        if isinstance(hint, types.UnionType):  # `X | None`
+def _field_hints(cls: type) -> dict[str, Any]:
+    """Field name → its type hint, the X of `X | None`."""
+    out = {}
+    for name, hint in typing.get_type_hints(cls).items():
+        if typing.get_origin(hint) in (types.UnionType, typing.Union):  # `X | None`
             hint = next(a for a in typing.get_args(hint) if a is not type(None))
-        out[f.name] = typing.get_origin(hint) or hint
-    return out
+        out[name] = hint
+    return {f.name: out[f.name] for f in fields(cls)}
+
+
+def _field_types(cls: type) -> dict[str, type]:
+    """Field name → its type: the container of `list[X]`, the values' type of a `Literal`."""
+    return {name: type(typing.get_args(hint)[0]) if typing.get_origin(hint) is Literal
+            else typing.get_origin(hint) or hint for name, hint in _field_hints(cls).items()}
 
 
 FIELD_TYPES = _field_types(Settings)
 HEAD_FIELD_TYPES = _field_types(HeadSpec)
+# The fixed-choice settings → their allowed values, in the order their Literal lists them.
+CHOICES: dict[str, tuple[Any, ...]] = {name: typing.get_args(hint) for name, hint in _field_hints(Settings).items()
+                                       if typing.get_origin(hint) is Literal}
 
 
 def split_list(text: str) -> list[str]:
@@ -267,8 +289,38 @@ def _heads(value: Any) -> list[HeadSpec]:
     return specs
 
 
-def _coerce(name: str, value: Any) -> Any:
-    return _heads(value) if FIELD_TYPES[name] is list else _scalar(name, FIELD_TYPES[name], value)
+def _coerce(name: str, value: Any, where: str | None = None) -> Any:
+    """`value` as setting `name`'s type, one of its choices; `where` it came from names it in the error."""
+    try:
+        if FIELD_TYPES[name] is list:
+            return _heads(value)
+        if name == "log_level" and isinstance(value, str):  # as logging takes it: debug is DEBUG
+            value = value.upper()
+        value = _scalar(name, FIELD_TYPES[name], value)
+        if name in CHOICES and value is not None and value not in CHOICES[name]:
+            allowed = ", ".join(str(choice) for choice in CHOICES[name])
+            raise SettingsError(f"setting {name!r}: {value!r} is not one of {allowed}")
+        return value
+    except SettingsError as exc:
+        if where is None:
+            raise
+        raise SettingsError(f"{exc} (from {where})") from exc
+
+
+def _settings_file(path: Path) -> dict[str, Any]:
+    """The settings of a YAML file; a file that cannot be read or is no mapping of settings is a SettingsError."""
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SettingsError(f"{path}: cannot read it ({exc})") from exc
+    except yaml.YAMLError as exc:
+        raise SettingsError(f"{path}: not YAML ({' '.join(str(exc).split())})") from exc
+    if not isinstance(data, dict):
+        raise SettingsError(f"{path}: expected a mapping of settings")
+    unknown = sorted(set(data) - set(FIELD_TYPES))
+    if unknown:
+        raise SettingsError(f"{path}: unknown settings {unknown}")
+    return data
 
 
 def load_settings(
@@ -276,31 +328,28 @@ def load_settings(
     env: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
 ) -> Settings:
-    """Merge the layers in order of precedence: defaults < file < environment < overrides (flags)."""
-    values: dict[str, Any] = {}
+    """Merge the layers in order of precedence: defaults < file < environment < overrides (flags). Each value is
+    checked with where it came from (the YAML it defaults from, the file, the variable, the flag)."""
+    values: dict[str, tuple[Any, str]] = {name: (config_value(file, name), str(config_dir() / file))
+                                          for name, file in YAML_DEFAULTS.items()}
     if path is not None:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-        if not isinstance(data, dict):
-            raise SettingsError(f"{path}: expected a mapping of settings")
-        unknown = sorted(set(data) - set(FIELD_TYPES))
-        if unknown:
-            raise SettingsError(f"{path}: unknown settings {unknown}")
-        values.update(data)
+        data = _settings_file(Path(path))
+        values.update((name, (value, str(path))) for name, value in data.items())
     env = os.environ if env is None else env
     for name in FIELD_TYPES:
         raw = env.get(ENV_PREFIX + name.upper())
         if raw is not None and raw != "":
-            values[name] = raw
+            values[name] = (raw, ENV_PREFIX + name.upper())
     for name, value in (overrides or {}).items():
         if name not in FIELD_TYPES:
             raise SettingsError(f"unknown setting {name!r}")
         if value is not None:
-            values[name] = value
-    if values.get("group_instance_id") is None and env.get("POD_NAME"):
+            values[name] = (value, "--" + name.replace("_", "-"))
+    if values.get("group_instance_id", (None,))[0] is None and env.get("POD_NAME"):
         # A container restarted in its pod keeps the pod's name: it takes its partitions back without a
         # rebalance. Two processes on one host without POD_NAME stay dynamic: they must never share an id.
-        values["group_instance_id"] = env["POD_NAME"]
-    settings = Settings(**{name: _coerce(name, value) for name, value in values.items()})
+        values["group_instance_id"] = (env["POD_NAME"], "POD_NAME")
+    settings = Settings(**{name: _coerce(name, value, where) for name, (value, where) in values.items()})
     problems = settings_problems(settings)
     if problems:
         raise SettingsError("; ".join(problems))

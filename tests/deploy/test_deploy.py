@@ -33,7 +33,7 @@ import yaml
 from worker.cli import build_parser
 from worker.health import HealthServer
 from worker.metrics import Metrics
-from worker.settings import FIELD_TYPES, Settings, load_settings
+from worker.settings import CHOICES, FIELD_TYPES, Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -328,7 +328,7 @@ INVALID_VALUES = [
     ("config.extractor_weights", "/w/tsn"), ("config.metrics_port", 9100), ("config.device", "gpu"),
     ("config.not_a_setting", 1), ("config.max_inflight", 0), ("config.max_inflight", "2"),
     ("config.security_protocol", "TLS"), ("config.drain_grace_s", -1), ("config.drain_grace_s", "120"),
-    ("config.allow_random_weights", "yes"), ("config.layers", 34), ("config.precision", "int8"),
+    ("config.allow_random_weights", "yes"), ("config.layers", 34), ("config.precision", "fp64"),
     ("config.s3_endpoint_url", "minio:9000"), ("config.log_level", "verbose"),
     ("terminationGracePeriodSeconds", "180"), ("terminationGracePeriodSeconds", 0),
     ("weights.source", "s3"), ("weights.mountPath", "weights"), ("weights.pvc.claimName", "Bad_Name"),
@@ -398,6 +398,9 @@ def test_schema_config_covers_every_setting() -> None:
     wrong = {name: (node["type"], FIELD_TYPES[name].__name__) for name, node in config.items()
              if node["type"] != PY_TO_JSON[FIELD_TYPES[name]]}
     assert not wrong, f"config types that differ from worker/settings.py: {wrong}"
+    enums = {name: tuple(node.get("enum", ())) for name, node in config.items() if name in CHOICES or "enum" in node}
+    assert enums == {name: choices for name, choices in CHOICES.items() if name in config}, \
+        "config enums that differ from the settings' Literal choices"
 
 
 def test_values_config_defaults_match_settings() -> None:
