@@ -13,6 +13,7 @@ trained that way, and heads trained here must be too, or the inference scaling w
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import paddle
 from paddle import nn
@@ -102,7 +103,7 @@ class AttentionLSTM(nn.Layer):
 def attention_lstm(feature_size: int | None = None, embedding_size: int | None = None, lstm_size: int | None = None,
                    num_classes: int | None = None, dropout_rate: float | None = None) -> AttentionLSTM:
     """The predictor in inference mode; a size not given is configs/attention_lstm.yaml's (models/config.py)."""
-    given = {"feature_size": feature_size, "embedding_size": embedding_size, "lstm_size": lstm_size,
+    given: dict[str, Any] = {"feature_size": feature_size, "embedding_size": embedding_size, "lstm_size": lstm_size,
              "num_classes": num_classes, "dropout_rate": dropout_rate}
     cfg = PredictorConfig(**{name: value for name, value in given.items() if value is not None})
     model = AttentionLSTM(cfg.feature_size, cfg.embedding_size, cfg.lstm_size, cfg.num_classes, cfg.dropout_rate)
