@@ -24,7 +24,7 @@ command -v timeout > /dev/null || refuse "needs coreutils timeout"
 if [ ! -d "$SHARED/golden" ] || [ ! -d "$SHARED/videos" ]; then
     refuse "needs $SHARED (golden outputs, sample videos) beside the checkout"
 fi
-timeout 20 "$PYTHON" -m worker.gpucheck preflight || exit 2
+timeout 20 "$PYTHON" -m worker.local.gpucheck preflight || exit 2
 mkdir -p "$OUT"
 
 failed=0
@@ -44,9 +44,9 @@ step() {  # step NAME SECONDS COMMAND...: run it under its time limit, log to $O
 WEIGHTS=$(timeout 45 "$PYTHON" -c 'from tests.model_fixtures import generated_weights; print(generated_weights(0, 101))')
 
 VIDEOTAG_TEST_DEVICE=gpu step golden 150 "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_golden.py
-step agreement 120 "$PYTHON" -m worker.gpucheck agreement --weights "$WEIGHTS" \
+step agreement 120 "$PYTHON" -m worker.local.gpucheck agreement --weights "$WEIGHTS" \
     --label-file "$SHARED/label_3396.txt" --videos "$SHARED"/videos/*.mp4 --seg-num 32 --cache-dir "$CACHE"
-step throughput 80 "$PYTHON" -m worker.gpucheck throughput --weights "$WEIGHTS" \
+step throughput 80 "$PYTHON" -m worker.local.gpucheck throughput --weights "$WEIGHTS" \
     --label-file "$SHARED/label_3396.txt" --batches 64 128 256 --seconds 10 --cache-dir "$CACHE"
 step bench 140 "$PYTHON" -m worker.cli bench --videos "$SHARED/videos" --repeat 2 --seg-num 300 \
     --device gpu --engine inference --precision fp16 --tensorrt --batch-size 64 --ceiling-seconds 10 \

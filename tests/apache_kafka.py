@@ -30,7 +30,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Self
 
-from worker.localstack import LOOPBACK, KafkaServer, free_port
+from worker.local.stack import LOOPBACK, KafkaServer, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 POM = ROOT / "tests" / "kafka" / "pom.xml"

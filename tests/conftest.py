@@ -18,7 +18,7 @@ from tests.apache_kafka import PLAIN_USERS, ApacheKafka, KafkaUnavailable, secur
 from tests.integration.worker_process import SpawnWorker, WorkerProcess
 from tests.kafka_helpers import Topics, unique_name
 from tests.pki import make_pki
-from worker.localstack import KafkaServer, S3Server
+from worker.local.stack import KafkaServer, S3Server
 
 
 @pytest.fixture(scope="session")

@@ -25,7 +25,7 @@ from kafka.admin import (
 from kafka.consumer.fetcher import ConsumerRecord
 
 from worker.kafka_clients import Access, required_access
-from worker.localstack import KafkaServer
+from worker.local.stack import KafkaServer
 from worker.settings import Settings
 
 

@@ -23,7 +23,7 @@ from kafka import KafkaConsumer, TopicPartition
 
 from tests.kafka_helpers import consume_all, unique_name
 from tests.model_fixtures import cli_env, run_cli
-from worker.backfill import (
+from worker.commands.backfill import (
     BATCH,
     BackfillError,
     Entry,
@@ -38,7 +38,7 @@ from worker.backfill import (
     wanted,
     write_marker,
 )
-from worker.localstack import KafkaServer, S3Server
+from worker.local.stack import KafkaServer, S3Server
 from worker.settings import load_settings
 
 S3_ENV = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
@@ -313,7 +313,7 @@ def test_requests_the_broker_refused_are_never_marked_done(s3_server: S3Server, 
                                                            tmp_path: Path, monkeypatch) -> None:
     """flush() returns whether or not the records were taken: the marker stays at the last batch whose every
     send succeeded, and the run stops saying so (a fake producer; the listing is the real one)."""
-    from worker import backfill as module
+    from worker.commands import backfill as module
 
     class Future:
         def __init__(self, error: Exception | None) -> None:

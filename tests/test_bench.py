@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.model_fixtures import LABELS, VIDEOS, require_shared, run_cli
-from worker import bench
+from worker.local import bench
 
 RANDOM_TINY = ("--seg-num", "4", "--allow-random-weights", "--label-file", str(LABELS), "--layers", "50",
                "--batch-size", "4", "--ceiling-seconds", "1")

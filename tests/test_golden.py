@@ -174,7 +174,7 @@ def test_golden_through_the_model_process(seed0_weights: Path, seed0_tagger, tmp
     videos at once (their chunks merged into shared batches) stay within the golden tolerance."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from worker.model import build_chain
+    from worker.chain_builder import build_chain
     from worker.settings import Settings
 
     settings = Settings(extractor_weights=str(seed0_weights / "tsn"),

@@ -1,4 +1,4 @@
-"""deploy/gpu-check.sh and worker/gpucheck.py on a CPU-only machine: the script is valid shell, refuses to run
+"""deploy/gpu-check.sh and worker/local/gpucheck.py on a CPU-only machine: the script is valid shell, refuses to run
 here with the reason, and its decisions (agreement, img/s timing) are checked with the simulated engine."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import paddle
 import pytest
 
 from models.engines import SimulatedEngine
-from worker import gpucheck
+from worker.local import gpucheck
 
 SCRIPT = Path(__file__).resolve().parents[1] / "deploy" / "gpu-check.sh"
 

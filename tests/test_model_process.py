@@ -317,7 +317,7 @@ def test_the_child_dies_with_its_parent(tmp_path):
 def test_a_configuration_error_in_the_child_is_the_same_one_line_error_as_in_process(tmp_path):
     """Missing weights: the real child (Paddle) reports what load_tagger reports in-process."""
     from models.weights import WeightsError
-    from worker.model import load_tagger
+    from worker.chain_builder import load_tagger
 
     settings = _settings(extractor_weights=str(tmp_path / "nowhere" / "tsn"), layers=50, engine="dygraph")
     with pytest.raises(WeightsError) as in_process:
@@ -381,7 +381,7 @@ def test_a_restart_that_loads_another_chain_is_refused(fake_child_env, monkeypat
 
 def test_liveness_fails_once_the_model_process_stayed_down_for_stuck_after_s():
     """Restarts are retried for as long as they fail; /healthz turns that into a pod restart after stuck_after_s."""
-    from worker.model import Chain
+    from worker.chain_builder import Chain
     from worker.worker import Worker
 
     class Down:

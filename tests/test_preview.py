@@ -1,4 +1,4 @@
-"""Contact sheets (worker/preview.py): the CJK font lookup, the sheet's layout and tiles, and the commands
+"""Contact sheets (worker/commands/preview.py): the CJK font lookup, the sheet's layout and tiles, and the commands
 (`videotag preview`, `videotag tag --preview-dir`) on the sample videos; progress on stderr for tag."""
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from tests.model_fixtures import (  # noqa: F401 (fixtures)
     seed0_tagger,
     seed0_weights,
 )
-from worker import preview
-from worker.preview import COLUMNS, GAP, TILE, FontMissing, SheetWriter, find_font, missing_glyphs, spread
-from worker.progress import Progress, bar
+from worker.commands import preview
+from worker.commands.preview import COLUMNS, GAP, TILE, FontMissing, SheetWriter, find_font, missing_glyphs, spread
+from worker.commands.progress import Progress, bar
 
 
 def test_the_font_found_draws_chinese_and_a_missing_one_says_how_to_get_one(tmp_path: Path, monkeypatch) -> None:

@@ -40,7 +40,7 @@ from tests.kafka_helpers import Topics, grant, produce, set_scram_user, unique_n
 from tests.pki import SSL_PASSWORD
 from worker.health import HealthServer
 from worker.kafka_clients import security_options
-from worker.localstack import KafkaServer, S3Server
+from worker.local.stack import KafkaServer, S3Server
 from worker.metrics import Metrics
 from worker.settings import Settings
 from worker.storage import ObjectFetcher, TempBudget, TransientError, make_client

@@ -211,7 +211,7 @@ def test_editing_a_config_file_changes_what_runs(tmp_path, monkeypatch) -> None:
     """seg_num and batch_size from an edited tsn.yaml reach the tagger and the frames it samples."""
     from models.config import CONFIG_DIR_ENV
     from tests.model_fixtures import LABELS, VIDEOS, require_shared
-    from worker.model import load_tagger
+    from worker.chain_builder import load_tagger
 
     require_shared()
     monkeypatch.setenv(CONFIG_DIR_ENV, str(_configs(tmp_path, seg_num=6, batch_size=4)))

@@ -12,9 +12,9 @@ from models.labels import LabelsError
 from models.metrics import average_precision, evaluate, global_average_precision, hit_at_one
 from models.training import MIN_LOSS_GAIN, is_better, multi_hot, split_validation
 from tests.model_fixtures import run_cli
-from worker.features import output_names
-from worker.progress import Progress, bar
-from worker.train import DatasetError, read_class_names, read_dataset
+from worker.commands.features import output_names
+from worker.commands.progress import Progress, bar
+from worker.commands.train import DatasetError, read_class_names, read_dataset
 
 # Two videos, three classes: video 0 is class 0, video 1 is class 2; nobody is class 1.
 PROBS = np.array([[0.9, 0.5, 0.1], [0.2, 0.8, 0.7]])

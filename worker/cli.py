@@ -84,7 +84,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 def _video_paths(args: argparse.Namespace) -> list[str]:
     """VIDEO arguments, then the --filelist's lines; empty: the caller reports a usage error."""
-    from worker.batch import read_filelist
+    from worker.commands.tag import read_filelist
 
     paths = list(args.videos)
     if args.filelist:
@@ -97,9 +97,9 @@ def _video_paths(args: argparse.Namespace) -> list[str]:
 def _tag(args: argparse.Namespace, paths: list[str], save_dir: str | None, sheets: list[Path] | None) -> int:
     """Tag `paths` (tag and preview), with a contact sheet per video at `sheets`; the font is looked for first,
     so that a missing one costs no model load."""
-    from worker.batch import tag_files
-    from worker.model import build_chain
-    from worker.preview import DEFAULT_TILES, SheetWriter, find_font
+    from worker.chain_builder import build_chain
+    from worker.commands.preview import DEFAULT_TILES, SheetWriter, find_font
+    from worker.commands.tag import tag_files
 
     settings = _settings(args)
     writer = SheetWriter(find_font(args.font), args.tiles or DEFAULT_TILES) if sheets is not None else None
@@ -112,7 +112,7 @@ def _tag(args: argparse.Namespace, paths: list[str], save_dir: str | None, sheet
 
 
 def cmd_tag(args: argparse.Namespace) -> int:
-    from worker.features import output_names
+    from worker.commands.features import output_names
 
     if not (paths := _video_paths(args)):
         return EXIT_USAGE
@@ -125,7 +125,7 @@ def cmd_preview(args: argparse.Namespace) -> int:
 
 
 def cmd_features(args: argparse.Namespace) -> int:
-    from worker.features import load_extractor, write_features
+    from worker.commands.features import load_extractor, write_features
 
     if not (paths := _video_paths(args)):
         return EXIT_USAGE
@@ -138,7 +138,7 @@ def cmd_features(args: argparse.Namespace) -> int:
 def _on_dataset(args: argparse.Namespace, work: Callable[[], dict[str, Any]]) -> tuple[int, dict[str, Any] | None]:
     """(exit code, result) of train's or eval's work: a dataset that cannot be used (CSV, a video) is a failure
     (1); unusable weights or labels a configuration error (2, reported by `main`)."""
-    from worker.train import DatasetError
+    from worker.commands.train import DatasetError
 
     try:
         return EXIT_OK, work()
@@ -149,7 +149,7 @@ def _on_dataset(args: argparse.Namespace, work: Callable[[], dict[str, Any]]) ->
 
 def cmd_train(args: argparse.Namespace) -> int:
     from models.training import TrainOptions
-    from worker.train import train
+    from worker.commands.train import train
 
     options = TrainOptions(epochs=args.epochs, patience=args.patience, learning_rate=args.learning_rate,
                            seed=args.seed)
@@ -167,7 +167,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from worker.train import evaluate_head
+    from worker.commands.train import evaluate_head
 
     code, metrics = _on_dataset(args, lambda: evaluate_head(
         Path(args.data), Path(args.label_path), args.head_weights, _settings(args), Path(args.feature_cache),
@@ -200,7 +200,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_enqueue(args: argparse.Namespace) -> int:
-    from worker.enqueue import enqueue, parse_target, replay_dlq
+    from worker.commands.enqueue import enqueue, parse_target, replay_dlq
     from worker.kafka_clients import BrokerUnreachable
 
     if logging.getLogger().level > logging.DEBUG:  # a failure is reported below in one line, not by the library
@@ -234,7 +234,7 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
 def _backfill(args: argparse.Namespace, settings: Settings) -> int:
     import botocore.exceptions
 
-    from worker.backfill import BackfillError, Options, backfill, parse_rate, parse_since
+    from worker.commands.backfill import BackfillError, Options, backfill, parse_rate, parse_since
     from worker.kafka_clients import BrokerUnreachable
 
     try:
@@ -270,8 +270,8 @@ def _backfill(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_skip(args: argparse.Namespace) -> int:
+    from worker.commands.skip import SkipRefused, skip
     from worker.kafka_clients import BrokerUnreachable
-    from worker.skip import SkipRefused, skip
 
     if logging.getLogger().level > logging.DEBUG:
         logging.getLogger("kafka").setLevel(logging.CRITICAL)
@@ -288,7 +288,7 @@ def cmd_skip(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from worker.demo import run_demo
+    from worker.local.demo import run_demo
 
     # The local servers run in their own sessions; SystemExit on SIGTERM lets the demo stop them.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -299,7 +299,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from worker.bench import bench_command
+    from worker.local.bench import bench_command
 
     return bench_command(args, _settings(args))
 

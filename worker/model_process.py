@@ -505,7 +505,7 @@ def main() -> None:
     start, _ = read_message(requests)
     if _LINUX:
         die_with_parent(int(start["parent"]))
-    from worker.model import load_tagger
+    from worker.chain_builder import load_tagger
     from worker.settings import load_settings
 
     settings_values = start["settings"]

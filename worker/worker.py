@@ -40,12 +40,12 @@ from models.errors import ErrorCode, InputError, SystemicError
 from worker import kafka_clients, logs, tracing
 from worker.attempts import Marks, inherit
 from worker.breaker import SYSTEMIC_CODES, Breaker
+from worker.chain_builder import Chain, build_chain
 from worker.footprint import check_fit
 from worker.health import HealthServer
 from worker.lanes import RetryState, lane_rank, not_due, parse_retry, paused_lanes
 from worker.messages import Frames, VideoRequest, dlq_message, parse_request, result_message
 from worker.metrics import Metrics
-from worker.model import Chain, build_chain
 from worker.offsets import OffsetTracker, PartitionOffsets
 from worker.recurring import RecurringErrors
 from worker.settings import STOP_MARGIN_S, Settings, SettingsError

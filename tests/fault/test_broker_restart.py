@@ -16,7 +16,7 @@ from tests.conftest import apache_kafka
 from tests.fault.helpers import AnswerCollector, request
 from tests.integration.worker_process import SpawnWorker
 from tests.kafka_helpers import Topics, produce, unique_name
-from worker.localstack import KafkaServer, S3Server
+from worker.local.stack import KafkaServer, S3Server
 
 pytestmark = pytest.mark.integration
 

@@ -22,7 +22,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from tests.fault.helpers import AnswerCollector, request
 from tests.integration.worker_process import SpawnWorker, WorkerProcess
 from tests.kafka_helpers import Topics, consume_all
-from worker.localstack import KafkaServer, S3Server
+from worker.local.stack import KafkaServer, S3Server
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
 

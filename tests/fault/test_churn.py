@@ -27,7 +27,7 @@ from kafka import KafkaProducer
 from tests.fault.helpers import AnswerCollector, request
 from tests.integration.worker_process import SpawnWorker, WorkerProcess, wait_for_assignment
 from tests.kafka_helpers import Topics
-from worker.localstack import KafkaServer, S3Server
+from worker.local.stack import KafkaServer, S3Server
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
 

@@ -15,7 +15,7 @@ import pytest
 from tests.fault.helpers import AnswerCollector, request
 from tests.integration.worker_process import SpawnWorker, WorkerProcess
 from tests.kafka_helpers import Topics, produce
-from worker.localstack import KafkaServer, S3Server
+from worker.local.stack import KafkaServer, S3Server
 
 pytestmark = pytest.mark.integration
 

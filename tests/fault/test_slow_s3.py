@@ -19,7 +19,7 @@ import pytest
 from tests.fault.helpers import AnswerCollector, StallingProxy, request
 from tests.integration.worker_process import SpawnWorker
 from tests.kafka_helpers import Topics, produce
-from worker.localstack import KafkaServer, S3Server
+from worker.local.stack import KafkaServer, S3Server
 
 pytestmark = pytest.mark.integration
 

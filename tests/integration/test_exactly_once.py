@@ -20,7 +20,7 @@ from tests.fault.helpers import AnswerCollector, request, tiny_clips
 from tests.integration.worker_process import SpawnWorker
 from tests.kafka_helpers import Topics, produce, unique_name
 from worker import kafka_clients
-from worker.localstack import KafkaServer, S3Server
+from worker.local.stack import KafkaServer, S3Server
 from worker.settings import Settings
 from worker.transactions import Output, Transactions
 

@@ -17,8 +17,8 @@ from models.weights import save_params
 from tests.integration.worker_process import SpawnWorker
 from tests.kafka_helpers import Topics, consume_all, produce
 from worker import messages
-from worker.demo import make_clips
-from worker.localstack import KafkaBroker, S3Server
+from worker.local.demo import make_clips
+from worker.local.stack import KafkaBroker, S3Server
 from worker.storage import TransientError, put_object
 
 pytestmark = pytest.mark.integration

@@ -14,7 +14,7 @@ from kafka import KafkaConsumer, TopicPartition
 
 from tests.integration.worker_process import SpawnWorker
 from tests.kafka_helpers import Topics, consume_all, produce, unique_name
-from worker.localstack import KafkaBroker, S3Server
+from worker.local.stack import KafkaBroker, S3Server
 
 pytestmark = pytest.mark.integration
 

@@ -14,7 +14,7 @@ import pytest
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
 
 from tests.kafka_helpers import Topics
-from worker.localstack import KafkaServer
+from worker.local.stack import KafkaServer
 
 pytestmark = pytest.mark.integration
 

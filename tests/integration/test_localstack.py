@@ -16,7 +16,7 @@ from kafka import KafkaConsumer, TopicPartition
 from kafka.structs import OffsetAndMetadata
 
 from tests.kafka_helpers import Topics, consume_all, produce, unique_name
-from worker.localstack import GRPC_OFFSET, KafkaBroker, LocalStack, S3Server, free_port
+from worker.local.stack import GRPC_OFFSET, KafkaBroker, LocalStack, S3Server, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -198,7 +198,7 @@ def test_localstack_failing_start_stops_what_started(monkeypatch: pytest.MonkeyP
 
 def test_servers_die_with_an_owner_that_never_stops_them() -> None:
     script = (
-        "from worker.localstack import LocalStack\n"
+        "from worker.local.stack import LocalStack\n"
         "stack = LocalStack().start()\n"
         "print(stack.s3.pid, stack.kafka.pid, stack.root, flush=True)\n"
         "raise SystemExit(3)\n"

@@ -16,7 +16,7 @@ import pytest
 from tests.fault.helpers import AnswerCollector, request, tiny_clips
 from tests.integration.worker_process import SpawnWorker, WorkerProcess, wait_for_assignment
 from tests.kafka_helpers import Topics, produce
-from worker.localstack import KafkaServer, S3Server, free_port
+from worker.local.stack import KafkaServer, S3Server, free_port
 
 pytestmark = pytest.mark.integration
 

@@ -19,7 +19,7 @@ from kafka import KafkaConsumer, TopicPartition
 from tests.fault.helpers import AnswerCollector, request, tiny_clips
 from tests.integration.worker_process import SpawnWorker, WorkerProcess
 from tests.kafka_helpers import Topics, produce, unique_name
-from worker.localstack import KafkaServer, S3Server
+from worker.local.stack import KafkaServer, S3Server
 
 pytestmark = pytest.mark.integration
 

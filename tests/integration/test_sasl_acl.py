@@ -31,7 +31,7 @@ from tests.kafka_helpers import (
     wait_committed,
     worker_access,
 )
-from worker.localstack import S3Server
+from worker.local.stack import S3Server
 
 pytestmark = pytest.mark.integration
 PLAIN_USER = next(iter(PLAIN_USERS))

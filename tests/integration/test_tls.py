@@ -24,7 +24,7 @@ from tests.integration.worker_process import SpawnWorker
 from tests.kafka_helpers import Topics, committed, grant, produce, unique_name, worker_access
 from tests.pki import CLIENT_CN, SSL_PASSWORD, client_tls_settings
 from worker.kafka_clients import security_options
-from worker.localstack import S3Server
+from worker.local.stack import S3Server
 from worker.settings import Settings
 
 pytestmark = pytest.mark.integration

@@ -16,8 +16,8 @@ from tests.integration.worker_process import SpawnWorker
 from tests.kafka_helpers import Topics, consume_all, produce, unique_name
 from tests.otlp_collector import Collector
 from worker import tracing
-from worker.demo import make_clips
-from worker.localstack import KafkaServer, S3Server
+from worker.local.demo import make_clips
+from worker.local.stack import KafkaServer, S3Server
 
 pytestmark = pytest.mark.integration
 

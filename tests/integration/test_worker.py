@@ -17,8 +17,8 @@ from kafka import KafkaConsumer, TopicPartition
 from tests.integration.worker_process import SECRET_KEY, SpawnWorker, WorkerProcess, wait_for_assignment
 from tests.kafka_helpers import Topics, consume_all, produce
 from worker import messages
-from worker.demo import make_clips
-from worker.localstack import KafkaServer, S3Server
+from worker.local.demo import make_clips
+from worker.local.stack import KafkaServer, S3Server
 
 pytestmark = pytest.mark.integration
 

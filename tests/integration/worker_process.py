@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tests.kafka_helpers import Topics
-from worker.localstack import KafkaServer, S3Server, free_port
+from worker.local.stack import KafkaServer, S3Server, free_port
 
 # Small and fast: ResNet-50 with seeded random weights, few frames. Fidelity is tested elsewhere.
 FAST_MODEL = {"allow_random_weights": "true", "layers": "50", "engine": "dygraph", "seg_num": "4",

@@ -5,7 +5,7 @@ One run, one set of weights, the same videos:
   RGB, as the original reader did), pick `seg_num` of them with the original sampler, PIL-resize and crop,
   eager (dygraph) fp32, one video at a time, all `seg_num` frames through the extractor;
 - ceiling: the chosen engine's extractor alone on random frames at the batch size (frames/s);
-- pipeline: the chain as `worker.model.build_chain` makes it with the networks in this process behind one
+- pipeline: the chain as `worker.chain_builder.build_chain` makes it with the networks in this process behind one
   `worker.pipeline.ModelThread` (the worker puts that thread in its model process) and decoding in this
   process too (so the CPU time and peak RSS figures are those of one process, comparable with earlier runs),
   `max_inflight` video threads each calling `tagger.tag(path)`, wall time for all videos × repeat.
@@ -56,7 +56,7 @@ from models.chain import VideoTagger
 from models.labels import top_k
 from models.preprocess import normalise, scaled_size
 from models.sampling import sample_indices
-from worker.model import Chain, build_chain
+from worker.chain_builder import Chain, build_chain
 from worker.settings import Settings
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".flv", ".mpg", ".mpeg", ".m4v", ".ts")

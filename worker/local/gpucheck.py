@@ -73,7 +73,7 @@ def images_per_second(engine: Engine, batch: int, seconds: float, image_size: in
 
 
 def _outputs(settings_overrides: dict[str, Any], videos: list[Path]) -> dict[str, Any]:
-    from worker.model import load_tagger
+    from worker.chain_builder import load_tagger
     from worker.settings import load_settings
 
     tagger = load_tagger(load_settings(overrides=settings_overrides))
@@ -86,7 +86,7 @@ def _outputs(settings_overrides: dict[str, Any], videos: list[Path]) -> dict[str
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m worker.gpucheck")
+    parser = argparse.ArgumentParser(prog="python -m worker.local.gpucheck")
     parser.add_argument("step", choices=["preflight", "agreement", "throughput"])
     parser.add_argument("--weights", type=Path, help="directory with tsn.* and attention_lstm.*")
     parser.add_argument("--label-file", default="../shared/label_3396.txt")
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         report = compare(reference, fast)
         print(json.dumps(report, indent=1))
         return EXIT_OK if report["ok"] else EXIT_FAILED
-    from worker.model import load_tagger
+    from worker.chain_builder import load_tagger
     from worker.settings import load_settings
 
     tagger = load_tagger(load_settings(overrides={**common, "precision": "fp16", "tensorrt": True,

@@ -1,7 +1,7 @@
 """`videotag tag` and `videotag preview`: tag local video files, one JSON line each on stdout, in input order.
 
 A line holds `tags` (the first head's, as always) and `heads` (every head's, by name), like a worker result.
-With sheets asked for, each video tagged also gets a contact sheet (worker/preview.py) from the same result.
+With sheets asked for, each video tagged also gets a contact sheet (worker/commands/preview.py) from the same result.
 Progress goes to stderr: a bar on a terminal, a line per video otherwise, nothing with --quiet.
 """
 
@@ -16,8 +16,8 @@ from typing import Any, TextIO
 
 from models.chain import RANDOM_WEIGHTS, VideoTagger
 from models.errors import InputError
-from worker.preview import SheetWriter
-from worker.progress import Progress
+from worker.commands.preview import SheetWriter
+from worker.commands.progress import Progress
 
 log = logging.getLogger(__name__)
 

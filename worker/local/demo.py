@@ -17,8 +17,8 @@ from typing import Any
 from models.chain import RANDOM_WEIGHTS
 from models.weights import WeightsError, find_params
 from worker import kafka_clients
-from worker.enqueue import enqueue
-from worker.localstack import LocalStack
+from worker.commands.enqueue import enqueue
+from worker.local.stack import LocalStack
 from worker.metrics import Metrics
 from worker.settings import Settings
 from worker.worker import Worker

@@ -6,7 +6,7 @@ Two sources of keys:
   manifest's `fileSchema` names them, keys URL-encoded), each checked against the manifest's MD5.
 
 Of those keys, the videos (`VIDEO_EXTENSIONS`, case-insensitive) last modified at or after `--since` are
-enqueued through the one request path (`worker.enqueue.send_request`), at most `--rate` per second.
+enqueued through the one request path (`worker.commands.enqueue.send_request`), at most `--rate` per second.
 
 Invariants:
 - Nothing is marked done before the broker acknowledged it: the producer is flushed, then the marker file
@@ -41,9 +41,9 @@ from typing import TYPE_CHECKING, Any, TextIO, cast
 from kafka.producer.future import FutureRecordMetadata
 
 from worker import kafka_clients
-from worker.enqueue import send_request
+from worker.commands.enqueue import send_request
+from worker.commands.progress import Progress
 from worker.messages import request_message
-from worker.progress import Progress
 from worker.settings import Settings
 from worker.storage import make_client, split_s3_uri
 

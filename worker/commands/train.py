@@ -3,7 +3,7 @@
 Dataset CSV: the header `path,labels`; a path is relative to the CSV's folder unless absolute; labels are
 `;`-separated names from the label file (none: a video that has none of the classes). Every video must decode:
 a training set with a silently missing video is a different training set. Features come from the shared cache
-(worker/features.py), so a second run, or eval after train, extracts nothing again.
+(worker/commands/features.py), so a second run, or eval after train, extracts nothing again.
 
 `train` writes DIR/attention_lstm.pdparams (the original fluid.save layout: the strict loader, `tag` and the
 worker read it like VideoTag's), DIR/labels.txt, DIR/metrics.json and DIR/MODEL_CARD.md.
@@ -27,8 +27,8 @@ from models.labels import LabelsError, read_names
 from models.metrics import evaluate
 from models.training import EpochRecord, TrainOptions, multi_hot, predict, split_validation, train_head
 from models.weights import save_params
-from worker.features import FeatureCache, load_extractor
-from worker.progress import Progress
+from worker.commands.features import FeatureCache, load_extractor
+from worker.commands.progress import Progress
 from worker.settings import Settings
 
 VAL_FRACTION = 0.2

@@ -21,7 +21,7 @@ import numpy as np
 from models.chain import VideoTagger
 from models.errors import InputError
 from models.heads import HeadSpec
-from worker.progress import Progress
+from worker.commands.progress import Progress
 from worker.settings import Settings
 
 INDEX_FILE = "index.csv"
@@ -68,7 +68,7 @@ class FeatureCache:
 def load_extractor(settings: Settings, heads: list[HeadSpec] | None = None) -> VideoTagger:
     """The extractor (and `heads`, if given) through the one chain builder; random weights are refused, as
     features and heads made from them would be meaningless and look real."""
-    from worker.model import load_tagger
+    from worker.chain_builder import load_tagger
 
     settings = replace(settings, allow_random_weights=False)
     if heads is None:
