@@ -73,21 +73,24 @@ def _tag(args: argparse.Namespace, paths: list[str], save_dir: str | None, sheet
     so that a missing one costs no model load."""
     from models.labels import LabelsError
     from models.weights import WeightsError
-    from worker.batch import tag_files
-    from worker.model import build_chain
+    from worker.batch import start_tagging, tag_files
+    from worker.model import build_chain, decoding
     from worker.preview import DEFAULT_TILES, FontMissing, SheetWriter, find_font
 
     settings = _settings(args)
     try:
         writer = SheetWriter(find_font(args.font), args.tiles or DEFAULT_TILES) if sheets is not None else None
-        # networks in this process: one video at a time, and no endpoints to keep responsive
-        chain = build_chain(settings, "inline")
+        # the networks load in the model process while the first video decodes (worker/batch.py)
+        chain, first = start_tagging(settings, paths, lambda s: build_chain(s, "process"), decoding(settings))
     except (WeightsError, LabelsError, FontMissing) as exc:
         print(f"videotag {args.command}: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    failures = tag_files(chain.tagger, paths, Path(save_dir) if save_dir else None,
-                         sheets=(writer, sheets) if writer is not None and sheets is not None else None,
-                         quiet=args.quiet)
+    try:
+        failures = tag_files(chain.tagger, paths, Path(save_dir) if save_dir else None,
+                             sheets=(writer, sheets) if writer is not None and sheets is not None else None,
+                             quiet=args.quiet, first=first)
+    finally:
+        chain.close()
     return EXIT_FAILED if failures else EXIT_OK
 
 
