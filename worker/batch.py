@@ -22,6 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
+from models import cancel
 from models.chain import RANDOM_WEIGHTS, VideoTagger
 from models.errors import InputError
 from models.sampling import FrameChunk, FrameStream, Sampler, Sampling
@@ -43,25 +44,27 @@ def read_filelist(path: Path) -> list[str]:
 
 class ReadAhead:
     """A video's stream, read on a thread of its own from now on (its chunks wait in a queue), and replayed by
-    `frames()`: the first video decodes while the networks load. `close` stops it at its next chunk."""
+    `frames()`: the first video decodes while the networks load. `close` stops it now: the thread reads under
+    a cancel token of its own, so its decoder child is killed at once (models/cancel.py)."""
 
     def __init__(self, stream: FrameStream) -> None:
         self._items: queue.Queue[FrameChunk | Sampling | BaseException] = queue.Queue()
-        self._stop = threading.Event()
+        self._token = cancel.Token()
         threading.Thread(target=self._read, args=(stream,), name="read-ahead", daemon=True).start()
 
     def _read(self, stream: FrameStream) -> None:
-        try:
-            while not self._stop.is_set():
-                try:
-                    self._items.put(next(stream))
-                except StopIteration as end:
-                    self._items.put(end.value)
-                    return
-        except BaseException as exc:  # the video's error, raised where it is tagged
-            self._items.put(exc)
-        finally:
-            stream.close()
+        with cancel.scope(self._token):
+            try:
+                while True:
+                    try:
+                        self._items.put(next(stream))
+                    except StopIteration as end:
+                        self._items.put(end.value)
+                        return
+            except BaseException as exc:  # the video's error, raised where it is tagged
+                self._items.put(exc)
+            finally:
+                stream.close()
 
     def frames(self) -> FrameStream:
         try:
@@ -76,7 +79,7 @@ class ReadAhead:
             self.close()
 
     def close(self) -> None:
-        self._stop.set()
+        self._token.cancel("read-ahead closed")
 
 
 def start_tagging(settings: Settings, paths: list[str], build: Callable[[Settings], Chain],

@@ -423,6 +423,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--skip-baseline", action="store_true", help="no baseline (and no ratio or agreement)")
     bench.add_argument("--skip-cold-start", action="store_true",
                        help="no cold `videotag tag` run (first-result and per-video seconds as a CLI user sees them)")
+    bench.add_argument("--cold-precisions", nargs="+", metavar="PRECISION",
+                       help="cold `videotag tag` runs in these precisions too (e.g. fp32 bf16), side by side")
     bench.add_argument("--ceiling-seconds", type=float, default=20.0, help="time spent measuring the ceiling")
     bench.add_argument("--plot", metavar="PNG", help="plot throughput and stage latencies (needs matplotlib)")
     bench.add_argument("--json", dest="json_out", metavar="FILE", help="also write the figures as JSON")
