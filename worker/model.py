@@ -3,11 +3,12 @@
 `load_tagger` loads the networks in this process (`videotag features`, `train`, `eval`, and the model process
 itself). `build_chain` is what the worker, `videotag tag`, `bench` and `demo` use: the same networks placed
 where the caller needs them (`networks`):
-- "process": in the model process (worker/model_process.py): the worker's threads never wait on Paddle's GIL;
+- "process": in the model process (worker/model_process.py): the worker's threads never wait on Paddle's GIL
+  (the worker; `videotag tag`, whose networks load there while its first video decodes, and which reads the
+  decoder's chunks while the network runs);
 - "thread": in this process, behind one `ModelThread` that merges the chunks of concurrent videos (`bench`,
   which measures the engine and the pipeline in one process);
-- "inline": in this process, called directly (`videotag tag`: one video at a time, no endpoints to keep
-  responsive).
+- "inline": in this process, called directly (the bench's original-style baseline).
 Each video is decoded in a child process when `decode_timeout_s` > 0 (the default), whatever the placement
 (`decoding`, which needs only the settings: `videotag tag` starts its first video's decoding before the networks
 are loaded).
