@@ -55,7 +55,7 @@ def test_bench_reports_every_figure(tmp_path: Path) -> None:
     assert agreement["overlap"] == 20
     assert (tmp_path / "b.png").is_file() or "matplotlib is not installed" in done.stderr
     # Cold start: a fresh `videotag tag` process, compared with the baseline's load + first video.
-    assert "cold start (`videotag tag`" in table
+    assert "cold start, fp32 (`videotag tag`" in table
     assert _positive(report["cold_start"]["cold_s"]) and report["cold_start"]["videos"] == 2
     assert _positive(report["cold_start"]["warm_s_per_video"])  # one video is tagged twice: the second is warm
     assert _positive(report["ratios"]["cold_vs_baseline"]) and _positive(report["ratios"]["warm_vs_baseline"])
