@@ -11,7 +11,7 @@ the chain only extracts features.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,7 @@ from models.config import TSN_FILE, ExtractorConfig, config_default
 from models.engines import Engine, run_batches
 from models.labels import Tag, TagControl, select_tags
 from models.preprocess import normalise
-from models.sampling import SampledVideo
+from models.sampling import FrameStream, SampledVideo, Sampler, Sampling
 from models.video import InProcessDecoder
 
 RANDOM_WEIGHTS = "random-untrained"
@@ -49,6 +49,10 @@ class TagResult:
     probabilities: dict[str, np.ndarray]  # per head: [num_classes]
     features: np.ndarray
     video: SampledVideo
+    # Decoding and extraction overlap (`VideoTagger.tag`), so their stages split the wall time between them:
+    # "decode" is the time spent waiting for the decoder's next chunk (the part of decoding that extraction
+    # did not hide), "extract" the rest of that stage (normalising, the network, waiting for its output);
+    # "predict" the heads. They add up to the video's wall time, in that order.
     timings_ms: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -67,15 +71,15 @@ class VideoTagger:
     max_width: int = config_default(TSN_FILE, "max_width")
     max_height: int = config_default(TSN_FILE, "max_height")
     info: dict[str, Any] = field(default_factory=dict)
-    # (path, seg_num, name) → SampledVideo; unset: decoded in this process (models.video.InProcessDecoder),
-    # models.decoder_process.isolate_decoding puts every video in a child instead.
-    sampler: Callable[[str | Path, int, str | None], SampledVideo] | None = None
+    # Decodes a video into a stream of crop chunks; unset: in this process (models.video.InProcessDecoder);
+    # worker.chain_builder.decoding puts every video in a child (models.decoder_process.DecoderProcess) by default.
+    sampler: Sampler | None = None
 
     def __post_init__(self) -> None:
         if self.sampler is None:
             cfg = self.extractor_config
             self.sampler = InProcessDecoder(self.preprocess, cfg.short_size, cfg.target_size, self.max_width,
-                                            self.max_height)
+                                            self.max_height, chunk_size=self.batch_size)
 
     def sample(self, path: str | Path, seg_num: int | None = None, name: str | None = None) -> SampledVideo:
         assert self.sampler is not None  # set in __post_init__
@@ -94,17 +98,59 @@ class VideoTagger:
         batch = features.astype(np.float32, copy=False)
         return {head.name: head.predictor(batch) for head in self.heads}
 
-    def tag(self, path: str | Path, seg_num: int | None = None, name: str | None = None) -> TagResult:
-        """`name` is how errors refer to the video (e.g. its S3 URI rather than a temporary file)."""
+    def stream(self, path: str | Path, seg_num: int | None = None, name: str | None = None) -> FrameStream:
+        """The video's crops in chunks as they are decoded (the decoder starts at the first `next`)."""
+        assert self.sampler is not None  # set in __post_init__
+        return self.sampler.stream(path, seg_num or self.extractor_config.seg_num, name)
+
+    def tag(self, path: str | Path, seg_num: int | None = None, name: str | None = None,
+            frames: FrameStream | None = None) -> TagResult:
+        """`name` is how errors refer to the video (e.g. its S3 URI rather than a temporary file). `frames`: the
+        video's stream, if the caller started it already (`videotag tag` decodes its first video while the
+        networks load)."""
         if not self.heads:
             raise ValueError("this tagger has no heads: it only extracts features")
         t0 = time.perf_counter()
-        video = self.sample(path, seg_num, name)
+        feats, video, waited = self.extract_stream(frames if frames is not None else self.stream(path, seg_num, name))
         t1 = time.perf_counter()
-        feats = self.features(video)
-        t2 = time.perf_counter()
         probs = {head: p[0] for head, p in self.probabilities(feats[None]).items()}
-        t3 = time.perf_counter()
-        timings = {"decode": (t1 - t0) * 1e3, "extract": (t2 - t1) * 1e3, "predict": (t3 - t2) * 1e3}
+        t2 = time.perf_counter()
+        timings = {"decode": waited * 1e3, "extract": (t1 - t0 - waited) * 1e3, "predict": (t2 - t1) * 1e3}
         tags = {head.name: head.tags(probs[head.name]) for head in self.heads}
         return TagResult(tags, probs, feats, video, timings)
+
+    def extract_stream(self, frames: FrameStream) -> tuple[np.ndarray, SampledVideo, float]:
+        """Features [seg_num, 2048] of a stream, each chunk normalised and sent to the extractor as it arrives
+        (`run_batches`: up to SUBMIT_WINDOW chunks in flight), while the decoder goes on. Each distinct frame
+        goes through the network once, in the decoder's chunks: the same batches as `features` of the whole
+        video when every reported frame decodes, so the same features. Returns them with the video and the
+        seconds spent waiting for the decoder. The stream is closed (its decoder stopped) whatever happens."""
+        cfg = self.extractor_config
+        crops: dict[int, np.ndarray] = {}
+        ordinals: list[int] = []
+        end: list[Sampling] = []
+        waited = 0.0
+
+        def batches() -> Iterator[np.ndarray]:
+            nonlocal waited
+            while True:
+                start = time.perf_counter()
+                try:
+                    chunk = next(frames)
+                except StopIteration as stop:
+                    end.append(stop.value)
+                    return
+                finally:
+                    waited += time.perf_counter() - start
+                crops.update(zip(chunk.ordinals, chunk.crops, strict=True))
+                ordinals.extend(chunk.ordinals)
+                yield normalise(chunk.crops, cfg.image_mean, cfg.image_std)
+
+        try:
+            outputs = run_batches(self.extractor, batches())
+        finally:
+            frames.close()
+        sampling = end[0]
+        rows = dict(zip(ordinals, np.concatenate(outputs), strict=True))
+        video = sampling.video(np.stack([crops[ordinal] for ordinal in sampling.frames]))
+        return np.stack([rows[ordinal] for ordinal in sampling.frames])[sampling.order], video, waited

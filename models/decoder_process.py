@@ -3,8 +3,17 @@
 A decoder that crashes (a native fault in FFmpeg on a crafted upload) or hangs then costs that one video,
 with a stable error code, instead of the worker and everything it has in flight; and the decoding runs
 outside the caller's GIL, which Paddle Inference holds through every extractor run (docs/performance.md).
-A fresh interpreter that imports only the decoding modules starts in ~0.15 s. The reply is a JSON line and
-plain .npy arrays, read without pickle: a child subverted by a hostile file cannot run code in the parent.
+A fresh interpreter that imports only the decoding modules starts in ~0.15 s.
+
+The reply streams (`DecoderProcess.stream`): the child sends the sampled crops in chunks of `chunk_size` as it
+decodes them, so that the caller extracts features from the first chunk while the rest of the video decodes
+(models/sampling.py `stream_video`). Each message is a JSON line; a `chunk` line (`ordinals`, `shape`) is
+followed by exactly that many raw uint8 bytes, whose shape the parent checks against the crop size it asked
+for; the last line is `ok` (metadata, the picked `frames` and their `order`) or an error. Nothing is
+unpickled, and every field is checked: a child subverted by a hostile file cannot run code in the parent,
+and garbage on the pipe is `decoder_crashed`. A thread of the parent reads the pipe as the child writes it
+(the child never waits on the caller's extraction); `timeout_s` bounds the child's decoding, not the
+extraction that overlaps it.
 
 Two readers, one library per process. OpenCV (models/video.py) reads what it can; what it cannot read
 (NeedsFallback: AV1, a file it does not open, no decodable frame) goes to PyAV (models/video_av.py) in a
@@ -39,25 +48,24 @@ import io
 import json
 import logging
 import os
+import queue
 import resource
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any, cast
 
 import numpy as np
 
 from models import cancel
 from models.errors import CodedError, ErrorCode, InputError, NeedsFallback, SystemicError, os_error_code
 from models.preprocess import make_transform
-from models.sampling import SampledVideo
-
-if TYPE_CHECKING:  # the child imports this module and must stay free of Paddle
-    from models.chain import VideoTagger
+from models.sampling import FrameChunk, FrameStream, SampledVideo, Sampling, collect
 
 log = logging.getLogger(__name__)
 COMMAND = (sys.executable, "-P", "-m", "models.decoder_process")
@@ -65,6 +73,10 @@ COMMAND = (sys.executable, "-P", "-m", "models.decoder_process")
 # but a hostile file must not flood the worker's log.
 STDERR_LINES_LOGGED = 20
 _METADATA = ("frames_decoded", "frames_reported", "width", "height", "fps", "decoder")
+# What the parent keeps of a decoder's stderr: the start (logged) and the end (quoted when it crashes).
+STDERR_HEAD_BYTES = 64 * 1024
+STDERR_TAIL_BYTES = 4096
+_POLL_S = 0.25  # how often a caller waiting for a chunk checks its deadline and whether it was cancelled
 DECODERS = ("opencv", "pyav")
 _LINUX = sys.platform.startswith("linux")
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
@@ -108,21 +120,28 @@ class DecoderProcess:
     command: tuple[str, ...] = field(default=COMMAND)  # tests substitute children that crash or hang
     decoders: tuple[str, ...] = DECODERS
 
+    chunk_size: int = 32  # crops per chunk of the stream: the tagger's batch size
+
     def __call__(self, path: str | Path, seg_num: int, name: str | None = None) -> SampledVideo:
+        return collect(self.stream(path, seg_num, name))
+
+    def stream(self, path: str | Path, seg_num: int, name: str | None = None) -> FrameStream:
+        """The video's sampled crops in chunks as the child decodes them; returns the Sampling at the end.
+        Closing the stream early (the caller failed) kills the child."""
         name = name or Path(path).name
         deadline = None if self.timeout_s is None else time.monotonic() + self.timeout_s
         for decoder in self.decoders[:-1]:
             try:
-                return self._run(decoder, path, seg_num, name, deadline)
-            except NeedsFallback:
+                return (yield from self._run(decoder, path, seg_num, name, deadline))
+            except NeedsFallback:  # only before any chunk (_run refuses it after one)
                 continue
-        return self._run(self.decoders[-1], path, seg_num, name, deadline)
+        return (yield from self._run(self.decoders[-1], path, seg_num, name, deadline))
 
-    def _run(self, decoder: str, path: str | Path, seg_num: int, name: str, deadline: float | None) -> SampledVideo:
+    def _run(self, decoder: str, path: str | Path, seg_num: int, name: str, deadline: float | None) -> FrameStream:
         request = {"path": str(path), "seg_num": seg_num, "preprocess": self.preprocess, "name": name,
                    "short_size": self.short_size, "crop_size": self.crop_size,
                    "max_width": self.max_width, "max_height": self.max_height, "decoder": decoder,
-                   "parent": os.getpid()}
+                   "chunk_size": self.chunk_size, "parent": os.getpid()}
         try:
             # stderr is read, not inherited: the file-size limit would fail its writes to a log file.
             child = subprocess.Popen(self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -133,32 +152,159 @@ class DecoderProcess:
                 raise
             raise SystemicError(code, f"{name}: cannot start a decoder process: {exc.strerror}") from exc
         cancel.register(child)  # a cancelled video (deadline, revoked partition, stop) kills its decoder now
+        reply = _Reply(child, self.crop_size, min(self.chunk_size, seg_num), seg_num)
         try:
             if _LINUX:
                 _confine(child.pid, self.limits)
-            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
-            out, err = child.communicate(json.dumps(request).encode(), timeout=timeout)
-        except subprocess.TimeoutExpired:
-            raise InputError(ErrorCode.DECODE_TIMEOUT, f"{name}: decoding took over {self.timeout_s:g} s") from None
+            _send(child, request)
+            sent: set[int] = set()
+            while True:
+                message = reply.next(deadline, name, self.timeout_s)
+                if not isinstance(message, FrameChunk):
+                    break
+                if sent.intersection(message.ordinals) or len(sent) + len(message.ordinals) > 2 * seg_num:
+                    raise _invalid(name, "a frame sent twice, or more frames than sampled")
+                sent.update(message.ordinals)
+                yield message
+            returncode = reply.wait_exit(deadline, name, self.timeout_s)
         finally:
             if child.poll() is None:
                 child.kill()
             child.wait()
+            err = reply.stderr()
         cancel.check()
         _log_stderr(err, name)
-        reply = io.BytesIO(out)
-        header = _header(reply.readline())
-        if child.returncode != 0 or header is None:
-            raise decoder_death(child.returncode, err, name, self.limits)
-        if header["status"] == "input_error":
-            raise InputError(header["code"], header["message"])
-        if header["status"] == "fallback":
-            raise NeedsFallback(header["message"])
-        if header["status"] != "ok":
-            raise RuntimeError(f"decoding {name}: {header.get('message')}")
-        crops = np.lib.format.read_array(reply, allow_pickle=False)
-        order = np.lib.format.read_array(reply, allow_pickle=False)
-        return SampledVideo(crops, order, **{key: header[key] for key in _METADATA})
+        if returncode != 0 or message is None:
+            raise decoder_death(returncode, err, name, self.limits)
+        if message["status"] == "input_error":
+            raise InputError(message["code"], message["message"])
+        if message["status"] == "fallback":
+            if sent:
+                raise _invalid(name, "a fallback after frames were sent")
+            raise NeedsFallback(message["message"])
+        if message["status"] != "ok":
+            raise RuntimeError(f"decoding {name}: {message.get('message')}")
+        return _sampling(message, sent, seg_num, name)
+
+
+def _send(child: subprocess.Popen[bytes], request: dict[str, Any]) -> None:
+    """The request on the child's stdin, which is then closed. A child that is gone already (or never reads
+    it) leaves its exit status and its reply to say what happened."""
+    assert child.stdin is not None
+    try:
+        child.stdin.write(json.dumps(request).encode())
+        child.stdin.close()
+    except BrokenPipeError:
+        pass
+
+
+def _invalid(name: str, why: str) -> InputError:
+    return InputError(ErrorCode.DECODER_CRASHED, f"{name}: the decoder process sent an invalid reply ({why})")
+
+
+def _sampling(header: dict[str, Any], sent: set[int], seg_num: int, name: str) -> Sampling:
+    """The `ok` header as a Sampling, every field checked against what was sent and asked for."""
+    frames, order = header.get("frames"), header.get("order")
+    if not (isinstance(frames, list) and isinstance(order, list) and len(order) == seg_num
+            and frames == sorted(set(frames)) and set(frames) <= sent
+            and all(type(i) is int and 0 <= i < len(frames) for i in order)):
+        raise _invalid(name, "the sampled frames do not match the frames sent")
+    try:
+        metadata = {key: header[key] for key in _METADATA}
+    except KeyError as exc:
+        raise _invalid(name, f"no {exc.args[0]}") from None
+    return Sampling(tuple(frames), np.array(order, dtype=np.int64), **metadata)
+
+
+class _Reply:
+    """A decoder child's stdout and stderr, each read by a thread as the child writes them (the child never
+    blocks on a full pipe while its caller extracts features). Messages are queued: each chunk as a
+    FrameChunk, then the final header (a dict), or None for an end without one; garbage as why it is (a str)."""
+
+    def __init__(self, child: subprocess.Popen[bytes], crop_size: int, chunk_size: int, seg_num: int) -> None:
+        self.child = child
+        self.crop_size = crop_size
+        self.chunk_size = chunk_size
+        self.max_line = 65536 + 32 * seg_num  # the final header lists up to 2 × seg_num numbers
+        self.messages: queue.Queue[FrameChunk | dict[str, Any] | str | None] = queue.Queue()
+        self.ended = threading.Event()  # the child's reply is complete (or broken): its decoding is over
+        self._head = bytearray()
+        self._tail = b""
+        self._readers = [threading.Thread(target=self._read_stdout, name=f"decoder-{child.pid}-out", daemon=True),
+                         threading.Thread(target=self._read_stderr, name=f"decoder-{child.pid}-err", daemon=True)]
+        for thread in self._readers:
+            thread.start()
+
+    def next(self, deadline: float | None, name: str, timeout_s: float | None) -> FrameChunk | dict[str, Any] | None:
+        """The next message; DECODE_TIMEOUT once the deadline passes before the child has finished."""
+        while True:
+            if deadline is not None and not self.ended.is_set() and time.monotonic() >= deadline:
+                raise InputError(ErrorCode.DECODE_TIMEOUT, f"{name}: decoding took over {timeout_s:g} s")
+            try:
+                message = self.messages.get(timeout=_POLL_S)
+            except queue.Empty:
+                cancel.check()
+                continue
+            if isinstance(message, str):
+                raise _invalid(name, message)
+            return message
+
+    def wait_exit(self, deadline: float | None, name: str, timeout_s: float | None) -> int:
+        """The child's exit status, waiting for it at most until the deadline."""
+        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+        try:
+            return self.child.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise InputError(ErrorCode.DECODE_TIMEOUT, f"{name}: decoding took over {timeout_s:g} s") from None
+
+    def stderr(self) -> bytes:
+        """What the child said on stderr (the start and the end of it), once it is dead."""
+        for thread in self._readers:
+            thread.join(timeout=5)
+        return bytes(self._head) + self._tail
+
+    def _read_stdout(self) -> None:
+        stdout = self.child.stdout
+        assert stdout is not None
+        try:
+            while True:
+                line = stdout.readline(self.max_line)
+                if not line.endswith(b"\n"):  # the end (a child that died, maybe mid-line), or a line too long
+                    self.messages.put("a line too long" if len(line) >= self.max_line else None)
+                    return
+                header = _header(line)
+                if header is None:
+                    self.messages.put("not a JSON header")
+                    return
+                if header["status"] != "chunk":
+                    self.messages.put(header)
+                    return
+                ordinals = header.get("ordinals")
+                if not isinstance(ordinals, list) or not all(type(i) is int and i >= 0 for i in ordinals):
+                    self.messages.put("a chunk without its frame ordinals")
+                    return
+                shape = [len(ordinals), self.crop_size, self.crop_size, 3]
+                if header.get("shape") != shape or not 0 < len(ordinals) <= self.chunk_size:
+                    self.messages.put(f"a chunk of shape {header.get('shape')!r}, not {shape}")
+                    return
+                size = int(np.prod(shape))
+                data = stdout.read(size)
+                if len(data) < size:  # cut short: the child died
+                    self.messages.put(None)
+                    return
+                crops = np.frombuffer(data, np.uint8).reshape(shape)
+                self.messages.put(FrameChunk(tuple(ordinals), crops))
+        finally:
+            self.ended.set()
+
+    def _read_stderr(self) -> None:
+        # Popen's pipes are buffered (bufsize -1): a BufferedReader, whose read1 returns what has arrived
+        stderr = cast(io.BufferedReader, self.child.stderr)
+        while data := stderr.read1(65536):
+            room = STDERR_HEAD_BYTES - len(self._head)
+            self._head += data[:room]
+            if len(data) > room:
+                self._tail = (self._tail + data[room:])[-STDERR_TAIL_BYTES:]
 
 
 def child_environment(parent: Mapping[str, str]) -> dict[str, str]:
@@ -192,13 +338,6 @@ def decoder_death(returncode: int, stderr: bytes, name: str, limits: DecoderLimi
     said = f": {last}" if last else ""
     return InputError(ErrorCode.DECODER_CRASHED,
                       f"{name}: the decoder process died ({exit_reason(returncode)}){said}")
-
-
-def isolate_decoding(tagger: VideoTagger, timeout_s: float, limits: DecoderLimits = DecoderLimits()) -> VideoTagger:
-    """The same tagger, decoding each video in a child process (same frames: the same reader runs there)."""
-    cfg = tagger.extractor_config
-    return replace(tagger, sampler=DecoderProcess(tagger.preprocess, cfg.short_size, cfg.target_size,
-                                                  tagger.max_width, tagger.max_height, timeout_s, limits))
 
 
 def _log_stderr(err: bytes, name: str) -> None:
@@ -238,35 +377,54 @@ def die_with_parent(parent: int) -> None:
 
 
 def _serve(request: dict[str, Any], stdout: IO[bytes]) -> None:
-    """One request in; a JSON header line, then for "ok" the crops and order arrays, out."""
+    """One request in; a `chunk` message per chunk of crops as they are decoded, then the final header, out."""
     # Imported here, only the one asked for: a process never loads both libraries (see the module docstring).
     if request["decoder"] == "pyav":
-        from models.video_av import read_video
+        from models.video_av import stream_video
         preprocess = "faithful"
     else:
-        from models.video import read_video
+        from models.video import stream_video
         preprocess = request["preprocess"]
     try:
         transform = make_transform(preprocess, request["short_size"], request["crop_size"])
-        video = read_video(request["path"], request["seg_num"], transform, request["max_width"],
-                           request["max_height"], name=request["name"])
+        stream = stream_video(request["path"], request["seg_num"], transform, request["max_width"],
+                              request["max_height"], name=request["name"], chunk_size=request["chunk_size"])
+        while True:
+            try:
+                chunk = next(stream)
+            except StopIteration as end:
+                sampling: Sampling = end.value
+                break
+            crops = np.ascontiguousarray(chunk.crops, dtype=np.uint8)
+            _write(stdout, json.dumps({"status": "chunk", "ordinals": list(chunk.ordinals),
+                                       "shape": list(crops.shape)}).encode() + b"\n")
+            # numpy's stubs declare the buffer protocol only for Python 3.12+
+            _write(stdout, memoryview(crops).cast("B"))  # type: ignore[arg-type]
     except InputError as exc:
-        stdout.write(json.dumps({"status": "input_error", "code": exc.code, "message": exc.message}).encode())
+        _write(stdout, json.dumps({"status": "input_error", "code": exc.code, "message": exc.message}).encode() + b"\n")
         return
     except NeedsFallback as exc:
-        stdout.write(json.dumps({"status": "fallback", "message": str(exc)}).encode())
+        _write(stdout, json.dumps({"status": "fallback", "message": str(exc)}).encode() + b"\n")
         return
     except MemoryError:  # under the address-space limit: this file needs more than a decoder may have
-        stdout.write(json.dumps({"status": "input_error", "code": ErrorCode.DECODER_MEMORY_LIMIT,
-                                 "message": f"{request['name']}: decoding needs more memory than "
-                                            "decoder_max_memory_bytes"}).encode())
+        _write(stdout, json.dumps({"status": "input_error", "code": ErrorCode.DECODER_MEMORY_LIMIT,
+                                   "message": f"{request['name']}: decoding needs more memory than "
+                                              "decoder_max_memory_bytes"}).encode() + b"\n")
         return
     except Exception as exc:  # the parent treats it like the same failure in-process
-        stdout.write(json.dumps({"status": "error", "message": f"{type(exc).__name__}: {exc}"}).encode())
+        _write(stdout, json.dumps({"status": "error", "message": f"{type(exc).__name__}: {exc}"}).encode() + b"\n")
         return
-    stdout.write(json.dumps({"status": "ok", **{key: getattr(video, key) for key in _METADATA}}).encode() + b"\n")
-    np.lib.format.write_array(stdout, np.ascontiguousarray(video.crops), allow_pickle=False)
-    np.lib.format.write_array(stdout, np.ascontiguousarray(video.order), allow_pickle=False)
+    end_header = {"status": "ok", **{key: getattr(sampling, key) for key in _METADATA},
+                  "frames": list(sampling.frames), "order": sampling.order.tolist()}
+    _write(stdout, json.dumps(end_header).encode() + b"\n")
+
+
+def _write(stdout: IO[bytes], data: bytes | memoryview) -> None:
+    """All of `data` (an unbuffered write to a pipe may take only part of it)."""
+    view = memoryview(data)
+    while view:
+        written = stdout.write(view)
+        view = view[written or 0:]
 
 
 def main() -> None:
@@ -275,8 +433,7 @@ def main() -> None:
     request = json.loads(sys.stdin.buffer.read())
     if _LINUX:
         die_with_parent(request["parent"])
-    # Unbuffered: numpy writes an array to a real file with tofile(), which asks a buffered pipe for a file
-    # position it does not have (it only worked under PYTHONUNBUFFERED, which the environment no longer passes).
+    # Unbuffered: each chunk reaches the parent as soon as it is written.
     with open(sys.stdout.fileno(), "wb", buffering=0, closefd=False) as stdout:
         _serve(request, stdout)
 

@@ -10,6 +10,12 @@ everything that decides which frames a video yields:
   `get_total_frames` and `get_rotation_angle`/`rotateFrame`) written out, so that PyAV yields the frames
   OpenCV would: the same count, the same turn of rotated phone videos.
 
+Streaming: `stream_video` yields the sampled crops in chunks (`FrameChunk`, in decoding order) as they are
+decoded, so that extraction can start on the first chunk while the rest of the video is read, and returns a
+`Sampling` (which decoded frames the original picks, in what order) at the end; `collect` turns a stream into
+the `SampledVideo` that `sample_video` always returned. A crop is sent once: the second pass (when frames fail
+to decode and the picks shift) sends only the frames the first pass did not.
+
 Invariant: frames handed to a transform are RGB uint8 [H, W, 3], already turned upright.
 """
 
@@ -17,7 +23,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -51,6 +57,57 @@ class SampledVideo:
     def frames(self) -> np.ndarray:
         frames: np.ndarray = self.crops[self.order]  # (numpy types an index by an array as Any)
         return frames
+
+
+@dataclass(frozen=True)
+class FrameChunk:
+    """Sampled crops as they are decoded: `crops[i]` ([n, H, W, 3] uint8) is decoded frame `ordinals[i]`."""
+
+    ordinals: tuple[int, ...]
+    crops: np.ndarray
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """The end of a stream: `frames` are the distinct decoded-frame ordinals the original picks, ascending (each
+    was sent in a chunk), `order` ([seg_num]) indexes them in sampling order; the rest is `SampledVideo`'s."""
+
+    frames: tuple[int, ...]
+    order: np.ndarray
+    frames_decoded: int
+    frames_reported: int
+    width: int
+    height: int
+    fps: float
+    decoder: str
+
+    def video(self, crops: np.ndarray) -> SampledVideo:
+        """The SampledVideo, given the crops of `frames` in their order."""
+        return SampledVideo(crops, self.order, self.frames_decoded, self.frames_reported, self.width, self.height,
+                            self.fps, self.decoder)
+
+
+FrameStream = Generator[FrameChunk, None, Sampling]
+
+
+class Sampler(Protocol):
+    """What `VideoTagger.sampler` is: a video's sampled crops as a stream (`stream`), or all at once (call)."""
+
+    def stream(self, path: str | Path, seg_num: int, name: str | None = None) -> FrameStream: ...
+
+    def __call__(self, path: str | Path, seg_num: int, name: str | None = None) -> SampledVideo: ...
+
+
+def collect(stream: FrameStream) -> SampledVideo:
+    """The whole stream as one SampledVideo (each distinct sampled frame once, in frame order)."""
+    crops: dict[int, np.ndarray] = {}
+    while True:
+        try:
+            chunk = next(stream)
+        except StopIteration as end:
+            sampling: Sampling = end.value
+            return sampling.video(np.stack([crops[ordinal] for ordinal in sampling.frames]))
+        crops.update(zip(chunk.ordinals, chunk.crops, strict=True))
 
 
 class FrameReader(Protocol):
@@ -133,9 +190,9 @@ def _check_resolution(width: int, height: int, max_width: int, max_height: int, 
                          f"{name}: {width}x{height} is above the {max_width}x{max_height} limit")
 
 
-def _decode_picks(reader: FrameReader, name: str, wanted: set[int], keep: dict[int, np.ndarray],
-                  transform: FrameTransform) -> int:
-    """Replay the original's read calls; transform the decoded frames whose ordinal is wanted.
+def _decode_picks(reader: FrameReader, name: str, wanted: set[int],
+                  transform: FrameTransform) -> Generator[tuple[int, np.ndarray], None, int]:
+    """Replay the original's read calls; yield (ordinal, crop) for each decoded frame whose ordinal is wanted.
 
     Returns the number of frames decoded (the original's len(frames)).
     """
@@ -148,48 +205,73 @@ def _decode_picks(reader: FrameReader, name: str, wanted: set[int], keep: dict[i
                 break
             continue
         failures = 0
-        if decoded in wanted and decoded not in keep:
+        if decoded in wanted:
             frame = reader.retrieve()
             if frame is None:
                 raise InputError(ErrorCode.CORRUPT_VIDEO, f"{name}: frame {decoded} does not decode")
-            keep[decoded] = transform(frame)
+            yield decoded, transform(frame)
         decoded += 1
     return decoded
 
 
-def sample_video(path: Path, name: str, open_reader: Callable[[], FrameReader], decoder: str, seg_num: int,
-                 transform: FrameTransform, max_width: int, max_height: int) -> SampledVideo:
-    """Sample `seg_num` frames exactly as the original reader, preprocessed by `transform`.
+def _chunks(frames: Generator[tuple[int, np.ndarray], None, int], size: int,
+            sent: set[int]) -> Generator[FrameChunk, None, int]:
+    """`frames` grouped into chunks of `size` (the last one shorter), each ordinal added to `sent` as it goes;
+    returns what `frames` returns."""
+    ordinals: list[int] = []
+    crops: list[np.ndarray] = []
+    while True:
+        try:
+            ordinal, crop = next(frames)
+        except StopIteration as end:
+            decoded: int = end.value
+            break
+        ordinals.append(ordinal)
+        crops.append(crop)
+        sent.add(ordinal)
+        if len(ordinals) == size:
+            yield FrameChunk(tuple(ordinals), np.stack(crops))
+            ordinals, crops = [], []
+    if ordinals:
+        yield FrameChunk(tuple(ordinals), np.stack(crops))
+    return decoded
+
+
+def stream_video(path: Path, name: str, open_reader: Callable[[], FrameReader], decoder: str, seg_num: int,
+                 transform: FrameTransform, max_width: int, max_height: int, chunk_size: int) -> FrameStream:
+    """Sample `seg_num` frames exactly as the original reader, preprocessed by `transform`, yielding them in
+    chunks of `chunk_size` as they are decoded.
 
     Raises InputError for a missing or empty file, a resolution above the limit (either orientation) and no
     decodable frame; `open_reader` raises what else it finds.
     """
     _check_file(path, name)
-    keep: dict[int, np.ndarray] = {}
+    sent: set[int] = set()
     reader = open_reader()
     try:
         _check_resolution(reader.width, reader.height, max_width, max_height, name)
-        # Optimistic single pass: assume every reported frame decodes. If some do not, the sampling positions
-        # shift, and a second pass fetches the frames that the first one did not keep.
+        # Optimistic single pass: assume every reported frame decodes, and send each pick as soon as it is
+        # decoded. If some frames do not decode, the sampling positions shift: a second pass sends the frames
+        # that the first one did not (and some sent ones go unused).
         metadata = (reader.frames_reported, reader.width, reader.height, reader.fps)
         first_picks = set(sample_indices(max(reader.frames_reported, 1), seg_num))
-        decoded = _decode_picks(reader, name, first_picks, keep, transform)
+        decoded = yield from _chunks(_decode_picks(reader, name, first_picks, transform), chunk_size, sent)
     finally:
         reader.close()
     if decoded == 0:
         raise InputError(ErrorCode.NO_FRAMES, f"{name}: no decodable frame ({metadata[0]} reported)")
     picks = sample_indices(decoded, seg_num)
-    if missing := set(picks) - set(keep):
+    if missing := set(picks) - sent:
         reader = open_reader()
         try:
-            _decode_picks(reader, name, missing, keep, transform)
+            yield from _chunks(_decode_picks(reader, name, missing, transform), chunk_size, sent)
         finally:
             reader.close()
     distinct = sorted(set(picks))
     position = {ordinal: i for i, ordinal in enumerate(distinct)}
     reported, width, height, fps = metadata
-    return SampledVideo(
-        crops=np.stack([keep[i] for i in distinct]),
+    return Sampling(
+        frames=tuple(distinct),
         order=np.array([position[i] for i in picks], dtype=np.int64),
         frames_decoded=decoded,
         frames_reported=reported,
@@ -198,3 +280,10 @@ def sample_video(path: Path, name: str, open_reader: Callable[[], FrameReader], 
         fps=fps,
         decoder=decoder,
     )
+
+
+def sample_video(path: Path, name: str, open_reader: Callable[[], FrameReader], decoder: str, seg_num: int,
+                 transform: FrameTransform, max_width: int, max_height: int) -> SampledVideo:
+    """`stream_video`, all at once."""
+    return collect(stream_video(path, name, open_reader, decoder, seg_num, transform, max_width, max_height,
+                                chunk_size=seg_num))

@@ -25,7 +25,7 @@ from models.heads import DEFAULT_HEAD, HeadSpec, check_heads, load_control
 from models.labels import load_labels
 from models.options import ENGINES
 from models.resnet import tsn_resnet
-from models.weights import assign, file_digest, find_params, load_into, randomize, read_state
+from models.weights import assign, file_digest, find_params, load_into, no_random_init, randomize, read_state
 
 __all__ = ["ENGINES", "RANDOM_SEED", "RANDOM_WEIGHTS", "Head", "TagResult", "VideoTagger", "build_tagger",
            "load_predictor", "set_device"]
@@ -49,7 +49,8 @@ def load_predictor(location: str | Path, pcfg: PredictorConfig) -> tuple[Attenti
     output = state.get("output.w_0")
     # A file without a usable output layer gets the default count: the strict check then names the problem.
     classes = output.shape[1] if output is not None and output.ndim == 2 else pcfg.num_classes
-    model = attention_lstm(pcfg.feature_size, pcfg.embedding_size, pcfg.lstm_size, classes, pcfg.dropout_rate)
+    with no_random_init():  # every parameter is assigned from the file below
+        model = attention_lstm(pcfg.feature_size, pcfg.embedding_size, pcfg.lstm_size, classes, pcfg.dropout_rate)
     assign(model, state, str(params_path), optional=from_opt)
     return model, params_path
 
@@ -146,7 +147,8 @@ def build_tagger(
         extractor_digest = "sha256:" + file_digest([source])
 
         def extractor() -> paddle.nn.Layer:  # not needed at all when its export is cached (~2 s of a start)
-            layer = tsn_resnet(ecfg.layers)
+            with no_random_init():  # every parameter is assigned from the file below
+                layer = tsn_resnet(ecfg.layers)
             load_into(layer, source, "tsn")
             return layer
     info = {

@@ -15,10 +15,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from models import sampling
 from models.decoder_process import DecoderProcess
 from models.errors import ErrorCode, InputError, NeedsFallback
 from models.preprocess import FrameTransform, make_transform
-from models.sampling import SampledVideo, sample_video
+from models.sampling import FrameStream, SampledVideo, collect
 
 if "av" in sys.modules:  # the invariant models/decoder_process.py keeps: one FFmpeg per process
     raise ImportError("models.video (OpenCV) imported in a process that has loaded PyAV")
@@ -68,19 +69,20 @@ class _CaptureReader:
         self.capture.release()
 
 
-def read_video(path: str | Path, seg_num: int, transform: FrameTransform,
-               max_width: int = 7680, max_height: int = 4320, name: str | None = None) -> SampledVideo:
-    """Sample `seg_num` frames of a video file with OpenCV, exactly as the original reader (models/sampling.py).
+def stream_video(path: str | Path, seg_num: int, transform: FrameTransform, max_width: int = 7680,
+                 max_height: int = 4320, name: str | None = None, chunk_size: int = 32) -> FrameStream:
+    """Sample `seg_num` frames of a video file with OpenCV, exactly as the original reader (models/sampling.py),
+    in chunks of `chunk_size` as they are decoded.
 
     Raises InputError for a missing or empty file or a resolution above the limit (either orientation),
-    NeedsFallback for a file OpenCV cannot read, and MemoryError where OpenCV cannot allocate. Messages call
-    the video `name` (default: the file name).
+    NeedsFallback for a file OpenCV cannot read (before any chunk: no frame decoded), and MemoryError where
+    OpenCV cannot allocate. Messages call the video `name` (default: the file name).
     """
     path = Path(path)
     name = name or path.name
     try:
-        return sample_video(path, name, lambda: _CaptureReader(path, name), DECODER, seg_num, transform,
-                            max_width, max_height)
+        return (yield from sampling.stream_video(path, name, lambda: _CaptureReader(path, name), DECODER, seg_num,
+                                                 transform, max_width, max_height, chunk_size))
     except InputError as exc:
         if exc.code is ErrorCode.NO_FRAMES:  # e.g. a codec this wheel lacks that is not in UNDECODABLE_FOURCCS
             raise NeedsFallback(exc.message) from exc
@@ -89,6 +91,12 @@ def read_video(path: str | Path, seg_num: int, transform: FrameTransform,
         if exc.code == cv2.Error.StsNoMem:  # OpenCV's failed allocation: what Python and PyAV raise as MemoryError
             raise MemoryError(f"{name}: {exc.err}") from exc
         raise
+
+
+def read_video(path: str | Path, seg_num: int, transform: FrameTransform,
+               max_width: int = 7680, max_height: int = 4320, name: str | None = None) -> SampledVideo:
+    """`stream_video`, all at once."""
+    return collect(stream_video(path, seg_num, transform, max_width, max_height, name, chunk_size=seg_num))
 
 
 @dataclass
@@ -101,15 +109,20 @@ class InProcessDecoder:
     crop_size: int
     max_width: int
     max_height: int
+    chunk_size: int = 32  # crops per chunk of the stream: the tagger's batch size
     transform: FrameTransform = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.transform = make_transform(self.preprocess, self.short_size, self.crop_size)
 
-    def __call__(self, path: str | Path, seg_num: int, name: str | None = None) -> SampledVideo:
+    def stream(self, path: str | Path, seg_num: int, name: str | None = None) -> FrameStream:
         try:
-            return read_video(path, seg_num, self.transform, self.max_width, self.max_height, name)
-        except NeedsFallback:
+            return (yield from stream_video(path, seg_num, self.transform, self.max_width, self.max_height, name,
+                                            self.chunk_size))
+        except NeedsFallback:  # raised before any chunk was sent (models/video.py stream_video)
             fallback = DecoderProcess(self.preprocess, self.short_size, self.crop_size, self.max_width,
-                                      self.max_height, timeout_s=None, decoders=("pyav",))
-            return fallback(path, seg_num, name)
+                                      self.max_height, timeout_s=None, decoders=("pyav",), chunk_size=self.chunk_size)
+            return (yield from fallback.stream(path, seg_num, name))
+
+    def __call__(self, path: str | Path, seg_num: int, name: str | None = None) -> SampledVideo:
+        return collect(self.stream(path, seg_num, name))

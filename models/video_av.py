@@ -16,15 +16,17 @@ from pathlib import Path
 import av
 import numpy as np
 
+from models import sampling
 from models.errors import ErrorCode, InputError
 from models.preprocess import FrameTransform
 from models.sampling import (
+    FrameStream,
     SampledVideo,
+    collect,
     displayed_size,
     looks_like_video,
     opencv_frame_count,
     opencv_rotation,
-    sample_video,
     upright,
 )
 
@@ -93,14 +95,20 @@ class _PyAVReader:
         self.container.close()
 
 
-def read_video(path: str | Path, seg_num: int, transform: FrameTransform,
-               max_width: int = 7680, max_height: int = 4320, name: str | None = None) -> SampledVideo:
-    """Sample `seg_num` frames with PyAV, as models.video.read_video does with OpenCV.
+def stream_video(path: str | Path, seg_num: int, transform: FrameTransform, max_width: int = 7680,
+                 max_height: int = 4320, name: str | None = None, chunk_size: int = 32) -> FrameStream:
+    """Sample `seg_num` frames with PyAV, as models.video.stream_video does with OpenCV.
 
     Raises InputError for a missing, empty, non-video or damaged file, a file without a video stream, no
     decodable frame, or a resolution above the limit (either orientation).
     """
     path = Path(path)
     name = name or path.name
-    return sample_video(path, name, lambda: _PyAVReader(path, name), DECODER, seg_num, transform,
-                        max_width, max_height)
+    return (yield from sampling.stream_video(path, name, lambda: _PyAVReader(path, name), DECODER, seg_num,
+                                             transform, max_width, max_height, chunk_size))
+
+
+def read_video(path: str | Path, seg_num: int, transform: FrameTransform,
+               max_width: int = 7680, max_height: int = 4320, name: str | None = None) -> SampledVideo:
+    """`stream_video`, all at once."""
+    return collect(stream_video(path, seg_num, transform, max_width, max_height, name, chunk_size=seg_num))

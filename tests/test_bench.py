@@ -55,10 +55,11 @@ def test_bench_reports_every_figure(tmp_path: Path) -> None:
     assert agreement["overlap"] == 20
     assert (tmp_path / "b.png").is_file() or "matplotlib is not installed" in done.stderr
     # Cold start: a fresh `videotag tag` process, compared with the baseline's load + first video.
-    assert "cold start (`videotag tag`" in table
-    assert _positive(report["cold_start"]["cold_s"]) and report["cold_start"]["videos"] == 1
-    assert report["cold_start"]["warm_s_per_video"] is None  # one video: no second result to time
-    assert _positive(report["ratios"]["cold_vs_baseline"])
+    assert "cold start, fp32 (`videotag tag`" in table
+    assert _positive(report["cold_start"]["cold_s"]) and report["cold_start"]["videos"] == 2
+    assert _positive(report["cold_start"]["warm_s_per_video"])  # one video is tagged twice: the second is warm
+    assert _positive(report["ratios"]["cold_vs_baseline"]) and _positive(report["ratios"]["warm_vs_baseline"])
+    assert report["cold_start"]["agreement"][str(video)]["overlap"] == 20  # fp32: the baseline's tags
 
 
 @pytest.mark.slow
@@ -88,6 +89,13 @@ def test_cold_ratios_compare_with_the_baseline_as_a_cli_user_would() -> None:
     assert bench.cold_ratios(cold, baseline, baseline_load_s=30.0) == {"cold_vs_baseline": 20.0,
                                                                        "warm_vs_baseline": 85.5}
     assert bench.cold_ratios({**cold, "warm_s_per_video": None}, baseline, 30.0) == {"cold_vs_baseline": 20.0}
+
+
+def test_one_video_is_tagged_twice_cold_so_that_the_second_is_warm() -> None:
+    a, b = Path("a.mp4"), Path("b.mp4")
+    assert bench.cold_jobs([a], 1) == [a, a]
+    assert bench.cold_jobs([a], 3) == [a, a, a]
+    assert bench.cold_jobs([a, b], 1) == [a, b]
 
 
 def test_the_cold_tag_process_gets_the_bench_settings() -> None:

@@ -156,14 +156,15 @@ import io, json, sys
 from models.decoder_process import _serve
 out = io.BytesIO()
 _serve({request}, out)
-print(json.dumps([json.loads(out.getvalue().split(b"\\n")[0])["status"], "cv2" in sys.modules, "av" in sys.modules]))
+end = out.getvalue()[out.getvalue().rindex(b'{{"status": '):]  # the final header, after the chunks
+print(json.dumps([json.loads(end)["status"], "cv2" in sys.modules, "av" in sys.modules]))
 """
 
 
 @pytest.mark.parametrize(("decoder", "loaded"), [("opencv", [True, False]), ("pyav", [False, True])])
 def test_a_decoder_child_loads_one_library(clips: dict[str, Path], decoder: str, loaded: list[bool]) -> None:
     request = {"path": str(clips["h264.mp4"]), "seg_num": 2, "preprocess": "fast", "name": "x", "short_size": 256,
-               "crop_size": 224, "max_width": 7680, "max_height": 4320, "decoder": decoder}
+               "crop_size": 224, "max_width": 7680, "max_height": 4320, "decoder": decoder, "chunk_size": 32}
     run = subprocess.run([sys.executable, "-c", LOADED.format(request=request)], cwd=ROOT, capture_output=True,
                          text=True, check=True, timeout=60)
     assert json.loads(run.stdout.splitlines()[-1]) == ["ok", *loaded]

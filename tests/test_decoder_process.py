@@ -207,7 +207,7 @@ def test_native_log_noise_is_quiet(tmp_path: Path) -> None:
         for env_name, env in (("child", child_environment(os.environ)), ("worker", dict(os.environ))):
             request = {"path": str(truncated), "seg_num": SEG_NUM, "preprocess": "faithful", "name": "t.mp4",
                        "short_size": 256, "crop_size": 224, "max_width": 7680, "max_height": 4320,
-                       "decoder": decoder, "parent": os.getpid()}
+                       "decoder": decoder, "chunk_size": 32, "parent": os.getpid()}
             done = subprocess.run(COMMAND, input=json.dumps(request).encode(), capture_output=True, env=env,
                                   timeout=60, check=True)
             assert done.stdout.startswith(b'{"status": ')
@@ -227,7 +227,7 @@ def test_the_cpu_limit_is_the_file_s_fault(tmp_path: Path) -> None:
 
 def test_memory_beyond_the_limit_is_the_file_s_fault(tmp_path: Path) -> None:
     """Allocating 3 GiB under a 1 GiB address-space limit fails: the child says so with its code."""
-    allocate = "import models.video as v\nv.read_video = lambda *args, **kwargs: bytearray(3 << 30)"
+    allocate = "import models.video as v\nv.stream_video = lambda *args, **kwargs: bytearray(3 << 30)"
     with pytest.raises(InputError) as caught:
         replace(_decoder(_real_main(allocate)), limits=DecoderLimits(memory_bytes=1 << 30))(
             tmp_path / "bomb.mp4", SEG_NUM, name="bomb.mp4")
@@ -245,7 +245,7 @@ def test_opencv_out_of_memory_is_a_memory_error(tmp_path: Path, monkeypatch: pyt
         error.code, error.err = cv2.Error.StsNoMem, "Failed to allocate 99532800 bytes"
         raise error
 
-    monkeypatch.setattr(video, "sample_video", no_memory)
+    monkeypatch.setattr(video.sampling, "stream_video", no_memory)
     with pytest.raises(MemoryError, match=r"x\.mp4: Failed to allocate"):
         video.read_video(tmp_path / "x.mp4", SEG_NUM, make_transform("faithful", 256, 224))
 

@@ -3,23 +3,28 @@
 `load_tagger` loads the networks in this process (`videotag features`, `train`, `eval`, and the model process
 itself). `build_chain` is what the worker, `videotag tag`, `bench` and `demo` use: the same networks placed
 where the caller needs them (`networks`):
-- "process": in the model process (worker/model_process.py): the worker's threads never wait on Paddle's GIL;
+- "process": in the model process (worker/model_process.py): the worker's threads never wait on Paddle's GIL
+  (the worker; `videotag tag`, whose networks load there while its first video decodes, and which reads the
+  decoder's chunks while the network runs);
 - "thread": in this process, behind one `ModelThread` that merges the chunks of concurrent videos (`bench`,
   which measures the engine and the pipeline in one process);
-- "inline": in this process, called directly (`videotag tag`: one video at a time, no endpoints to keep
-  responsive).
-Each video is decoded in a child process when `decode_timeout_s` > 0 (the default), whatever the placement.
+- "inline": in this process, called directly (the bench's original-style baseline).
+Each video is decoded in a child process when `decode_timeout_s` > 0 (the default), whatever the placement
+(`decoding`, which needs only the settings: `videotag tag` starts its first video's decoding before the networks
+are loaded).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from models.chain import RANDOM_WEIGHTS, VideoTagger
 from models.config import ExtractorConfig, PredictorConfig
-from models.decoder_process import DecoderLimits, isolate_decoding
+from models.decoder_process import DecoderLimits, DecoderProcess
+from models.sampling import Sampler
+from models.video import InProcessDecoder
 from worker.metrics import Metrics
 from worker.model_process import ModelProcess
 from worker.pipeline import ModelThread, replace_engines
@@ -94,10 +99,21 @@ def build_chain(settings: Settings, networks: str, metrics: Metrics | None = Non
         if networks == "thread":
             model_thread = ModelThread(settings.batch_size).start()
             tagger, close = replace_engines(tagger, model_thread.wrap), model_thread.stop
-    if settings.decode_timeout_s > 0:  # a crashing or hanging decoder costs one video, not the caller
-        tagger = isolate_decoding(tagger, settings.decode_timeout_s,
-                                  DecoderLimits(settings.decoder_max_memory_bytes, settings.decoder_max_cpu_s))
-    return Chain(tagger, close, process)
+    return Chain(replace(tagger, sampler=decoding(settings)), close, process)
+
+
+def decoding(settings: Settings) -> Sampler:
+    """How the chain decodes each video (the frames the networks expect: the extractor's crop, the settings'
+    preprocessing), in chunks of `batch_size` crops: in a child process when decode_timeout_s > 0 (a crashing or
+    hanging decoder costs one video, not the caller), else in this process."""
+    cfg = ExtractorConfig(layers=settings.layers, seg_num=settings.seg_num)
+    if settings.decode_timeout_s > 0:
+        return DecoderProcess(settings.preprocess, cfg.short_size, cfg.target_size, settings.max_width,
+                              settings.max_height, settings.decode_timeout_s,
+                              DecoderLimits(settings.decoder_max_memory_bytes, settings.decoder_max_cpu_s),
+                              chunk_size=settings.batch_size)
+    return InProcessDecoder(settings.preprocess, cfg.short_size, cfg.target_size, settings.max_width,
+                            settings.max_height, chunk_size=settings.batch_size)
 
 
 def _nothing() -> None:

@@ -97,17 +97,20 @@ def _video_paths(args: argparse.Namespace) -> list[str]:
 def _tag(args: argparse.Namespace, paths: list[str], save_dir: str | None, sheets: list[Path] | None) -> int:
     """Tag `paths` (tag and preview), with a contact sheet per video at `sheets`; the font is looked for first,
     so that a missing one costs no model load."""
-    from worker.chain_builder import build_chain
+    from worker.chain_builder import build_chain, decoding
     from worker.commands.preview import DEFAULT_TILES, SheetWriter, find_font
-    from worker.commands.tag import tag_files
+    from worker.commands.tag import start_tagging, tag_files
 
     settings = _settings(args)
     writer = SheetWriter(find_font(args.font), args.tiles or DEFAULT_TILES) if sheets is not None else None
-    # networks in this process: one video at a time, and no endpoints to keep responsive
-    chain = build_chain(settings, "inline")
-    failures = tag_files(chain.tagger, paths, Path(save_dir) if save_dir else None,
-                         sheets=(writer, sheets) if writer is not None and sheets is not None else None,
-                         quiet=args.quiet)
+    # the networks load in the model process while the first video decodes (worker/commands/tag.py)
+    chain, first = start_tagging(settings, paths, lambda s: build_chain(s, "process"), decoding(settings))
+    try:
+        failures = tag_files(chain.tagger, paths, Path(save_dir) if save_dir else None,
+                             sheets=(writer, sheets) if writer is not None and sheets is not None else None,
+                             quiet=args.quiet, first=first)
+    finally:
+        chain.close()
     return EXIT_FAILED if failures else EXIT_OK
 
 
@@ -431,6 +434,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--skip-baseline", action="store_true", help="no baseline (and no ratio or agreement)")
     bench.add_argument("--skip-cold-start", action="store_true",
                        help="no cold `videotag tag` run (first-result and per-video seconds as a CLI user sees them)")
+    bench.add_argument("--cold-precisions", nargs="+", metavar="PRECISION", choices=CHOICES["precision"],
+                       help="cold `videotag tag` runs in these precisions too (e.g. fp32 bf16), side by side")
     bench.add_argument("--ceiling-seconds", type=float, default=20.0, help="time spent measuring the ceiling")
     bench.add_argument("--plot", metavar="PNG", help="plot throughput and stage latencies (needs matplotlib)")
     bench.add_argument("--json", dest="json_out", metavar="FILE", help="also write the figures as JSON")

@@ -54,6 +54,7 @@ from PIL import Image
 
 from models.chain import VideoTagger
 from models.labels import top_k
+from models.options import Precision
 from models.preprocess import normalise, scaled_size
 from models.sampling import sample_indices
 from worker.chain_builder import Chain, build_chain
@@ -370,9 +371,11 @@ def tag_environment(settings: Settings) -> dict[str, str]:
 
 def cold_start(settings: Settings, videos: list[Path], timeout_s: float = 3600.0) -> dict[str, Any]:
     """`videotag tag VIDEO...` as a fresh process: seconds from its start to its first result line (cold: the
-    interpreter, imports, model load and the first video) and mean seconds between later lines (warm)."""
+    interpreter, imports, model load and the first video) and mean seconds between later lines (warm), and
+    each video's top-20 class ids (from its first result)."""
     command = [sys.executable, "-m", "worker.cli", "tag", *map(str, videos)]
     arrivals: list[float] = []
+    tops: dict[str, list[int]] = {}
     with tempfile.TemporaryFile() as stderr:
         start = time.perf_counter()
         child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, env=tag_environment(settings))
@@ -380,8 +383,11 @@ def cold_start(settings: Settings, videos: list[Path], timeout_s: float = 3600.0
         watchdog = threading.Timer(timeout_s, child.kill)  # a child that hangs before its output ends
         watchdog.start()
         try:
-            for _line in child.stdout:
+            for line in child.stdout:
                 arrivals.append(time.perf_counter() - start)
+                record = json.loads(line)
+                if "tags" in record:
+                    tops.setdefault(record["path"], [t["class_id"] for t in record["tags"]])
             code = child.wait()
         finally:
             watchdog.cancel()
@@ -395,7 +401,34 @@ def cold_start(settings: Settings, videos: list[Path], timeout_s: float = 3600.0
     warm = (arrivals[-1] - arrivals[0]) / (len(arrivals) - 1) if len(arrivals) > 1 else None
     return {"videos": len(arrivals), "cold_s": round(arrivals[0], 2),
             "warm_s_per_video": None if warm is None else round(warm, 2),
-            "process_s": round(time.perf_counter() - start, 2)}
+            "process_s": round(time.perf_counter() - start, 2), "tops": tops}
+
+
+def cold_jobs(videos: list[Path], repeat: int) -> list[Path]:
+    """The videos × repeat, at least two results: one video (say a long one) is tagged twice, so that the
+    second gives the warm figure."""
+    jobs = [path for _ in range(repeat) for path in videos]
+    return jobs * 2 if len(jobs) == 1 else jobs
+
+
+def run_cold_starts(settings: Settings, options: BenchOptions, baseline: dict[str, Any] | None,
+                    baseline_tops: dict[str, list[int]], baseline_load_s: float) -> dict[str, dict[str, Any]]:
+    """A cold `videotag tag` per precision (the bench's own first), each with its ratios to the baseline and its
+    top-20 agreement with it; a run that fails says why in its entry."""
+    runs: dict[str, dict[str, Any]] = {}
+    for precision in dict.fromkeys((settings.precision, *options.cold_precisions)):
+        print(f"cold start: `videotag tag` as a fresh process, {precision}", file=sys.stderr, flush=True)
+        try:
+            run = cold_start(replace(settings, precision=precision), cold_jobs(options.videos, options.repeat))
+        except RuntimeError as exc:  # the other figures stand; say why this one is missing
+            runs[precision] = {"error": str(exc)}
+            continue
+        if baseline is not None:
+            run["ratios"] = cold_ratios(run, baseline, baseline_load_s)
+            run["agreement"] = {path: agreement(run["tops"][path], top)
+                                for path, top in baseline_tops.items() if path in run["tops"]}
+        runs[precision] = run
+    return runs
 
 
 def cold_ratios(cold: dict[str, Any], baseline: dict[str, Any], baseline_load_s: float) -> dict[str, float]:
@@ -459,6 +492,7 @@ class BenchOptions:
     ceiling_seconds: float = 20.0
     threads: int | None = None
     cold_start: bool = True
+    cold_precisions: tuple[Precision, ...] = ()  # cold runs in these precisions too, side by side
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -493,6 +527,7 @@ def run_bench(settings: Settings, options: BenchOptions) -> dict[str, Any]:
                              "after_frames_per_s": after["frames_per_s"]}
         chain.close()
         del tagger, chain
+        baseline_tops: dict[str, list[int]] = {}
         if not options.skip_baseline:
             print("baseline: original-style reader, dygraph fp32, one video at a time", file=sys.stderr, flush=True)
             with sampler.phase("baseline_load"):
@@ -503,13 +538,15 @@ def run_bench(settings: Settings, options: BenchOptions) -> dict[str, Any]:
             report["agreement"] = {path: agreement(pipeline_tops[path], baseline_tops[path])
                                    for path in baseline_tops}
         if options.cold_start:
-            print("cold start: `videotag tag` as a fresh process", file=sys.stderr, flush=True)
             with sampler.phase("cold_start"):
-                try:
-                    report["cold_start"] = cold_start(settings,
-                                                      [p for _ in range(options.repeat) for p in options.videos])
-                except RuntimeError as exc:  # the other figures stand; say why this one is missing
-                    report["cold_start_error"] = str(exc)
+                runs = run_cold_starts(settings, options, report.get("baseline"), baseline_tops,
+                                       sampler.phases["baseline_load"].wall_s if "baseline" in report else 0.0)
+            report["cold_starts"] = runs
+            own = runs[settings.precision]
+            if "error" in own:
+                report["cold_start_error"] = own["error"]
+            else:
+                report["cold_start"] = own
     pipeline, ceiling = report["pipeline"], report["ceiling"]
     # Wall-clock fraction (idle waits count against the pipeline) and, robust to other load on the machine,
     # the fraction of frames per CPU-second of this process (idle waits do not count).
@@ -519,8 +556,7 @@ def run_bench(settings: Settings, options: BenchOptions) -> dict[str, Any]:
     if "baseline" in report:
         ratios["pipeline_vs_baseline"] = round(pipeline["videos_per_min"] / report["baseline"]["videos_per_min"], 3)
         if "cold_start" in report:
-            ratios.update(cold_ratios(report["cold_start"], report["baseline"],
-                                      sampler.phases["baseline_load"].wall_s))
+            ratios.update(report["cold_start"]["ratios"])
     report["ratios"] = ratios
     report["memory"]["peak_rss_mb"] = round(peak_rss_mb(), 1)
     report["memory"]["phases"] = {name: phase.as_dict() for name, phase in sampler.phases.items()}
@@ -652,18 +688,22 @@ def format_report(report: dict[str, Any]) -> str:
         for path, a in report.get("agreement", {}).items():
             lines.append(f"top-20 vs baseline, {Path(path).name}: {a['overlap']}/{a['of']} overlap, identical order: "
                          f"{'yes' if a['identical_order'] else 'no'}")
-        if "cold_start" in report:
-            c = report["cold_start"]
+        for precision, c in report.get("cold_starts", {}).items():
+            if "error" in c:
+                lines.append(f"cold start, {precision}: not measured: {c['error']}")
+                continue
             warm = f"{c['warm_s_per_video']} s" if c["warm_s_per_video"] is not None else "n/a (one video)"
-            line = f"cold start (`videotag tag`, fresh process, export cached): first result {c['cold_s']} s, " \
-                   f"then {warm} per video"
-            if "cold_vs_baseline" in ratios:
-                line += f"; vs baseline: {ratios['cold_vs_baseline']:.2f}x cold"
-                if "warm_vs_baseline" in ratios:
-                    line += f", {ratios['warm_vs_baseline']:.2f}x warm"
+            line = f"cold start, {precision} (`videotag tag`, fresh process, export cached): first result " \
+                   f"{c['cold_s']} s, then {warm} per video"
+            if "ratios" in c:
+                line += f"; vs baseline: {c['ratios']['cold_vs_baseline']:.2f}x cold"
+                if "warm_vs_baseline" in c["ratios"]:
+                    line += f", {c['ratios']['warm_vs_baseline']:.2f}x warm"
+            agreed = [f"{Path(path).name} {a['overlap']}/{a['of']}{'' if a['identical_order'] else ' (order differs)'}"
+                      for path, a in c.get("agreement", {}).items()]
+            if agreed:
+                line += f"; top-20 vs baseline: {', '.join(agreed)}"
             lines.append(line)
-        if "cold_start_error" in report:
-            lines.append(f"cold start: not measured: {report['cold_start_error']}")
         lines.append(f"peak RSS: {report['memory']['peak_rss_mb']:.0f} MB (process), "
                      f"{report['memory']['peak_rss_after_pipeline_mb']:.0f} MB after the pipeline phase")
     phases = report["memory"]["phases"]
@@ -737,7 +777,8 @@ def bench_command(args: argparse.Namespace, settings: Settings) -> int:
                 print(f"videotag bench: no video files in {args.videos}", file=sys.stderr)
                 return EXIT_USAGE
             options = BenchOptions(videos, args.repeat, args.skip_baseline, args.ceiling_seconds, threads,
-                                   cold_start=not args.skip_cold_start)
+                                   cold_start=not args.skip_cold_start,
+                                   cold_precisions=tuple(args.cold_precisions or ()))
             report = run_host_side(settings, options) if settings.engine == "simulated" else \
                 run_bench(settings, options)
     except (WeightsError, LabelsError, EngineOptionsError, FileNotFoundError, ValueError) as exc:
