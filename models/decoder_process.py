@@ -63,6 +63,7 @@ from typing import IO, Any, cast
 import numpy as np
 
 from models import cancel
+from models.config import TSN_FILE, config_default
 from models.errors import CodedError, ErrorCode, InputError, NeedsFallback, SystemicError, os_error_code
 from models.preprocess import make_transform
 from models.sampling import FrameChunk, FrameStream, SampledVideo, Sampling, collect
@@ -120,7 +121,7 @@ class DecoderProcess:
     command: tuple[str, ...] = field(default=COMMAND)  # tests substitute children that crash or hang
     decoders: tuple[str, ...] = DECODERS
 
-    chunk_size: int = 32  # crops per chunk of the stream: the tagger's batch size
+    chunk_size: int = config_default(TSN_FILE, "batch_size")  # crops per chunk of the stream: the tagger's batch size
 
     def __call__(self, path: str | Path, seg_num: int, name: str | None = None) -> SampledVideo:
         return collect(self.stream(path, seg_num, name))

@@ -37,7 +37,7 @@ def _center_crop(image: np.ndarray, size: int) -> np.ndarray:
     return image[top : top + size, left : left + size]
 
 
-def faithful_transform(short_size: int = 256, crop_size: int = 224) -> FrameTransform:
+def faithful_transform(short_size: int, crop_size: int) -> FrameTransform:
     """PIL bilinear resize, as the original. PIL filters over the whole footprint when downscaling."""
 
     def transform(rgb: np.ndarray) -> np.ndarray:
@@ -50,7 +50,7 @@ def faithful_transform(short_size: int = 256, crop_size: int = 224) -> FrameTran
     return transform
 
 
-def fast_transform(short_size: int = 256, crop_size: int = 224) -> FrameTransform:
+def fast_transform(short_size: int, crop_size: int) -> FrameTransform:
     """OpenCV area resize: several times cheaper than the faithful path, with pixels a few grey levels apart
     (tags measured in bench)."""
     import cv2
@@ -69,7 +69,7 @@ def fast_transform(short_size: int = 256, crop_size: int = 224) -> FrameTransfor
 TRANSFORMS = {"faithful": faithful_transform, "fast": fast_transform}
 
 
-def make_transform(kind: str, short_size: int = 256, crop_size: int = 224) -> FrameTransform:
+def make_transform(kind: str, short_size: int, crop_size: int) -> FrameTransform:
     if kind not in TRANSFORMS:
         raise ValueError(f"preprocess must be one of {sorted(TRANSFORMS)}, not {kind!r}")
     return TRANSFORMS[kind](short_size, crop_size)

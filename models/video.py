@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 
 from models import sampling
+from models.config import TSN_FILE, config_default
 from models.decoder_process import DecoderProcess
 from models.errors import ErrorCode, InputError, NeedsFallback
 from models.preprocess import FrameTransform, make_transform
@@ -69,8 +70,8 @@ class _CaptureReader:
         self.capture.release()
 
 
-def stream_video(path: str | Path, seg_num: int, transform: FrameTransform, max_width: int = 7680,
-                 max_height: int = 4320, name: str | None = None, chunk_size: int = 32) -> FrameStream:
+def stream_video(path: str | Path, seg_num: int, transform: FrameTransform, max_width: int, max_height: int,
+                 name: str | None = None, *, chunk_size: int) -> FrameStream:
     """Sample `seg_num` frames of a video file with OpenCV, exactly as the original reader (models/sampling.py),
     in chunks of `chunk_size` as they are decoded.
 
@@ -93,8 +94,8 @@ def stream_video(path: str | Path, seg_num: int, transform: FrameTransform, max_
         raise
 
 
-def read_video(path: str | Path, seg_num: int, transform: FrameTransform,
-               max_width: int = 7680, max_height: int = 4320, name: str | None = None) -> SampledVideo:
+def read_video(path: str | Path, seg_num: int, transform: FrameTransform, max_width: int, max_height: int,
+               name: str | None = None) -> SampledVideo:
     """`stream_video`, all at once."""
     return collect(stream_video(path, seg_num, transform, max_width, max_height, name, chunk_size=seg_num))
 
@@ -109,7 +110,7 @@ class InProcessDecoder:
     crop_size: int
     max_width: int
     max_height: int
-    chunk_size: int = 32  # crops per chunk of the stream: the tagger's batch size
+    chunk_size: int = config_default(TSN_FILE, "batch_size")  # crops per chunk of the stream: the tagger's batch size
     transform: FrameTransform = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -118,7 +119,7 @@ class InProcessDecoder:
     def stream(self, path: str | Path, seg_num: int, name: str | None = None) -> FrameStream:
         try:
             return (yield from stream_video(path, seg_num, self.transform, self.max_width, self.max_height, name,
-                                            self.chunk_size))
+                                            chunk_size=self.chunk_size))
         except NeedsFallback:  # raised before any chunk was sent (models/video.py stream_video)
             fallback = DecoderProcess(self.preprocess, self.short_size, self.crop_size, self.max_width,
                                       self.max_height, timeout_s=None, decoders=("pyav",), chunk_size=self.chunk_size)

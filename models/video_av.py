@@ -95,8 +95,8 @@ class _PyAVReader:
         self.container.close()
 
 
-def stream_video(path: str | Path, seg_num: int, transform: FrameTransform, max_width: int = 7680,
-                 max_height: int = 4320, name: str | None = None, chunk_size: int = 32) -> FrameStream:
+def stream_video(path: str | Path, seg_num: int, transform: FrameTransform, max_width: int, max_height: int,
+                 name: str | None = None, *, chunk_size: int) -> FrameStream:
     """Sample `seg_num` frames with PyAV, as models.video.stream_video does with OpenCV.
 
     Raises InputError for a missing, empty, non-video or damaged file, a file without a video stream, no
@@ -108,7 +108,7 @@ def stream_video(path: str | Path, seg_num: int, transform: FrameTransform, max_
                                              transform, max_width, max_height, chunk_size))
 
 
-def read_video(path: str | Path, seg_num: int, transform: FrameTransform,
-               max_width: int = 7680, max_height: int = 4320, name: str | None = None) -> SampledVideo:
+def read_video(path: str | Path, seg_num: int, transform: FrameTransform, max_width: int, max_height: int,
+               name: str | None = None) -> SampledVideo:
     """`stream_video`, all at once."""
     return collect(stream_video(path, seg_num, transform, max_width, max_height, name, chunk_size=seg_num))

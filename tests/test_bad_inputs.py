@@ -93,20 +93,20 @@ def test_resolution_limit() -> None:
     require_shared()
     bikes = VIDEOS / "bikes.mp4"  # 640x272
     with pytest.raises(InputError) as info:
-        read_video(bikes, 8, faithful_transform(), max_width=320, max_height=240)
+        read_video(bikes, 8, faithful_transform(256, 224), max_width=320, max_height=240)
     assert info.value.code == ErrorCode.RESOLUTION_TOO_LARGE
     assert "640x272" in info.value.message
     with pytest.raises(InputError) as info:
-        read_video(bikes, 8, faithful_transform(), max_width=639, max_height=600)
+        read_video(bikes, 8, faithful_transform(256, 224), max_width=639, max_height=600)
     assert info.value.code == ErrorCode.RESOLUTION_TOO_LARGE
-    assert read_video(bikes, 8, faithful_transform(), max_width=640, max_height=272).frames_decoded == 250  # at it
+    assert read_video(bikes, 8, faithful_transform(256, 224), max_width=640, max_height=272).frames_decoded == 250
     # The limit holds in either orientation (as read_video documents): 640x272 is within a 272x640 limit.
-    assert read_video(bikes, 8, faithful_transform(), max_width=272, max_height=640).width == 640
+    assert read_video(bikes, 8, faithful_transform(256, 224), max_width=272, max_height=640).width == 640
 
 
 def test_video_shorter_than_seg_num_is_valid(tmp_path: Path) -> None:
     clip = make_clip(tmp_path / "short.mp4", 50)
-    sampled = read_video(clip, 300, faithful_transform())
+    sampled = read_video(clip, 300, faithful_transform(256, 224), 7680, 4320)
     assert sampled.frames_decoded == 50
     assert sampled.frames.shape == (300, 224, 224, 3)
     assert sampled.order.tolist() == [i % 50 for i in range(300)]

@@ -58,7 +58,7 @@ def test_a_failing_self_test_means_the_worker_is_broken_for_every_waiting_failur
 def test_the_self_test_clip_decodes(tmp_path: Path) -> None:
     clip = tmp_path / "selftest.mp4"
     make_clip(clip)
-    video = read_video(clip, 8, lambda frame: frame)
+    video = read_video(clip, 8, lambda frame: frame, 7680, 4320)
     assert video.frames_decoded == 30 and len(video.order) == 8
 
 

@@ -61,7 +61,7 @@ def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.parametrize("preprocess", ["faithful", "fast"])
 def test_same_frames_as_in_process(clip: Path, preprocess: str) -> None:
-    expected = read_video(clip, SEG_NUM, make_transform(preprocess, 256, 224))
+    expected = read_video(clip, SEG_NUM, make_transform(preprocess, 256, 224), 7680, 4320)
     got = _decoder(preprocess=preprocess)(clip, SEG_NUM)
     np.testing.assert_array_equal(got.crops, expected.crops)
     np.testing.assert_array_equal(got.order, expected.order)
@@ -247,7 +247,7 @@ def test_opencv_out_of_memory_is_a_memory_error(tmp_path: Path, monkeypatch: pyt
 
     monkeypatch.setattr(video.sampling, "stream_video", no_memory)
     with pytest.raises(MemoryError, match=r"x\.mp4: Failed to allocate"):
-        video.read_video(tmp_path / "x.mp4", SEG_NUM, make_transform("faithful", 256, 224))
+        video.read_video(tmp_path / "x.mp4", SEG_NUM, make_transform("faithful", 256, 224), 7680, 4320)
 
 
 def test_a_decoder_killed_by_someone_else_is_the_machine_s_fault(clip: Path) -> None:

@@ -45,7 +45,7 @@ def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_the_child_streams_chunks_that_add_up_to_the_whole_video(clip: Path) -> None:
     decoder = DecoderProcess("faithful", 256, 224, 7680, 4320, 60, chunk_size=5)
     chunks, sampling = _chunks(decoder.stream(clip, SEG_NUM))
-    expected = read_video(clip, SEG_NUM, make_transform("faithful", 256, 224))
+    expected = read_video(clip, SEG_NUM, make_transform("faithful", 256, 224), 7680, 4320)
     assert [len(c.ordinals) for c in chunks] == [5, 5, 2]  # 12 distinct picks of 40 frames, in chunks of 5
     sent = [ordinal for chunk in chunks for ordinal in chunk.ordinals]
     assert sent == sorted(sent) == list(sampling.frames)  # in decoding order, each once

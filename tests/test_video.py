@@ -96,7 +96,7 @@ class CountingTransform:
     """The faithful transform, counting calls (how many frames the reader holds at most)."""
 
     def __init__(self) -> None:
-        self.inner = faithful_transform()
+        self.inner = faithful_transform(256, 224)
         self.calls = 0
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
@@ -121,7 +121,7 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def test_read_sample_videos(video: str, frames: int, size: tuple[int, int], fps: float) -> None:
     require_shared()
     path = VIDEOS / video
-    sampled = read_video(path, 300, faithful_transform())
+    sampled = read_video(path, 300, faithful_transform(256, 224), 7680, 4320)
     assert sampled.frames_decoded == frames
     assert sampled.frames_reported == frames
     assert (sampled.width, sampled.height) == size
@@ -130,7 +130,7 @@ def test_read_sample_videos(video: str, frames: int, size: tuple[int, int], fps:
     assert sampled.crops.shape == (frames, 224, 224, 3)
     assert sampled.crops.dtype == np.uint8
     assert sampled.order.tolist() == [i % frames for i in range(300)]
-    reference, decoded, _ = naive_read(path, 300, faithful_transform())
+    reference, decoded, _ = naive_read(path, 300, faithful_transform(256, 224))
     assert decoded == frames
     np.testing.assert_array_equal(sampled.frames, reference)
 
@@ -138,18 +138,18 @@ def test_read_sample_videos(video: str, frames: int, size: tuple[int, int], fps:
 def test_read_sample_video_seg8() -> None:
     require_shared()
     path = VIDEOS / "carphone_pristine.mp4"
-    sampled = read_video(path, 8, faithful_transform())
+    sampled = read_video(path, 8, faithful_transform(256, 224), 7680, 4320)
     assert sampled.crops.shape[0] == 8
     assert sampled.order.tolist() == list(range(8))  # 7, 22, ..., 112: all distinct
-    reference, _, _ = naive_read(path, 8, faithful_transform())
+    reference, _, _ = naive_read(path, 8, faithful_transform(256, 224))
     np.testing.assert_array_equal(sampled.frames, reference)
 
 
 @pytest.mark.parametrize("seg_num", [8, 300])
 def test_streaming_reader_equals_naive_reader_on_long_clip(clips: dict[str, Path], seg_num: int) -> None:
     transform = CountingTransform()
-    sampled = read_video(clips["long"], seg_num, transform)
-    reference, decoded, reported = naive_read(clips["long"], seg_num, faithful_transform())
+    sampled = read_video(clips["long"], seg_num, transform, 7680, 4320)
+    reference, decoded, reported = naive_read(clips["long"], seg_num, faithful_transform(256, 224))
     assert decoded == reported == 700
     assert sampled.frames_decoded == 700 and sampled.frames_reported == 700
     assert sampled.frames.shape == (seg_num, 224, 224, 3)
@@ -172,8 +172,8 @@ def test_streaming_reader_when_fewer_frames_decode_than_declared(clips: dict[str
 
     monkeypatch.setattr(sampling_module, "_decode_picks", spy)
     transform = CountingTransform()
-    sampled = read_video(clips["truncated"], seg_num, transform)
-    reference, decoded, reported = naive_read(clips["truncated"], seg_num, faithful_transform())
+    sampled = read_video(clips["truncated"], seg_num, transform, 7680, 4320)
+    reference, decoded, reported = naive_read(clips["truncated"], seg_num, faithful_transform(256, 224))
     assert reported == 700
     assert 0 < decoded < reported, "the truncated clip must declare more frames than decode"
     assert sampled.frames_reported == reported
@@ -224,7 +224,7 @@ def test_second_pass_logic_with_a_fake_capture(monkeypatch: pytest.MonkeyPatch, 
     monkeypatch.setattr(video_module.cv2, "VideoCapture", FakeCapture)
     path = tmp_path / "fake.mp4"
     path.write_bytes(b"\x00\x00\x00\x18ftypisom" + bytes(100))
-    sampled = read_video(path, 8, lambda rgb: rgb[:1, :1].copy())
+    sampled = read_video(path, 8, lambda rgb: rgb[:1, :1].copy(), 7680, 4320)
     stream = [i for i in range(30) if i not in failing]  # what the original's frames list holds
     assert sampled.frames_decoded == len(stream) == 27
     assert sampled.frames_reported == 40
@@ -274,7 +274,7 @@ def pil_reference(rgb: np.ndarray) -> np.ndarray:
 def test_faithful_transform_equals_pil(shape: tuple[int, int]) -> None:
     rng = np.random.default_rng(sum(shape))
     rgb = rng.integers(0, 256, (*shape, 3), dtype=np.uint8)
-    ours = faithful_transform()(rgb)
+    ours = faithful_transform(256, 224)(rgb)
     assert ours.shape == (224, 224, 3) and ours.dtype == np.uint8
     np.testing.assert_array_equal(ours.astype(np.float32), pil_reference(rgb))
 
@@ -284,7 +284,7 @@ def test_faithful_resize_is_not_opencv_bilinear() -> None:
     transform built on the latter would differ by far more than rounding on a detailed frame."""
     rng = np.random.default_rng(1)
     rgb = rng.integers(0, 256, (720, 1280, 3), dtype=np.uint8)
-    ours = faithful_transform()(rgb).astype(np.int16)
+    ours = faithful_transform(256, 224)(rgb).astype(np.int16)
     resized = cv2.resize(rgb, (341, 256), interpolation=cv2.INTER_LINEAR)
     top, left = round((256 - 224) / 2), round((341 - 224) / 2)
     opencv = resized[top : top + 224, left : left + 224].astype(np.int16)
@@ -298,7 +298,7 @@ def test_faithful_resize_is_not_opencv_bilinear() -> None:
 def test_center_crop_offsets_round_half_to_even(width: int, left: int) -> None:
     """(w - 224) / 2 = 16.5 → 16, 17.5 → 18, 18.5 → 18, 58.5 → 58: Python's round, not floor or half-up.
     A short side of 256 skips the resize, so the offsets are visible on a frame with position-coded pixels."""
-    for transform in (faithful_transform(), fast_transform()):
+    for transform in (faithful_transform(256, 224), fast_transform(256, 224)):
         columns = np.broadcast_to(np.arange(width, dtype=np.uint16)[None, :], (256, width))
         rows = np.broadcast_to(np.arange(256, dtype=np.uint16)[:, None], (256, width))
         rgb = np.stack([columns // 256, columns % 256, rows % 256], axis=-1).astype(np.uint8)  # R=col, G, B=row
@@ -338,8 +338,8 @@ def _smooth_image(width: int, height: int) -> np.ndarray:
 @pytest.mark.parametrize("size", [(640, 360), (320, 240), (176, 144), (300, 700), (256, 300)])
 def test_fast_transform_close_to_faithful_on_smooth_image(size: tuple[int, int]) -> None:
     rgb = _smooth_image(*size)
-    faithful = faithful_transform()(rgb).astype(np.int16)
-    fast = fast_transform()(rgb).astype(np.int16)
+    faithful = faithful_transform(256, 224)(rgb).astype(np.int16)
+    fast = fast_transform(256, 224)(rgb).astype(np.int16)
     assert fast.shape == faithful.shape == (224, 224, 3)
     assert np.abs(fast - faithful).max() <= 3
     assert np.abs(fast - faithful).mean() <= 0.5
@@ -347,7 +347,7 @@ def test_fast_transform_close_to_faithful_on_smooth_image(size: tuple[int, int])
 
 def test_make_transform() -> None:
     rgb = _smooth_image(320, 240)
-    np.testing.assert_array_equal(make_transform("faithful")(rgb), faithful_transform()(rgb))
-    np.testing.assert_array_equal(make_transform("fast")(rgb), fast_transform()(rgb))
+    np.testing.assert_array_equal(make_transform("faithful", 256, 224)(rgb), faithful_transform(256, 224)(rgb))
+    np.testing.assert_array_equal(make_transform("fast", 256, 224)(rgb), fast_transform(256, 224)(rgb))
     with pytest.raises(ValueError, match="preprocess"):
-        make_transform("bicubic")
+        make_transform("bicubic", 256, 224)
