@@ -42,10 +42,10 @@ def add_setting_flags(parser: argparse.ArgumentParser, names: list[str], undersc
 MODEL_SETTINGS = ["extractor_weights", "predictor_weights", "label_file", "predictors", "seg_num", "topk", "device",
                   "layers",
                   "preprocess", "engine", "precision", "batch_size", "allow_random_weights", "model_cache_dir",
-                  "cpu_threads", "tensorrt", "simulated_ms_per_frame"]
+                  "cpu_threads", "tensorrt", "simulated_ms_per_frame", "int8_calibration"]
 # features, train, eval: the extractor only (each head comes from the command's own arguments)
 EXTRACTOR_SETTINGS = ["extractor_weights", "seg_num", "layers", "preprocess", "engine", "precision", "device",
-                      "batch_size", "model_cache_dir", "cpu_threads", "tensorrt"]
+                      "batch_size", "model_cache_dir", "cpu_threads", "tensorrt", "int8_calibration"]
 WORKER_SETTINGS = ["bootstrap_servers", "group_id", "input_topic", "output_topic", "dlq_topic", "s3_endpoint_url",
                    "metrics_port", "metrics_host", "max_inflight", "drain_grace_s", "temp_dir", "features_output",
                    "log_format", "otel_exporter_otlp_endpoint"]
@@ -71,6 +71,7 @@ def _video_paths(args: argparse.Namespace) -> list[str]:
 def _tag(args: argparse.Namespace, paths: list[str], save_dir: str | None, sheets: list[Path] | None) -> int:
     """Tag `paths` (tag and preview), with a contact sheet per video at `sheets`; the font is looked for first,
     so that a missing one costs no model load."""
+    from models.inference import EngineOptionsError
     from models.labels import LabelsError
     from models.weights import WeightsError
     from worker.batch import tag_files
@@ -82,7 +83,7 @@ def _tag(args: argparse.Namespace, paths: list[str], save_dir: str | None, sheet
         writer = SheetWriter(find_font(args.font), args.tiles or DEFAULT_TILES) if sheets is not None else None
         # networks in this process: one video at a time, and no endpoints to keep responsive
         chain = build_chain(settings, "inline")
-    except (WeightsError, LabelsError, FontMissing) as exc:
+    except (WeightsError, LabelsError, FontMissing, EngineOptionsError) as exc:
         print(f"videotag {args.command}: {exc}", file=sys.stderr)
         return EXIT_USAGE
     failures = tag_files(chain.tagger, paths, Path(save_dir) if save_dir else None,
@@ -286,6 +287,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(settings, [Path(v) for v in args.videos or []])
 
 
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from models.calibration import CalibrationError
+    from models.errors import CodedError
+    from worker.calibrate import calibrate
+
+    if not (paths := _video_paths(args)):
+        return EXIT_USAGE
+    try:
+        out, frames = calibrate(_settings(args), paths, args.out, args.frames)
+    except (CodedError, CalibrationError, OSError) as exc:
+        print(f"videotag calibrate: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"calibration set of {frames} frames from {len(paths)} videos in {out}; "
+          f"tag with --precision int8 --int8-calibration {out}", file=sys.stderr)
+    return EXIT_OK
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from worker.bench import bench_command
 
@@ -412,6 +430,16 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--videos", nargs="+", help="videos to upload (default: generated clips)")
     add_setting_flags(demo, [*MODEL_SETTINGS, "max_inflight"])
     demo.set_defaults(func=cmd_demo)
+
+    calib = commands.add_parser("calibrate", help="make the INT8 calibration set (--precision int8) from videos "
+                                "like those you tag")
+    calib.add_argument("videos", nargs="*", metavar="VIDEO")
+    calib.add_argument("--filelist", help="file with one video path per line")
+    calib.add_argument("--out", help="where to write it (default: the setting int8_calibration)")
+    calib.add_argument("--frames", type=int, help="frames in the set, spread over the videos (default 64)")
+    calib.add_argument("--config", help="settings YAML (as for the worker)")
+    add_setting_flags(calib, ["seg_num", "preprocess", "int8_calibration"])
+    calib.set_defaults(func=cmd_calibrate)
 
     bench = commands.add_parser("bench", help="throughput, stage latencies, memory and top-20 agreement against the "
                                 "original-style baseline, in one run")

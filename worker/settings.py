@@ -102,6 +102,7 @@ class Settings:
     tensorrt: bool = False
     simulated_ms_per_frame: float = 0.0  # engine "simulated" only: the stand-in's time per frame
     model_cache_dir: str = ".cache/videotag/models"
+    int8_calibration: str = ".cache/videotag/int8-calibration.npz"  # precision int8: `videotag calibrate` writes it
     max_width: int = 7680
     max_height: int = 4320
     # Worker
