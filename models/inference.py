@@ -10,8 +10,9 @@ reused by later builds (re-exported when the Paddle version or input shape recor
 Run: `paddle.inference.Config` + `create_predictor`. CPU: oneDNN with `threads` math threads (default: from
 the cgroup CPU quota, models/cgroup.py), fp32 (the faithful default) or oneDNN bf16 (CPUs with avx512_bf16 /
 amx_bf16 only); int8 is not Paddle's (its oneDNN INT8 passes do not take PIR programs): the extractor's ONNX
-graph quantised and run by ONNX Runtime (models/quantise.py), cached in the same scheme. GPU: CUDA, fp32 with TF32 off (`gpu_precision_plan`) or fp16; with TensorRT, the export is
-converted once by `paddle.tensorrt.convert` (Paddle 3's route for PIR programs) into
+graph quantised and run by ONNX Runtime (models/quantise.py), cached in the same scheme. GPU: CUDA, fp32 with
+TF32 off (`gpu_precision_plan`) or fp16; with TensorRT, the export is converted once by `paddle.tensorrt.convert`
+(Paddle 3's route for PIR programs) into
 `<export>/trt-<precision>-b<max batch>-<gpu model>/`, keyed and written like the export. The choices are
 pure functions (`config_plan`, `gpu_precision_plan`, `tensorrt_plan`, `tensorrt_entry`) so that the GPU
 branches are testable on a CPU-only build; none of it has run on a GPU here (docs/performance.md).
