@@ -45,14 +45,16 @@ def spread(count: int, wanted: int) -> list[int]:
 
 
 def pick_frames(per_video: Sequence[np.ndarray], frames: int) -> np.ndarray:
-    """`frames` crops in all, shared as evenly as the videos allow and spread over each video's samples."""
+    """`frames` crops in all, shared as evenly as the videos allow (the first ones take the remainder) and
+    spread over each video's samples; all of a video's crops when it has fewer than its share."""
     if frames < 1:
         raise CalibrationError(f"a calibration set needs at least 1 frame, not {frames}")
-    share = max(1, frames // max(1, len(per_video)))
-    picked = [crops[spread(len(crops), share)] for crops in per_video if len(crops)]
-    if not picked:
+    videos = [crops for crops in per_video if len(crops)]
+    if not videos:
         raise CalibrationError("the videos gave no frames to calibrate on")
-    return np.concatenate(picked)[:frames]
+    shares = [frames // len(videos) + (1 if i < frames % len(videos) else 0) for i in range(len(videos))]
+    return np.concatenate([crops[spread(len(crops), share)] for crops, share in zip(videos, shares, strict=True)
+                           if share])
 
 
 def save_calibration(path: str | Path, calibration: CalibrationSet) -> Path:
@@ -61,6 +63,7 @@ def save_calibration(path: str | Path, calibration: CalibrationSet) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}-", suffix=".npz", delete=False) as tmp:
         np.savez_compressed(tmp, crops=calibration.crops, sources=np.array(calibration.sources, dtype=str))
+    Path(tmp.name).chmod(0o644)  # (created private) a set may be shared, like the model cache
     Path(tmp.name).replace(path)
     return path
 

@@ -120,7 +120,7 @@ def int8_meta(layers: int, calibration: CalibrationSet, recipe: Recipe, image_si
 
     return {"net": "extractor-int8", "size": layers, "image_size": image_size,
             "calibration": calibration.digest(), "calibration_frames": len(calibration.crops),
-            "recipe": asdict(recipe),
+            "recipe": json.loads(json.dumps(asdict(recipe))),  # as read back
             "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
 
 
