@@ -46,7 +46,7 @@ class Recipe:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:8]
 
 
-RECIPE = Recipe()
+RECIPE = Recipe(reduce_range=True)  # docs/performance.md, "INT8": why these
 
 
 def _batches(calibration: CalibrationSet, mean: Sequence[float], std: Sequence[float]) -> Iterator[np.ndarray]:
