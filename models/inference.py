@@ -10,9 +10,9 @@ reused by later builds (re-exported when the Paddle version or input shape recor
 Run: `paddle.inference.Config` + `create_predictor`. CPU: oneDNN with `threads` math threads (default: from
 the cgroup CPU quota, models/cgroup.py), fp32 (the faithful default) or oneDNN bf16 (CPUs with avx512_bf16 /
 amx_bf16 only); int8 is not Paddle's (its oneDNN INT8 passes do not take PIR programs): the extractor's ONNX
-graph quantised and run by ONNX Runtime (models/quantise.py), cached in the same scheme. GPU: CUDA, fp32 with
-TF32 off (`gpu_precision_plan`) or fp16; with TensorRT, the export is converted once by `paddle.tensorrt.convert`
-(Paddle 3's route for PIR programs) into
+graph quantised by ONNX Runtime, run by OpenVINO (models/quantise.py), cached in the same scheme. GPU: CUDA,
+fp32 with TF32 off (`gpu_precision_plan`) or fp16; with TensorRT, the export is converted once by
+`paddle.tensorrt.convert` (Paddle 3's route for PIR programs) into
 `<export>/trt-<precision>-b<max batch>-<gpu model>/`, keyed and written like the export. The choices are
 pure functions (`config_plan`, `gpu_precision_plan`, `tensorrt_plan`, `tensorrt_entry`) so that the GPU
 branches are testable on a CPU-only build; none of it has run on a GPU here (docs/performance.md).
@@ -50,7 +50,7 @@ DEVICES = ("cpu", "gpu")
 PRECISIONS = ("fp32", "bf16", "fp16", "int8")
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
-INT8_MODULES = ("onnx", "onnxruntime")
+INT8_MODULES = ("onnx", "onnxruntime", "openvino")
 MODEL_STEM = "model"
 META_FILE = "export.json"
 EXTRACTOR_INPUT = "images"
@@ -386,7 +386,7 @@ def extractor_engine(extractor_layer: paddle.nn.Layer | Callable[[], paddle.nn.L
     function that loads it, called only for an export). `digest` names the weights (a file digest or a
     random-weights key). On CPU it runs in chunks of `chunk` frames (default DEFAULT_CPU_CHUNK; on GPU, whole
     batches): see InferenceEngine. Precision int8 runs instead the extractor's ONNX graph quantised on the
-    frames of `int8_calibration` (normalised with `image_mean` / `image_std`) on ONNX Runtime, cached in the
+    frames of `int8_calibration` (normalised with `image_mean` / `image_std`) on OpenVINO, cached in the
     same scheme (models/quantise.py)."""
     check_options(device, precision, tensorrt)
     if precision == "int8":
@@ -429,10 +429,10 @@ def _int8_extractor(extractor_layer: paddle.nn.Layer | Callable[[], paddle.nn.La
     target = cache_entry(cache_dir, weights_key(digest), quantise.int8_net(calibration, quantise.RECIPE), layers)
     quantise.build_int8(target, params, layers, calibration, image_mean, image_std, quantise.RECIPE, image_size)
     vnni = sorted(cpu_flags() & set(VNNI_FLAGS))
-    log.info("precision int8 on ONNX Runtime, %s", f"VNNI ({', '.join(vnni)})" if vnni else
+    log.info("precision int8 on OpenVINO, %s", f"VNNI ({', '.join(vnni)})" if vnni else
              "no VNNI on this CPU: AVX2 int8 kernels, slower than with VNNI (docs/performance.md)")
-    return quantise.OnnxEngine(target / quantise.MODEL_FILE, threads or default_threads(),
-                               (3, image_size, image_size), name=f"extractor ({target.name})")
+    return quantise.OpenVinoEngine(target / quantise.MODEL_FILE, threads or default_threads(),
+                                   (3, image_size, image_size), name=f"extractor ({target.name})")
 
 
 def inference_engines(extractor_layer: paddle.nn.Layer | Callable[[], paddle.nn.Layer],
