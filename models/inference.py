@@ -9,8 +9,10 @@ reused by later builds (re-exported when the Paddle version or input shape recor
 
 Run: `paddle.inference.Config` + `create_predictor`. CPU: oneDNN with `threads` math threads (default: from
 the cgroup CPU quota, models/cgroup.py), fp32 (the faithful default) or oneDNN bf16 (CPUs with avx512_bf16 /
-amx_bf16 only). GPU: CUDA, fp32 with TF32 off (`gpu_precision_plan`) or fp16; with TensorRT, the export is
-converted once by `paddle.tensorrt.convert` (Paddle 3's route for PIR programs) into
+amx_bf16 only); int8 is not Paddle's (its oneDNN INT8 passes do not take PIR programs): the extractor's ONNX
+graph quantised by ONNX Runtime, run by OpenVINO (models/quantise.py), cached in the same scheme. GPU: CUDA,
+fp32 with TF32 off (`gpu_precision_plan`) or fp16; with TensorRT, the export is converted once by
+`paddle.tensorrt.convert` (Paddle 3's route for PIR programs) into
 `<export>/trt-<precision>-b<max batch>-<gpu model>/`, keyed and written like the export. The choices are
 pure functions (`config_plan`, `gpu_precision_plan`, `tensorrt_plan`, `tensorrt_entry`) so that the GPU
 branches are testable on a CPU-only build; none of it has run on a GPU here (docs/performance.md).
@@ -34,7 +36,7 @@ import tempfile
 import threading
 from collections.abc import Callable, MutableMapping
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 import paddle
@@ -42,12 +44,15 @@ import paddle
 from models import cgroup
 from models.engines import DygraphEngine, Engine
 from models.errors import ConfigError
+from models.options import Device, Precision
 
 log = logging.getLogger(__name__)
 
-DEVICES = ("cpu", "gpu")
-PRECISIONS = ("fp32", "bf16", "fp16")
+DEVICES: tuple[Device, ...] = get_args(Device)
+PRECISIONS: tuple[Precision, ...] = get_args(Precision)
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+INT8_MODULES = ("onnx", "onnxruntime", "openvino")
 MODEL_STEM = "model"
 META_FILE = "export.json"
 EXTRACTOR_INPUT = "images"
@@ -97,6 +102,14 @@ def check_options(device: str, precision: str, tensorrt: bool = False) -> None:
         raise EngineOptionsError(f"device must be one of {list(DEVICES)}, not {device!r}")
     if precision not in PRECISIONS:
         raise EngineOptionsError(f"precision must be one of {list(PRECISIONS)}, not {precision!r}")
+    if precision == "int8":
+        if device != "cpu" or tensorrt:
+            raise EngineOptionsError("precision int8 is the CPU (ONNX Runtime) mode: set device cpu, tensorrt false; "
+                                     "on GPU use fp16")
+        missing = [name for name in INT8_MODULES if importlib.util.find_spec(name) is None]
+        if missing:
+            raise EngineOptionsError(f"precision int8 needs {' and '.join(missing)}, which this installation lacks: "
+                                     "pip install 'videotag[int8]'")
     if device == "cpu":
         if tensorrt:
             raise EngineOptionsError("TensorRT needs device gpu")
@@ -294,19 +307,20 @@ def _meta(net: str, size: int, input_shape: list[int | None]) -> dict[str, Any]:
     return {"net": net, "size": size, "input_shape": shape, "paddle": paddle.__version__}
 
 
-def _is_current(target: Path, meta: dict[str, Any]) -> bool:
+def _is_current(target: Path, meta: dict[str, Any], files: Callable[[Path], object]) -> bool:
     try:
-        model_files(target)
+        files(target)
         return bool(json.loads((target / META_FILE).read_text(encoding="utf-8")) == meta)
     except (OSError, ValueError):
         return False
 
 
-def build_atomically(target: Path, meta: dict[str, Any], write: Callable[[Path], None]) -> Path:
+def build_atomically(target: Path, meta: dict[str, Any], write: Callable[[Path], None],
+                     files: Callable[[Path], object] = model_files) -> Path:
     """Make `target` with `write(tmp)` in a temporary sibling renamed into place, unless a current one (its
-    `export.json` equal to `meta`) is there already. A stale one is replaced; a concurrent build's complete
-    result is accepted."""
-    if _is_current(target, meta):
+    `export.json` equal to `meta`, and `files(target)` not raising OSError: the model's files are there) is
+    there already. A stale one is replaced; a concurrent build's complete result is accepted."""
+    if _is_current(target, meta, files):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
@@ -321,7 +335,7 @@ def build_atomically(target: Path, meta: dict[str, Any], write: Callable[[Path],
         try:
             os.replace(tmp, target)
         except OSError:
-            if not _is_current(target, meta):  # not a concurrent build's complete export
+            if not _is_current(target, meta, files):  # not a concurrent build's complete export
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -368,12 +382,19 @@ def weights_key(weights: str) -> str:
 def extractor_engine(extractor_layer: paddle.nn.Layer | Callable[[], paddle.nn.Layer], digest: str, layers: int,
                      cache_dir: str | Path, device: str = "cpu", precision: str = "fp32", threads: int | None = None,
                      tensorrt: bool = False, *, max_batch: int = DEFAULT_MAX_BATCH, chunk: int | None = None,
-                     image_size: int = 224) -> InferenceEngine:
+                     image_size: int = 224, int8_calibration: str | Path | None = None,
+                     image_mean: tuple[float, ...] = (0.485, 0.456, 0.406),
+                     image_std: tuple[float, ...] = (0.229, 0.224, 0.225)) -> Engine:
     """The extractor on Paddle Inference, exported to `cache_dir` unless cached (so the layer may be given as a
     function that loads it, called only for an export). `digest` names the weights (a file digest or a
     random-weights key). On CPU it runs in chunks of `chunk` frames (default DEFAULT_CPU_CHUNK; on GPU, whole
-    batches): see InferenceEngine."""
+    batches): see InferenceEngine. Precision int8 runs instead the extractor's ONNX graph quantised on the
+    frames of `int8_calibration` (normalised with `image_mean` / `image_std`) on OpenVINO, cached in the
+    same scheme (models/quantise.py)."""
     check_options(device, precision, tensorrt)
+    if precision == "int8":
+        return _int8_extractor(extractor_layer, digest, layers, cache_dir, threads, image_size, int8_calibration,
+                               image_mean, image_std)
     shape: list[int | None] = [None, 3, image_size, image_size]
     target = export(extractor_layer, cache_entry(cache_dir, weights_key(digest), "extractor", layers), shape,
                     EXTRACTOR_INPUT, _meta("extractor", layers, shape))
@@ -387,6 +408,34 @@ def extractor_engine(extractor_layer: paddle.nn.Layer | Callable[[], paddle.nn.L
         chunk = DEFAULT_CPU_CHUNK
     return InferenceEngine(make_config(target, device, precision, threads, tensorrt),
                            (3, image_size, image_size), name=f"extractor ({target.name})", chunk=chunk)
+
+
+def _int8_extractor(extractor_layer: paddle.nn.Layer | Callable[[], paddle.nn.Layer], digest: str, layers: int,
+                    cache_dir: str | Path, threads: int | None, image_size: int,
+                    int8_calibration: str | Path | None, image_mean: tuple[float, ...],
+                    image_std: tuple[float, ...]) -> Engine:
+    from models import quantise
+    from models.calibration import CalibrationError, load_calibration
+
+    if int8_calibration is None:
+        raise EngineOptionsError("precision int8 needs a calibration set (setting int8_calibration): make one with "
+                                 "`videotag calibrate VIDEO...`")
+    try:
+        calibration = load_calibration(int8_calibration, image_size)
+    except CalibrationError as exc:
+        raise EngineOptionsError(str(exc)) from exc
+
+    def params() -> dict[str, np.ndarray]:
+        made = extractor_layer if isinstance(extractor_layer, paddle.nn.Layer) else extractor_layer()
+        return {name: tensor.numpy() for name, tensor in made.original_parameters()}
+
+    target = cache_entry(cache_dir, weights_key(digest), quantise.int8_net(calibration, quantise.RECIPE), layers)
+    quantise.build_int8(target, params, layers, calibration, image_mean, image_std, quantise.RECIPE, image_size)
+    vnni = sorted(cpu_flags() & set(VNNI_FLAGS))
+    log.info("precision int8 on OpenVINO, %s", f"VNNI ({', '.join(vnni)})" if vnni else
+             "no VNNI on this CPU: AVX2 int8 kernels, slower than with VNNI (docs/performance.md)")
+    return quantise.OpenVinoEngine(target / quantise.MODEL_FILE, threads or default_threads(),
+                                   (3, image_size, image_size), name=f"extractor ({target.name})")
 
 
 def inference_engines(extractor_layer: paddle.nn.Layer | Callable[[], paddle.nn.Layer],

@@ -97,6 +97,7 @@ def build_tagger(
     threads: int | None = None,
     tensorrt: bool = False,
     simulated_ms_per_frame: float = 0.0,
+    int8_calibration: str | Path | None = None,
 ) -> VideoTagger:
     """Load the extractor and the heads with their weights (or seeded random ones, for demos only).
 
@@ -104,7 +105,8 @@ def build_tagger(
     a spec without weights or labels uses; `()` builds an extractor only. `allow_random_weights` makes the
     extractor and the heads on the default weights random; a head with weights of its own loads them.
     `engine` "dygraph" runs eager Paddle (fp32 only); "inference" exports the extractor to `cache_dir` and runs
-    it on Paddle Inference (see models/inference.py) with `precision` fp32 or bf16 (CPU), fp16 (GPU), on
+    it on Paddle Inference (see models/inference.py) with `precision` fp32 or bf16 (CPU), fp16 (GPU), or int8
+    (CPU: its ONNX graph quantised on the frames of `int8_calibration`, on ONNX Runtime: models/quantise.py), on
     `threads` CPU math threads (default: from the cgroup CPU quota, models/cgroup.py), `tensorrt` on GPU. Heads
     always run eagerly (see `inference_engines` for why). "simulated" loads no extractor: a stand-in that sleeps
     `simulated_ms_per_frame` per frame and returns zero features, and heads that return zero probabilities
@@ -179,7 +181,9 @@ def build_tagger(
 
         key = random_weights_key([extractor()], RANDOM_SEED) if allow_random_weights else extractor_digest
         extractor_engine = exported_extractor(extractor, key, ecfg.layers, cache_dir, device, precision, threads,
-                                              tensorrt, max_batch=batch_size)
+                                              tensorrt, max_batch=batch_size, image_size=ecfg.target_size,
+                                              int8_calibration=int8_calibration, image_mean=ecfg.image_mean,
+                                              image_std=ecfg.image_std)
     else:
         extractor_engine = DygraphEngine(extractor())
     return VideoTagger(ecfg, extractor_engine, built, preprocess=preprocess, batch_size=batch_size,

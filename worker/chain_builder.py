@@ -61,6 +61,7 @@ def load_tagger(settings: Settings, with_heads: bool = True) -> VideoTagger:
         threads=settings.cpu_threads or None,
         tensorrt=settings.tensorrt,
         simulated_ms_per_frame=settings.simulated_ms_per_frame,
+        int8_calibration=settings.int8_calibration,
     )
     if tagger.info["weights"] == RANDOM_WEIGHTS:
         log.warning("RUNNING WITH RANDOM, UNTRAINED WEIGHTS: the tags are meaningless (demo only). "

@@ -68,10 +68,10 @@ def _add_common_options(parser: argparse.ArgumentParser) -> None:
 MODEL_SETTINGS = ["extractor_weights", "predictor_weights", "label_file", "predictors", "seg_num", "topk", "device",
                   "layers",
                   "preprocess", "engine", "precision", "batch_size", "allow_random_weights", "model_cache_dir",
-                  "cpu_threads", "tensorrt", "simulated_ms_per_frame"]
+                  "cpu_threads", "tensorrt", "simulated_ms_per_frame", "int8_calibration"]
 # features, train, eval: the extractor only (each head comes from the command's own arguments)
 EXTRACTOR_SETTINGS = ["extractor_weights", "seg_num", "layers", "preprocess", "engine", "precision", "device",
-                      "batch_size", "model_cache_dir", "cpu_threads", "tensorrt"]
+                      "batch_size", "model_cache_dir", "cpu_threads", "tensorrt", "int8_calibration"]
 WORKER_SETTINGS = ["bootstrap_servers", "group_id", "input_topic", "output_topic", "dlq_topic", "s3_endpoint_url",
                    "metrics_port", "metrics_host", "max_inflight", "drain_grace_s", "temp_dir", "features_output",
                    "log_format", "otel_exporter_otlp_endpoint"]
@@ -301,6 +301,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(settings, [Path(v) for v in args.videos or []])
 
 
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from models.calibration import CalibrationError
+    from models.errors import CodedError
+    from worker.commands.calibrate import calibrate
+
+    if not (paths := _video_paths(args)):
+        return EXIT_USAGE
+    try:
+        out, frames = calibrate(_settings(args), paths, args.out, args.frames)
+    except (CodedError, CalibrationError, OSError) as exc:
+        print(f"videotag calibrate: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"calibration set of {frames} frames from {len(paths)} videos in {out}; "
+          f"tag with --precision int8 --int8-calibration {out}", file=sys.stderr)
+    return EXIT_OK
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from worker.local.bench import bench_command
 
@@ -426,6 +443,16 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--videos", nargs="+", help="videos to upload (default: generated clips)")
     add_setting_flags(demo, [*MODEL_SETTINGS, "max_inflight"])
     demo.set_defaults(func=cmd_demo)
+
+    calib = commands.add_parser("calibrate", help="make the INT8 calibration set (--precision int8) from videos "
+                                "like those you tag")
+    calib.add_argument("videos", nargs="*", metavar="VIDEO")
+    calib.add_argument("--filelist", help="file with one video path per line")
+    calib.add_argument("--out", help="where to write it (default: the setting int8_calibration)")
+    calib.add_argument("--frames", type=int, help="frames in the set, spread over the videos (default 64)")
+    calib.add_argument("--config", help="settings YAML (as for the worker)")
+    add_setting_flags(calib, ["seg_num", "preprocess", "int8_calibration"])
+    calib.set_defaults(func=cmd_calibrate)
 
     bench = commands.add_parser("bench", help="throughput, stage latencies, memory and top-20 agreement against the "
                                 "original-style baseline, in one run")

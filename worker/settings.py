@@ -114,6 +114,7 @@ class Settings:
     tensorrt: bool = False
     simulated_ms_per_frame: float = 0.0  # engine "simulated" only: the stand-in's time per frame
     model_cache_dir: str = ".cache/videotag/models"
+    int8_calibration: str = ".cache/videotag/int8-calibration.npz"  # precision int8: `videotag calibrate` writes it
     max_width: int = config_default(TSN_FILE, "max_width")
     max_height: int = config_default(TSN_FILE, "max_height")
     # Worker
