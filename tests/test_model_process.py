@@ -27,6 +27,7 @@ from worker.breaker import Breaker, make_clip
 from worker.metrics import Metrics
 from worker.model_process import (
     MAX_HEADER_BYTES,
+    MODEL_SETTINGS,
     FramingError,
     ModelProcess,
     read_message,
@@ -400,3 +401,18 @@ def test_liveness_fails_once_the_model_process_stayed_down_for_stuck_after_s():
     assert worker.chain.problem() == "model process died (killed by SIGKILL); restarting it"
     worker.chain = Chain(None, lambda: None, Down(901.0))  # type: ignore[arg-type]
     assert worker.healthy() == (False, "model process down for 901 s")
+
+
+def test_the_child_gets_every_setting_the_chain_is_loaded_from() -> None:
+    """The model process loads its chain with `load_tagger` from the settings it is sent (`model_settings`):
+    a setting `load_tagger` reads but the child is not sent would silently take its default there."""
+    import ast
+    import inspect
+
+    from worker import chain_builder
+
+    tree = ast.parse(inspect.getsource(chain_builder.load_tagger))
+    read = {node.attr for node in ast.walk(tree)
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "settings"}
+    assert "int8_calibration" in read and "simulated_ms_per_frame" in read  # the parse sees what it must
+    assert read <= set(MODEL_SETTINGS), read - set(MODEL_SETTINGS)

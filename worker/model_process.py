@@ -72,7 +72,8 @@ DTYPES: dict[str, np.dtype] = {"float32": np.dtype("<f4"), "float64": np.dtype("
 # What the child is told of the settings: the model's (never a Kafka or S3 one, so no secret).
 MODEL_SETTINGS = ("extractor_weights", "predictor_weights", "label_file", "predictors", "allow_random_weights",
                   "layers", "seg_num", "topk", "device", "engine", "precision", "preprocess", "batch_size",
-                  "cpu_threads", "tensorrt", "model_cache_dir", "max_width", "max_height", "log_level")
+                  "cpu_threads", "tensorrt", "model_cache_dir", "max_width", "max_height", "log_level",
+                  "simulated_ms_per_frame", "int8_calibration")
 _ENV_DROPPED = ("AWS_", "VIDEOTAG_")
 
 
