@@ -18,6 +18,7 @@ run: setup
 
 lint: setup
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
 # Tools tests/deploy runs besides the Python packages: promtool (Debian's prometheus package) and checkov, in a venv

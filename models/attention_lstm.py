@@ -61,8 +61,9 @@ class PeepholeLSTM(nn.Layer):
 class AttentionLSTM(nn.Layer):
     """Features [B, T, 2048] → independent tag probabilities [B, num_classes]."""
 
-    def __init__(self, feature_size: int, embedding_size: int, lstm_size: int, num_classes: int,
-                 dropout_rate: float) -> None:
+    def __init__(
+        self, feature_size: int, embedding_size: int, lstm_size: int, num_classes: int, dropout_rate: float
+    ) -> None:
         super().__init__()
         self.rgb_fc = nn.Linear(feature_size, embedding_size)
         self.rgb_fc_forward = nn.Linear(embedding_size, 4 * lstm_size, bias_attr=False)
@@ -81,8 +82,12 @@ class AttentionLSTM(nn.Layer):
         forward = self.rgb_lstm_forward(self.rgb_fc_forward(x))
         backward = self.rgb_lstm_backward(self.rgb_fc_backward(x))
         # fluid's downgrade_in_infer (see the module docstring): at inference a scaling by (1 - p), not identity.
-        seq = F.dropout(paddle.concat([forward, backward], axis=-1), self.dropout_rate, training=self.training,
-                        mode="downscale_in_infer")
+        seq = F.dropout(
+            paddle.concat([forward, backward], axis=-1),
+            self.dropout_rate,
+            training=self.training,
+            mode="downscale_in_infer",
+        )
         attention = F.softmax(self.rgb_weight(seq), axis=1)  # over time steps, as sequence_softmax
         pooled = paddle.sum(seq * attention, axis=1)
         hidden = paddle.tanh(self.fc2(F.relu(self.fc1(pooled))))
@@ -100,11 +105,21 @@ class AttentionLSTM(nn.Layer):
                 yield f"{name}.b_0", layer.bias
 
 
-def attention_lstm(feature_size: int | None = None, embedding_size: int | None = None, lstm_size: int | None = None,
-                   num_classes: int | None = None, dropout_rate: float | None = None) -> AttentionLSTM:
+def attention_lstm(
+    feature_size: int | None = None,
+    embedding_size: int | None = None,
+    lstm_size: int | None = None,
+    num_classes: int | None = None,
+    dropout_rate: float | None = None,
+) -> AttentionLSTM:
     """The predictor in inference mode; a size not given is configs/attention_lstm.yaml's (models/config.py)."""
-    given: dict[str, Any] = {"feature_size": feature_size, "embedding_size": embedding_size, "lstm_size": lstm_size,
-             "num_classes": num_classes, "dropout_rate": dropout_rate}
+    given: dict[str, Any] = {
+        "feature_size": feature_size,
+        "embedding_size": embedding_size,
+        "lstm_size": lstm_size,
+        "num_classes": num_classes,
+        "dropout_rate": dropout_rate,
+    }
     cfg = PredictorConfig(**{name: value for name, value in given.items() if value is not None})
     model = AttentionLSTM(cfg.feature_size, cfg.embedding_size, cfg.lstm_size, cfg.num_classes, cfg.dropout_rate)
     model.eval()

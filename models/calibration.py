@@ -54,8 +54,9 @@ def pick_frames(per_video: Sequence[np.ndarray], frames: int) -> np.ndarray:
     if not videos:
         raise CalibrationError("the videos gave no frames to calibrate on")
     shares = [frames // len(videos) + (1 if i < frames % len(videos) else 0) for i in range(len(videos))]
-    return np.concatenate([crops[spread(len(crops), share)] for crops, share in zip(videos, shares, strict=True)
-                           if share])
+    return np.concatenate(
+        [crops[spread(len(crops), share)] for crops, share in zip(videos, shares, strict=True) if share]
+    )
 
 
 def save_calibration(path: str | Path, calibration: CalibrationSet) -> Path:
@@ -73,9 +74,11 @@ def load_calibration(path: str | Path, image_size: int) -> CalibrationSet:
     """The calibration set at `path`, checked: uint8 [N ≥ 1, image_size, image_size, 3]."""
     path = Path(path)
     if not path.is_file():
-        raise CalibrationError(f"precision int8 needs a calibration set and {path} does not exist: make one from "
-                               "a few videos like those you tag with `videotag calibrate VIDEO...` (it writes "
-                               "the file that the setting int8_calibration names)")
+        raise CalibrationError(
+            f"precision int8 needs a calibration set and {path} does not exist: make one from "
+            "a few videos like those you tag with `videotag calibrate VIDEO...` (it writes "
+            "the file that the setting int8_calibration names)"
+        )
     try:
         with np.load(path, allow_pickle=False) as data:
             crops = data["crops"]
@@ -83,13 +86,16 @@ def load_calibration(path: str | Path, image_size: int) -> CalibrationSet:
     except (OSError, ValueError, KeyError) as exc:
         raise CalibrationError(f"{path} is not a calibration set written by `videotag calibrate` ({exc})") from exc
     if crops.dtype != np.uint8 or crops.ndim != 4 or crops.shape[1:] != (image_size, image_size, 3) or not len(crops):
-        raise CalibrationError(f"{path} holds crops {crops.dtype} {list(crops.shape)}, not uint8 "
-                               f"[N, {image_size}, {image_size}, 3]: make it again with `videotag calibrate`")
+        raise CalibrationError(
+            f"{path} holds crops {crops.dtype} {list(crops.shape)}, not uint8 "
+            f"[N, {image_size}, {image_size}, 3]: make it again with `videotag calibrate`"
+        )
     return CalibrationSet(crops, sources)
 
 
-def sample_calibration(paths: Sequence[str | Path], sample: Callable[[str | Path], SampledVideo],
-                       frames: int = DEFAULT_FRAMES) -> CalibrationSet:
+def sample_calibration(
+    paths: Sequence[str | Path], sample: Callable[[str | Path], SampledVideo], frames: int = DEFAULT_FRAMES
+) -> CalibrationSet:
     """The set from `paths`, each sampled by `sample` (the tagger's decoder and preprocessing)."""
     per_video = [sample(path).crops for path in paths]  # each distinct sampled frame once
     return CalibrationSet(pick_frames(per_video, frames), tuple(Path(p).name for p in paths))

@@ -90,13 +90,19 @@ class ThreadPlan:
 
     def describe(self) -> str:
         if self.source == "setting":
-            return f"{self.threads} CPU math threads (setting cpu_threads; CPU quota {self.quota}, affinity " \
-                   f"{self.affinity})"
+            return (
+                f"{self.threads} CPU math threads (setting cpu_threads; CPU quota {self.quota}, affinity "
+                f"{self.affinity})"
+            )
         if self.source == "cgroup":
-            return f"{self.threads} CPU math threads from the cgroup CPU quota ({self.quota:g} cores, affinity " \
-                   f"{self.affinity})"
-        return (f"{self.threads} CPU math threads: no cgroup CPU limit found, so one per CPU in the affinity mask "
-                "(a pod without a CPU limit: set resources.limits.cpu, or cpu_threads)")
+            return (
+                f"{self.threads} CPU math threads from the cgroup CPU quota ({self.quota:g} cores, affinity "
+                f"{self.affinity})"
+            )
+        return (
+            f"{self.threads} CPU math threads: no cgroup CPU limit found, so one per CPU in the affinity mask "
+            "(a pod without a CPU limit: set resources.limits.cpu, or cpu_threads)"
+        )
 
 
 def plan_threads(setting: int, quota: float | None, affinity: int) -> ThreadPlan:
@@ -118,4 +124,3 @@ def _thread_plan(setting: int) -> ThreadPlan:  # (one cache key per setting, how
     plan = plan_threads(setting, cpu_quota(), affinity_cpus())
     (log.warning if plan.source == "affinity" else log.info)("%s", plan.describe())
     return plan
-

@@ -78,8 +78,14 @@ class VideoTagger:
     def __post_init__(self) -> None:
         if self.sampler is None:
             cfg = self.extractor_config
-            self.sampler = InProcessDecoder(self.preprocess, cfg.short_size, cfg.target_size, self.max_width,
-                                            self.max_height, chunk_size=self.batch_size)
+            self.sampler = InProcessDecoder(
+                self.preprocess,
+                cfg.short_size,
+                cfg.target_size,
+                self.max_width,
+                self.max_height,
+                chunk_size=self.batch_size,
+            )
 
     def sample(self, path: str | Path, seg_num: int | None = None, name: str | None = None) -> SampledVideo:
         assert self.sampler is not None  # set in __post_init__
@@ -88,8 +94,10 @@ class VideoTagger:
     def features(self, video: SampledVideo) -> np.ndarray:
         """[seg_num, 2048]; each distinct frame goes through the network once."""
         cfg = self.extractor_config
-        chunks = (normalise(video.crops[i : i + self.batch_size], cfg.image_mean, cfg.image_std)
-                  for i in range(0, len(video.crops), self.batch_size))
+        chunks = (
+            normalise(video.crops[i : i + self.batch_size], cfg.image_mean, cfg.image_std)
+            for i in range(0, len(video.crops), self.batch_size)
+        )
         features: np.ndarray = np.concatenate(run_batches(self.extractor, chunks))[video.order]  # (index: Any)
         return features
 
@@ -103,8 +111,9 @@ class VideoTagger:
         assert self.sampler is not None  # set in __post_init__
         return self.sampler.stream(path, seg_num or self.extractor_config.seg_num, name)
 
-    def tag(self, path: str | Path, seg_num: int | None = None, name: str | None = None,
-            frames: FrameStream | None = None) -> TagResult:
+    def tag(
+        self, path: str | Path, seg_num: int | None = None, name: str | None = None, frames: FrameStream | None = None
+    ) -> TagResult:
         """`name` is how errors refer to the video (e.g. its S3 URI rather than a temporary file). `frames`: the
         video's stream, if the caller started it already (`videotag tag` decodes its first video while the
         networks load)."""

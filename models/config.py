@@ -42,8 +42,10 @@ def config_dir() -> Path:
         return checkout
     spec = importlib.util.find_spec(CONFIG_PACKAGE)  # a directory of data files: a namespace package
     if spec is None or not spec.submodule_search_locations:
-        raise ConfigError(f"no configs/ beside {checkout.parent} and no {CONFIG_PACKAGE} installed: set "
-                          f"{CONFIG_DIR_ENV} to a directory holding {TSN_FILE} and {ATTENTION_LSTM_FILE}")
+        raise ConfigError(
+            f"no configs/ beside {checkout.parent} and no {CONFIG_PACKAGE} installed: set "
+            f"{CONFIG_DIR_ENV} to a directory holding {TSN_FILE} and {ATTENTION_LSTM_FILE}"
+        )
     return Path(next(iter(spec.submodule_search_locations)))
 
 
@@ -94,8 +96,10 @@ class PredictorConfig:
     topk: int = config_default(ATTENTION_LSTM_FILE, "topk")
 
 
-KNOWN_KEYS = {TSN_FILE: {f.name for f in dataclasses.fields(ExtractorConfig)} | set(TSN_RUN_KEYS),
-              ATTENTION_LSTM_FILE: {f.name for f in dataclasses.fields(PredictorConfig)}}
+KNOWN_KEYS = {
+    TSN_FILE: {f.name for f in dataclasses.fields(ExtractorConfig)} | set(TSN_RUN_KEYS),
+    ATTENTION_LSTM_FILE: {f.name for f in dataclasses.fields(PredictorConfig)},
+}
 
 
 @functools.cache
@@ -110,4 +114,3 @@ def _read(path: Path) -> dict[str, Any]:
     if unknown:
         raise ConfigError(f"{path}: unknown keys {unknown}")
     return data
-

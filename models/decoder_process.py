@@ -83,8 +83,9 @@ _LINUX = sys.platform.startswith("linux")
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 # What the child keeps of the worker's environment: an interpreter and the decoding libraries need no more.
-_ENV_KEPT = frozenset({"PATH", "HOME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "PYTHONPATH", "PYTHONHOME",
-                       "LD_LIBRARY_PATH"})
+_ENV_KEPT = frozenset(
+    {"PATH", "HOME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "PYTHONPATH", "PYTHONHOME", "LD_LIBRARY_PATH"}
+)
 _ENV_SET = {
     # Fatal messages only: a damaged file makes FFmpeg and OpenCV log a line per frame, and the reply says it.
     "OPENCV_LOG_LEVEL": "FATAL",
@@ -139,14 +140,28 @@ class DecoderProcess:
         return (yield from self._run(self.decoders[-1], path, seg_num, name, deadline))
 
     def _run(self, decoder: str, path: str | Path, seg_num: int, name: str, deadline: float | None) -> FrameStream:
-        request = {"path": str(path), "seg_num": seg_num, "preprocess": self.preprocess, "name": name,
-                   "short_size": self.short_size, "crop_size": self.crop_size,
-                   "max_width": self.max_width, "max_height": self.max_height, "decoder": decoder,
-                   "chunk_size": self.chunk_size, "parent": os.getpid()}
+        request = {
+            "path": str(path),
+            "seg_num": seg_num,
+            "preprocess": self.preprocess,
+            "name": name,
+            "short_size": self.short_size,
+            "crop_size": self.crop_size,
+            "max_width": self.max_width,
+            "max_height": self.max_height,
+            "decoder": decoder,
+            "chunk_size": self.chunk_size,
+            "parent": os.getpid(),
+        }
         try:
             # stderr is read, not inherited: the file-size limit would fail its writes to a log file.
-            child = subprocess.Popen(self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, env=child_environment(os.environ))
+            child = subprocess.Popen(
+                self.command,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=child_environment(os.environ),
+            )
         except OSError as exc:
             code = os_error_code(exc)
             if code is None:
@@ -206,9 +221,14 @@ def _invalid(name: str, why: str) -> InputError:
 def _sampling(header: dict[str, Any], sent: set[int], seg_num: int, name: str) -> Sampling:
     """The `ok` header as a Sampling, every field checked against what was sent and asked for."""
     frames, order = header.get("frames"), header.get("order")
-    if not (isinstance(frames, list) and isinstance(order, list) and len(order) == seg_num
-            and frames == sorted(set(frames)) and set(frames) <= sent
-            and all(type(i) is int and 0 <= i < len(frames) for i in order)):
+    if not (
+        isinstance(frames, list)
+        and isinstance(order, list)
+        and len(order) == seg_num
+        and frames == sorted(set(frames))
+        and set(frames) <= sent
+        and all(type(i) is int and 0 <= i < len(frames) for i in order)
+    ):
         raise _invalid(name, "the sampled frames do not match the frames sent")
     try:
         metadata = {key: header[key] for key in _METADATA}
@@ -231,8 +251,10 @@ class _Reply:
         self.ended = threading.Event()  # the child's reply is complete (or broken): its decoding is over
         self._head = bytearray()
         self._tail = b""
-        self._readers = [threading.Thread(target=self._read_stdout, name=f"decoder-{child.pid}-out", daemon=True),
-                         threading.Thread(target=self._read_stderr, name=f"decoder-{child.pid}-err", daemon=True)]
+        self._readers = [
+            threading.Thread(target=self._read_stdout, name=f"decoder-{child.pid}-out", daemon=True),
+            threading.Thread(target=self._read_stderr, name=f"decoder-{child.pid}-err", daemon=True),
+        ]
         for thread in self._readers:
             thread.start()
 
@@ -333,12 +355,13 @@ def decoder_death(returncode: int, stderr: bytes, name: str, limits: DecoderLimi
     if returncode == -signal.SIGXCPU:
         return InputError(ErrorCode.DECODER_CPU_LIMIT, f"{name}: decoding used more than {limits.cpu_s} s of CPU")
     if returncode == -signal.SIGKILL:
-        return SystemicError(ErrorCode.DECODER_KILLED, f"{name}: the decoder process was killed (SIGKILL) by "
-                                                       "the kernel's OOM killer or an operator")
+        return SystemicError(
+            ErrorCode.DECODER_KILLED,
+            f"{name}: the decoder process was killed (SIGKILL) by the kernel's OOM killer or an operator",
+        )
     last = stderr.decode("utf-8", "replace").strip().rsplit("\n", 1)[-1][-200:]
     said = f": {last}" if last else ""
-    return InputError(ErrorCode.DECODER_CRASHED,
-                      f"{name}: the decoder process died ({exit_reason(returncode)}){said}")
+    return InputError(ErrorCode.DECODER_CRASHED, f"{name}: the decoder process died ({exit_reason(returncode)}){said}")
 
 
 def _log_stderr(err: bytes, name: str) -> None:
@@ -382,14 +405,23 @@ def _serve(request: dict[str, Any], stdout: IO[bytes]) -> None:
     # Imported here, only the one asked for: a process never loads both libraries (see the module docstring).
     if request["decoder"] == "pyav":
         from models.video_av import stream_video
+
         preprocess = "faithful"
     else:
         from models.video import stream_video
+
         preprocess = request["preprocess"]
     try:
         transform = make_transform(preprocess, request["short_size"], request["crop_size"])
-        stream = stream_video(request["path"], request["seg_num"], transform, request["max_width"],
-                              request["max_height"], name=request["name"], chunk_size=request["chunk_size"])
+        stream = stream_video(
+            request["path"],
+            request["seg_num"],
+            transform,
+            request["max_width"],
+            request["max_height"],
+            name=request["name"],
+            chunk_size=request["chunk_size"],
+        )
         while True:
             try:
                 chunk = next(stream)
@@ -397,8 +429,11 @@ def _serve(request: dict[str, Any], stdout: IO[bytes]) -> None:
                 sampling: Sampling = end.value
                 break
             crops = np.ascontiguousarray(chunk.crops, dtype=np.uint8)
-            _write(stdout, json.dumps({"status": "chunk", "ordinals": list(chunk.ordinals),
-                                       "shape": list(crops.shape)}).encode() + b"\n")
+            _write(
+                stdout,
+                json.dumps({"status": "chunk", "ordinals": list(chunk.ordinals), "shape": list(crops.shape)}).encode()
+                + b"\n",
+            )
             # numpy's stubs declare the buffer protocol only for Python 3.12+
             _write(stdout, memoryview(crops).cast("B"))  # type: ignore[arg-type]
     except InputError as exc:
@@ -408,15 +443,27 @@ def _serve(request: dict[str, Any], stdout: IO[bytes]) -> None:
         _write(stdout, json.dumps({"status": "fallback", "message": str(exc)}).encode() + b"\n")
         return
     except MemoryError:  # under the address-space limit: this file needs more than a decoder may have
-        _write(stdout, json.dumps({"status": "input_error", "code": ErrorCode.DECODER_MEMORY_LIMIT,
-                                   "message": f"{request['name']}: decoding needs more memory than "
-                                              "decoder_max_memory_bytes"}).encode() + b"\n")
+        _write(
+            stdout,
+            json.dumps(
+                {
+                    "status": "input_error",
+                    "code": ErrorCode.DECODER_MEMORY_LIMIT,
+                    "message": f"{request['name']}: decoding needs more memory than decoder_max_memory_bytes",
+                }
+            ).encode()
+            + b"\n",
+        )
         return
     except Exception as exc:  # the parent treats it like the same failure in-process
         _write(stdout, json.dumps({"status": "error", "message": f"{type(exc).__name__}: {exc}"}).encode() + b"\n")
         return
-    end_header = {"status": "ok", **{key: getattr(sampling, key) for key in _METADATA},
-                  "frames": list(sampling.frames), "order": sampling.order.tolist()}
+    end_header = {
+        "status": "ok",
+        **{key: getattr(sampling, key) for key in _METADATA},
+        "frames": list(sampling.frames),
+        "order": sampling.order.tolist(),
+    }
     _write(stdout, json.dumps(end_header).encode() + b"\n")
 
 
@@ -425,7 +472,7 @@ def _write(stdout: IO[bytes], data: bytes | memoryview) -> None:
     view = memoryview(data)
     while view:
         written = stdout.write(view)
-        view = view[written or 0:]
+        view = view[written or 0 :]
 
 
 def main() -> None:

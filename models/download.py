@@ -21,9 +21,7 @@ UPSTREAM = "https://videotag.bj.bcebos.com/"
 TARBALLS = {"tsn": "video_tag_tsn.tar", "attention_lstm": "video_tag_lstm.tar"}
 LABEL_FILE = "label_3396.txt"
 NUM_CLASSES = PredictorConfig().num_classes
-LABEL_URL = (
-    "https://raw.githubusercontent.com/PaddlePaddle/PaddleVideo/develop/applications/VideoTag/label_3396.txt"
-)
+LABEL_URL = "https://raw.githubusercontent.com/PaddlePaddle/PaddleVideo/develop/applications/VideoTag/label_3396.txt"
 
 
 def _fetch(source: str, dest: Path) -> None:

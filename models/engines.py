@@ -55,8 +55,13 @@ class SimulatedEngine:
     zeros `[rows, *output_shape]`. `input_shape` (trailing dims), when given, is checked like an export's.
     `busy_s` and `rows` count what it did: the bench reports the busy fraction of the engine."""
 
-    def __init__(self, ms_per_row: float, output_shape: tuple[int, ...],
-                 input_shape: tuple[int, ...] | None = None, name: str = "simulated") -> None:
+    def __init__(
+        self,
+        ms_per_row: float,
+        output_shape: tuple[int, ...],
+        input_shape: tuple[int, ...] | None = None,
+        name: str = "simulated",
+    ) -> None:
         if ms_per_row < 0:
             raise ValueError(f"{name}: ms per row must be at least 0, not {ms_per_row}")
         self.ms_per_row = ms_per_row

@@ -104,12 +104,15 @@ def check_options(device: str, precision: str, tensorrt: bool = False) -> None:
         raise EngineOptionsError(f"precision must be one of {list(PRECISIONS)}, not {precision!r}")
     if precision == "int8":
         if device != "cpu" or tensorrt:
-            raise EngineOptionsError("precision int8 is the CPU (ONNX Runtime) mode: set device cpu, tensorrt false; "
-                                     "on GPU use fp16")
+            raise EngineOptionsError(
+                "precision int8 is the CPU (ONNX Runtime) mode: set device cpu, tensorrt false; on GPU use fp16"
+            )
         missing = [name for name in INT8_MODULES if importlib.util.find_spec(name) is None]
         if missing:
-            raise EngineOptionsError(f"precision int8 needs {' and '.join(missing)}, which this installation lacks: "
-                                     "pip install 'videotag[int8]'")
+            raise EngineOptionsError(
+                f"precision int8 needs {' and '.join(missing)}, which this installation lacks: "
+                "pip install 'videotag[int8]'"
+            )
     if device == "cpu":
         if tensorrt:
             raise EngineOptionsError("TensorRT needs device gpu")
@@ -118,24 +121,36 @@ def check_options(device: str, precision: str, tensorrt: bool = False) -> None:
         if precision == "bf16" and not cpu_supports_bf16():
             raise EngineOptionsError(
                 "precision bf16 needs a CPU with native bfloat16 (avx512_bf16 or amx_bf16 in /proc/cpuinfo, "
-                "e.g. Intel Cooper Lake / Sapphire Rapids or AMD Zen 4); this CPU has neither: use precision fp32")
+                "e.g. Intel Cooper Lake / Sapphire Rapids or AMD Zen 4); this CPU has neither: use precision fp32"
+            )
     else:
         if precision == "bf16":
             raise EngineOptionsError("precision bf16 is the CPU (oneDNN) mode; on GPU use fp32 or fp16")
         if not paddle.is_compiled_with_cuda():
             raise EngineOptionsError("device gpu needs a CUDA build of paddlepaddle (paddlepaddle-gpu)")
         if tensorrt and tuple(paddle.inference.get_trt_compile_version()) == (0, 0, 0):
-            raise EngineOptionsError("tensorrt needs a paddlepaddle-gpu build with TensorRT (this one has none): "
-                                     "install one, or set tensorrt false")
+            raise EngineOptionsError(
+                "tensorrt needs a paddlepaddle-gpu build with TensorRT (this one has none): "
+                "install one, or set tensorrt false"
+            )
         if tensorrt and importlib.util.find_spec("tensorrt") is None:
-            raise EngineOptionsError("tensorrt needs NVIDIA's `tensorrt` Python package, which Paddle's TensorRT "
-                                     "converter imports: install the one matching "
-                                     "paddle.inference.get_trt_compile_version() (deploy/Dockerfile.gpu: "
-                                     "TENSORRT_PACKAGE), or set tensorrt false")
+            raise EngineOptionsError(
+                "tensorrt needs NVIDIA's `tensorrt` Python package, which Paddle's TensorRT "
+                "converter imports: install the one matching "
+                "paddle.inference.get_trt_compile_version() (deploy/Dockerfile.gpu: "
+                "TENSORRT_PACKAGE), or set tensorrt false"
+            )
 
 
-def config_plan(device: str = "cpu", precision: str = "fp32", threads: int | None = None, tensorrt: bool = False,
-                *, gpu_memory_mb: int = DEFAULT_GPU_MEMORY_MB, device_id: int = 0) -> list[tuple[str, tuple[Any, ...]]]:
+def config_plan(
+    device: str = "cpu",
+    precision: str = "fp32",
+    threads: int | None = None,
+    tensorrt: bool = False,
+    *,
+    gpu_memory_mb: int = DEFAULT_GPU_MEMORY_MB,
+    device_id: int = 0,
+) -> list[tuple[str, tuple[Any, ...]]]:
     """The `paddle.inference.Config` calls, in order, as (method name, args): no side effects, no hardware check.
 
     With `tensorrt`, the Config is for a program that `convert_for_tensorrt` made already (Paddle 3's route
@@ -146,8 +161,11 @@ def config_plan(device: str = "cpu", precision: str = "fp32", threads: int | Non
     # (No enable_memory_optim: with Paddle 3's PIR programs its pass is missing and create_predictor fails.)
     plan: list[tuple[str, tuple[Any, ...]]] = [("disable_glog_info", ()), ("switch_ir_optim", (True,))]
     if device == "cpu":
-        plan += [("disable_gpu", ()), ("enable_mkldnn", ()),
-                 ("set_cpu_math_library_num_threads", (threads or default_threads(),))]
+        plan += [
+            ("disable_gpu", ()),
+            ("enable_mkldnn", ()),
+            ("set_cpu_math_library_num_threads", (threads or default_threads(),)),
+        ]
         if precision == "bf16":
             plan.append(("enable_mkldnn_bfloat16", ()))
         return plan
@@ -171,8 +189,9 @@ def gpu_precision_plan(device: str, precision: str) -> tuple[dict[str, str], dic
     return {"NVIDIA_TF32_OVERRIDE": "0"}, {"set_cublas_switch": False, "set_cudnn_switch": False}
 
 
-def set_up_gpu_precision(device: str, precision: str, environ: MutableMapping[str, str] = os.environ,
-                         core: Any = None) -> list[str]:
+def set_up_gpu_precision(
+    device: str, precision: str, environ: MutableMapping[str, str] = os.environ, core: Any = None
+) -> list[str]:
     """Apply `gpu_precision_plan` (before the first CUDA use); returns what it set, for the log and tests."""
     env, switches = gpu_precision_plan(device, precision)
     done = []
@@ -193,8 +212,14 @@ def tensorrt_plan(precision: str, max_batch: int, image_size: int = 224) -> dict
     """What `paddle.tensorrt.convert` is given for the extractor: dynamic batch 1..max_batch, optimised for
     full batches (the model thread merges videos' frames into them), TensorRT precision FP16 or FP32."""
     frame = [3, image_size, image_size]
-    return {"input": EXTRACTOR_INPUT, "min": [1, *frame], "opt": [max_batch, *frame], "max": [max_batch, *frame],
-            "precision": "FP16" if precision == "fp16" else "FP32", "workspace": TRT_WORKSPACE}
+    return {
+        "input": EXTRACTOR_INPUT,
+        "min": [1, *frame],
+        "opt": [max_batch, *frame],
+        "max": [max_batch, *frame],
+        "precision": "FP16" if precision == "fp16" else "FP32",
+        "workspace": TRT_WORKSPACE,
+    }
 
 
 def tensorrt_entry(export_dir: Path, plan: dict[str, Any], gpu_name: str) -> Path:
@@ -205,8 +230,7 @@ def tensorrt_entry(export_dir: Path, plan: dict[str, Any], gpu_name: str) -> Pat
 
 
 def tensorrt_meta(plan: dict[str, Any], gpu_name: str, trt_version: str) -> dict[str, Any]:
-    return {"net": "extractor-tensorrt", **plan, "gpu": gpu_name, "tensorrt": trt_version,
-            "paddle": paddle.__version__}
+    return {"net": "extractor-tensorrt", **plan, "gpu": gpu_name, "tensorrt": trt_version, "paddle": paddle.__version__}
 
 
 def convert_for_tensorrt(export_dir: Path, target: Path, plan: dict[str, Any], meta: dict[str, Any]) -> Path:
@@ -216,10 +240,18 @@ def convert_for_tensorrt(export_dir: Path, target: Path, plan: dict[str, Any], m
     def write(tmp: Path) -> None:
         from paddle.tensorrt.export import Input, PrecisionMode, TensorRTConfig, convert
 
-        shapes = Input(min_input_shape=tuple(plan["min"]), optim_input_shape=tuple(plan["opt"]),
-                       max_input_shape=tuple(plan["max"]), name=plan["input"])
-        config = TensorRTConfig(inputs=[shapes], save_model_dir=str(tmp / MODEL_STEM),
-                                precision_mode=PrecisionMode[plan["precision"]], workspace_size=plan["workspace"])
+        shapes = Input(
+            min_input_shape=tuple(plan["min"]),
+            optim_input_shape=tuple(plan["opt"]),
+            max_input_shape=tuple(plan["max"]),
+            name=plan["input"],
+        )
+        config = TensorRTConfig(
+            inputs=[shapes],
+            save_model_dir=str(tmp / MODEL_STEM),
+            precision_mode=PrecisionMode[plan["precision"]],
+            workspace_size=plan["workspace"],
+        )
         convert(str(export_dir / MODEL_STEM), config)
 
     return build_atomically(target, meta, write)
@@ -236,8 +268,14 @@ def model_files(model_dir: str | Path) -> tuple[Path, Path]:
     raise FileNotFoundError(f"{model_dir}: no exported {MODEL_STEM}.json/.pdmodel with {MODEL_STEM}.pdiparams")
 
 
-def make_config(model_dir: str | Path, device: str = "cpu", precision: str = "fp32", threads: int | None = None,
-                tensorrt: bool = False, **plan_options: Any) -> paddle.inference.Config:
+def make_config(
+    model_dir: str | Path,
+    device: str = "cpu",
+    precision: str = "fp32",
+    threads: int | None = None,
+    tensorrt: bool = False,
+    **plan_options: Any,
+) -> paddle.inference.Config:
     """A predictor Config for an exported model; raises EngineOptionsError for an impossible combination."""
     check_options(device, precision, tensorrt)
     program, params = model_files(model_dir)
@@ -259,8 +297,13 @@ class InferenceEngine:
     change the other rows' outputs.
     """
 
-    def __init__(self, config: paddle.inference.Config, expected_shape: tuple[int, ...] | None = None,
-                 name: str = "", chunk: int | None = None) -> None:
+    def __init__(
+        self,
+        config: paddle.inference.Config,
+        expected_shape: tuple[int, ...] | None = None,
+        name: str = "",
+        chunk: int | None = None,
+    ) -> None:
         self.name = name
         self.expected_shape = expected_shape
         self.chunk = chunk
@@ -280,9 +323,11 @@ class InferenceEngine:
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         if self.expected_shape is not None and tuple(batch.shape[1:]) != self.expected_shape:
-            raise ValueError(f"{self.name or 'engine'} was exported for input [N, "
-                             f"{', '.join(map(str, self.expected_shape))}], got {list(batch.shape)} "
-                             "(the predictor is exported per seg_num: build the tagger with that seg_num)")
+            raise ValueError(
+                f"{self.name or 'engine'} was exported for input [N, "
+                f"{', '.join(map(str, self.expected_shape))}], got {list(batch.shape)} "
+                "(the predictor is exported per seg_num: build the tagger with that seg_num)"
+            )
         batch = np.ascontiguousarray(batch, dtype=np.float32)
         with self._lock:
             if self.chunk is None or len(batch) == self.chunk:
@@ -315,8 +360,9 @@ def _is_current(target: Path, meta: dict[str, Any], files: Callable[[Path], obje
         return False
 
 
-def build_atomically(target: Path, meta: dict[str, Any], write: Callable[[Path], None],
-                     files: Callable[[Path], object] = model_files) -> Path:
+def build_atomically(
+    target: Path, meta: dict[str, Any], write: Callable[[Path], None], files: Callable[[Path], object] = model_files
+) -> Path:
     """Make `target` with `write(tmp)` in a temporary sibling renamed into place, unless a current one (its
     `export.json` equal to `meta`, and `files(target)` not raising OSError: the model's files are there) is
     there already. A stale one is replaced; a concurrent build's complete result is accepted."""
@@ -343,8 +389,13 @@ def build_atomically(target: Path, meta: dict[str, Any], write: Callable[[Path],
     return target
 
 
-def export(layer: paddle.nn.Layer | Callable[[], paddle.nn.Layer], target: Path, input_shape: list[int | None],
-           input_name: str, meta: dict[str, Any]) -> Path:
+def export(
+    layer: paddle.nn.Layer | Callable[[], paddle.nn.Layer],
+    target: Path,
+    input_shape: list[int | None],
+    input_name: str,
+    meta: dict[str, Any],
+) -> Path:
     """`paddle.jit.save` the layer into `target`, atomically (`build_atomically`).
 
     A current export already at `target` is reused (returned untouched); a stale one (other Paddle version,
@@ -379,12 +430,23 @@ def weights_key(weights: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in weights)[:64]
 
 
-def extractor_engine(extractor_layer: paddle.nn.Layer | Callable[[], paddle.nn.Layer], digest: str, layers: int,
-                     cache_dir: str | Path, device: str = "cpu", precision: str = "fp32", threads: int | None = None,
-                     tensorrt: bool = False, *, max_batch: int = DEFAULT_MAX_BATCH, chunk: int | None = None,
-                     image_size: int = 224, int8_calibration: str | Path | None = None,
-                     image_mean: tuple[float, ...] = (0.485, 0.456, 0.406),
-                     image_std: tuple[float, ...] = (0.229, 0.224, 0.225)) -> Engine:
+def extractor_engine(
+    extractor_layer: paddle.nn.Layer | Callable[[], paddle.nn.Layer],
+    digest: str,
+    layers: int,
+    cache_dir: str | Path,
+    device: str = "cpu",
+    precision: str = "fp32",
+    threads: int | None = None,
+    tensorrt: bool = False,
+    *,
+    max_batch: int = DEFAULT_MAX_BATCH,
+    chunk: int | None = None,
+    image_size: int = 224,
+    int8_calibration: str | Path | None = None,
+    image_mean: tuple[float, ...] = (0.485, 0.456, 0.406),
+    image_std: tuple[float, ...] = (0.229, 0.224, 0.225),
+) -> Engine:
     """The extractor on Paddle Inference, exported to `cache_dir` unless cached (so the layer may be given as a
     function that loads it, called only for an export). `digest` names the weights (a file digest or a
     random-weights key). On CPU it runs in chunks of `chunk` frames (default DEFAULT_CPU_CHUNK; on GPU, whole
@@ -393,33 +455,53 @@ def extractor_engine(extractor_layer: paddle.nn.Layer | Callable[[], paddle.nn.L
     same scheme (models/quantise.py)."""
     check_options(device, precision, tensorrt)
     if precision == "int8":
-        return _int8_extractor(extractor_layer, digest, layers, cache_dir, threads, image_size, int8_calibration,
-                               image_mean, image_std)
+        return _int8_extractor(
+            extractor_layer, digest, layers, cache_dir, threads, image_size, int8_calibration, image_mean, image_std
+        )
     shape: list[int | None] = [None, 3, image_size, image_size]
-    target = export(extractor_layer, cache_entry(cache_dir, weights_key(digest), "extractor", layers), shape,
-                    EXTRACTOR_INPUT, _meta("extractor", layers, shape))
+    target = export(
+        extractor_layer,
+        cache_entry(cache_dir, weights_key(digest), "extractor", layers),
+        shape,
+        EXTRACTOR_INPUT,
+        _meta("extractor", layers, shape),
+    )
     if tensorrt:
         plan = tensorrt_plan(precision, max_batch, image_size)
         gpu = paddle.device.cuda.get_device_name()
         trt_version = ".".join(map(str, paddle.inference.get_trt_runtime_version()))
-        target = convert_for_tensorrt(target, tensorrt_entry(target, plan, gpu), plan,
-                                      tensorrt_meta(plan, gpu, trt_version))
+        target = convert_for_tensorrt(
+            target, tensorrt_entry(target, plan, gpu), plan, tensorrt_meta(plan, gpu, trt_version)
+        )
     if chunk is None and device == "cpu":
         chunk = DEFAULT_CPU_CHUNK
-    return InferenceEngine(make_config(target, device, precision, threads, tensorrt),
-                           (3, image_size, image_size), name=f"extractor ({target.name})", chunk=chunk)
+    return InferenceEngine(
+        make_config(target, device, precision, threads, tensorrt),
+        (3, image_size, image_size),
+        name=f"extractor ({target.name})",
+        chunk=chunk,
+    )
 
 
-def _int8_extractor(extractor_layer: paddle.nn.Layer | Callable[[], paddle.nn.Layer], digest: str, layers: int,
-                    cache_dir: str | Path, threads: int | None, image_size: int,
-                    int8_calibration: str | Path | None, image_mean: tuple[float, ...],
-                    image_std: tuple[float, ...]) -> Engine:
+def _int8_extractor(
+    extractor_layer: paddle.nn.Layer | Callable[[], paddle.nn.Layer],
+    digest: str,
+    layers: int,
+    cache_dir: str | Path,
+    threads: int | None,
+    image_size: int,
+    int8_calibration: str | Path | None,
+    image_mean: tuple[float, ...],
+    image_std: tuple[float, ...],
+) -> Engine:
     from models import quantise
     from models.calibration import CalibrationError, load_calibration
 
     if int8_calibration is None:
-        raise EngineOptionsError("precision int8 needs a calibration set (setting int8_calibration): make one with "
-                                 "`videotag calibrate VIDEO...`")
+        raise EngineOptionsError(
+            "precision int8 needs a calibration set (setting int8_calibration): make one with "
+            "`videotag calibrate VIDEO...`"
+        )
     try:
         calibration = load_calibration(int8_calibration, image_size)
     except CalibrationError as exc:
@@ -432,19 +514,38 @@ def _int8_extractor(extractor_layer: paddle.nn.Layer | Callable[[], paddle.nn.La
     target = cache_entry(cache_dir, weights_key(digest), quantise.int8_net(calibration, quantise.RECIPE), layers)
     quantise.build_int8(target, params, layers, calibration, image_mean, image_std, quantise.RECIPE, image_size)
     vnni = sorted(cpu_flags() & set(VNNI_FLAGS))
-    log.info("precision int8 on OpenVINO, %s", f"VNNI ({', '.join(vnni)})" if vnni else
-             "no VNNI on this CPU: AVX2 int8 kernels, slower than with VNNI (docs/performance.md)")
-    return quantise.OpenVinoEngine(target / quantise.MODEL_FILE, threads or default_threads(),
-                                   (3, image_size, image_size), name=f"extractor ({target.name})")
+    log.info(
+        "precision int8 on OpenVINO, %s",
+        f"VNNI ({', '.join(vnni)})"
+        if vnni
+        else "no VNNI on this CPU: AVX2 int8 kernels, slower than with VNNI (docs/performance.md)",
+    )
+    return quantise.OpenVinoEngine(
+        target / quantise.MODEL_FILE,
+        threads or default_threads(),
+        (3, image_size, image_size),
+        name=f"extractor ({target.name})",
+    )
 
 
-def inference_engines(extractor_layer: paddle.nn.Layer | Callable[[], paddle.nn.Layer],
-                      predictor_layer: paddle.nn.Layer, digest: str,
-                      seg_num: int, layers: int, cache_dir: str | Path, device: str = "cpu",
-                      precision: str = "fp32", threads: int | None = None, tensorrt: bool = False,
-                      *, predictor_backend: str = "dygraph", max_batch: int = DEFAULT_MAX_BATCH,
-                      chunk: int | None = None, feature_size: int = 2048,
-                      image_size: int = 224) -> tuple[Engine, Engine]:
+def inference_engines(
+    extractor_layer: paddle.nn.Layer | Callable[[], paddle.nn.Layer],
+    predictor_layer: paddle.nn.Layer,
+    digest: str,
+    seg_num: int,
+    layers: int,
+    cache_dir: str | Path,
+    device: str = "cpu",
+    precision: str = "fp32",
+    threads: int | None = None,
+    tensorrt: bool = False,
+    *,
+    predictor_backend: str = "dygraph",
+    max_batch: int = DEFAULT_MAX_BATCH,
+    chunk: int | None = None,
+    feature_size: int = 2048,
+    image_size: int = 224,
+) -> tuple[Engine, Engine]:
     """(extractor, predictor) engines for loaded layers: the extractor as `extractor_engine`.
 
     The predictor runs eagerly by default (`predictor_backend="dygraph"`): exported, its
@@ -457,13 +558,30 @@ def inference_engines(extractor_layer: paddle.nn.Layer | Callable[[], paddle.nn.
     check_options(device, precision, tensorrt)
     if predictor_backend not in ("dygraph", "inference"):
         raise EngineOptionsError(f"predictor_backend must be dygraph or inference, not {predictor_backend!r}")
-    extractor = extractor_engine(extractor_layer, digest, layers, cache_dir, device, precision, threads, tensorrt,
-                                 max_batch=max_batch, chunk=chunk, image_size=image_size)
+    extractor = extractor_engine(
+        extractor_layer,
+        digest,
+        layers,
+        cache_dir,
+        device,
+        precision,
+        threads,
+        tensorrt,
+        max_batch=max_batch,
+        chunk=chunk,
+        image_size=image_size,
+    )
     if predictor_backend == "dygraph":
         return extractor, DygraphEngine(predictor_layer)
     shape = [None, seg_num, feature_size]
-    target = export(predictor_layer, cache_entry(cache_dir, weights_key(digest), "predictor", seg_num), shape,
-                    PREDICTOR_INPUT, _meta("predictor", seg_num, shape))
-    predictor = InferenceEngine(make_config(target, device, "fp32", threads), (seg_num, feature_size),
-                                name=f"predictor ({target.name})")
+    target = export(
+        predictor_layer,
+        cache_entry(cache_dir, weights_key(digest), "predictor", seg_num),
+        shape,
+        PREDICTOR_INPUT,
+        _meta("predictor", seg_num, shape),
+    )
+    predictor = InferenceEngine(
+        make_config(target, device, "fp32", threads), (seg_num, feature_size), name=f"predictor ({target.name})"
+    )
     return extractor, predictor

@@ -63,16 +63,20 @@ class TagControl:
     groups: tuple[int, ...]
 
 
-def compile_control(labels: list[str], min_probability: float = 0.0, thresholds: Mapping[str, float] | None = None,
-                    allow: Collection[str] | None = None, deny: Collection[str] = (),
-                    label_map: Mapping[str, str] | None = None) -> TagControl:
+def compile_control(
+    labels: list[str],
+    min_probability: float = 0.0,
+    thresholds: Mapping[str, float] | None = None,
+    allow: Collection[str] | None = None,
+    deny: Collection[str] = (),
+    label_map: Mapping[str, str] | None = None,
+) -> TagControl:
     """A per-label threshold replaces `min_probability` for that label; `allow` (when given) keeps only the
     labels it names, `deny` removes labels; `label_map` renames labels (several may share one target)."""
     thresholds = thresholds or {}
     label_map = label_map or {}
     known = set(labels)
-    for what, names in (("thresholds", thresholds), ("allow", allow or ()), ("deny", deny),
-                        ("label_map", label_map)):
+    for what, names in (("thresholds", thresholds), ("allow", allow or ()), ("deny", deny), ("label_map", label_map)):
         if unknown := sorted(set(names) - known):
             raise LabelsError(f"{what} names {len(unknown)} labels the head does not have: {', '.join(unknown[:10])}")
     floors = np.array([thresholds.get(label, min_probability) for label in labels], dtype=np.float64)

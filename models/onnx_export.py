@@ -34,7 +34,8 @@ def fold_conv_bn(params: Mapping[str, np.ndarray], name: str) -> tuple[np.ndarra
     bn = _bn_prefix(name)
     weights = np.asarray(params[f"{name}_weights"], np.float64)
     scale = np.asarray(params[f"{bn}_scale"], np.float64) / np.sqrt(
-        np.asarray(params[f"{bn}_variance"], np.float64) + BN_EPSILON)
+        np.asarray(params[f"{bn}_variance"], np.float64) + BN_EPSILON
+    )
     bias = np.asarray(params[f"{bn}_offset"], np.float64) - np.asarray(params[f"{bn}_mean"], np.float64) * scale
     return (weights * scale[:, None, None, None]).astype(np.float32), bias.astype(np.float32)
 
@@ -53,8 +54,17 @@ class _Graph:
         pad = (kernel - 1) // 2
         self.initializers += [numpy_helper.from_array(weights, f"{name}.w"), numpy_helper.from_array(bias, f"{name}.b")]
         out = f"{name}.out"
-        self.nodes.append(helper.make_node("Conv", [x, f"{name}.w", f"{name}.b"], [out], name=name,
-                                           kernel_shape=[kernel, kernel], strides=[stride, stride], pads=[pad] * 4))
+        self.nodes.append(
+            helper.make_node(
+                "Conv",
+                [x, f"{name}.w", f"{name}.b"],
+                [out],
+                name=name,
+                kernel_shape=[kernel, kernel],
+                strides=[stride, stride],
+                pads=[pad] * 4,
+            )
+        )
         if not relu:
             return out
         self.nodes.append(helper.make_node("Relu", [out], [f"{name}.relu"], name=f"{name}_relu"))
@@ -77,8 +87,11 @@ def extractor_graph(params: Mapping[str, np.ndarray], layers: int, image_size: i
         raise ValueError(f"ResNet depth must be one of {sorted(DEPTHS)}, not {layers}")
     graph = _Graph(params)
     x = graph.conv(INPUT, "conv1", 2, relu=True)
-    graph.nodes.append(helper.make_node("MaxPool", [x], ["pool.out"], name="pool", kernel_shape=[3, 3],
-                                        strides=[2, 2], pads=[1, 1, 1, 1]))
+    graph.nodes.append(
+        helper.make_node(
+            "MaxPool", [x], ["pool.out"], name="pool", kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]
+        )
+    )
     x = "pool.out"
     in_channels = 64
     for stage, block, name in block_names(layers):
@@ -90,11 +103,15 @@ def extractor_graph(params: Mapping[str, np.ndarray], layers: int, image_size: i
     graph.nodes.append(helper.make_node("Flatten", ["avgpool.out"], [OUTPUT], name="flatten", axis=1))
     model = helper.make_model(
         helper.make_graph(
-            graph.nodes, f"tsn_resnet{layers}",
+            graph.nodes,
+            f"tsn_resnet{layers}",
             [helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, ["N", 3, image_size, image_size])],
             [helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, ["N", in_channels])],
-            graph.initializers),
-        opset_imports=[helper.make_opsetid("", OPSET)], producer_name="videotag")
+            graph.initializers,
+        ),
+        opset_imports=[helper.make_opsetid("", OPSET)],
+        producer_name="videotag",
+    )
     model.ir_version = 8  # readable by every onnxruntime >= 1.10 and openvino
     onnx.checker.check_model(model)
     return model

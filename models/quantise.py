@@ -54,8 +54,14 @@ def _batches(calibration: CalibrationSet, mean: Sequence[float], std: Sequence[f
         yield normalise(calibration.crops[start : start + CALIBRATION_BATCH], tuple(mean), tuple(std))
 
 
-def quantise(fp32_model: Any, calibration: CalibrationSet, mean: Sequence[float], std: Sequence[float],
-             out: Path, recipe: Recipe = RECIPE) -> None:
+def quantise(
+    fp32_model: Any,
+    calibration: CalibrationSet,
+    mean: Sequence[float],
+    std: Sequence[float],
+    out: Path,
+    recipe: Recipe = RECIPE,
+) -> None:
     """Write the QDQ INT8 model of `fp32_model` (an onnx.ModelProto) to `out`, calibrated on `calibration`."""
     import onnx
     from onnxruntime.quantization import (
@@ -78,9 +84,14 @@ def quantise(fp32_model: Any, calibration: CalibrationSet, mean: Sequence[float]
         source = Path(tmp) / "fp32.onnx"
         onnx.save(fp32_model, str(source))
         quantize_static(
-            str(source), str(out), Reader(), quant_format=QuantFormat.QDQ,
-            activation_type=getattr(QuantType, recipe.activations), weight_type=getattr(QuantType, recipe.weights),
-            per_channel=recipe.per_channel, reduce_range=recipe.reduce_range,
+            str(source),
+            str(out),
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            activation_type=getattr(QuantType, recipe.activations),
+            weight_type=getattr(QuantType, recipe.weights),
+            per_channel=recipe.per_channel,
+            reduce_range=recipe.reduce_range,
             calibrate_method=getattr(CalibrationMethod, recipe.method),
             nodes_to_exclude=list(recipe.fp32_nodes),
             extra_options={"CalibPercentile": recipe.percentile},
@@ -104,8 +115,10 @@ class OpenVinoEngine:
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         if tuple(batch.shape[1:]) != self.expected_shape:
-            raise ValueError(f"{self.name or 'engine'} takes input [N, {', '.join(map(str, self.expected_shape))}], "
-                             f"got {list(batch.shape)}")
+            raise ValueError(
+                f"{self.name or 'engine'} takes input [N, {', '.join(map(str, self.expected_shape))}], "
+                f"got {list(batch.shape)}"
+            )
         with self._lock:
             self.calls += 1
             # (infer copies the outputs out of the request unless share_outputs: the next run cannot change them)
@@ -117,10 +130,16 @@ def int8_meta(layers: int, calibration: CalibrationSet, recipe: Recipe, image_si
     import onnx
     import onnxruntime
 
-    return {"net": "extractor-int8", "size": layers, "image_size": image_size,
-            "calibration": calibration.digest(), "calibration_frames": len(calibration.crops),
-            "recipe": json.loads(json.dumps(asdict(recipe))),  # as read back
-            "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
+    return {
+        "net": "extractor-int8",
+        "size": layers,
+        "image_size": image_size,
+        "calibration": calibration.digest(),
+        "calibration_frames": len(calibration.crops),
+        "recipe": json.loads(json.dumps(asdict(recipe))),  # as read back
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+    }
 
 
 def int8_net(calibration: CalibrationSet, recipe: Recipe) -> str:
@@ -128,8 +147,16 @@ def int8_net(calibration: CalibrationSet, recipe: Recipe) -> str:
     return f"extractor-int8-{calibration.digest()}-{recipe.digest()}"
 
 
-def build_int8(target: Path, params: Callable[[], dict[str, np.ndarray]], layers: int, calibration: CalibrationSet,
-               mean: Sequence[float], std: Sequence[float], recipe: Recipe = RECIPE, image_size: int = 224) -> Path:
+def build_int8(
+    target: Path,
+    params: Callable[[], dict[str, np.ndarray]],
+    layers: int,
+    calibration: CalibrationSet,
+    mean: Sequence[float],
+    std: Sequence[float],
+    recipe: Recipe = RECIPE,
+    image_size: int = 224,
+) -> Path:
     """The quantised extractor in `target` (made atomically unless current, `build_atomically`); `params` gives
     the weight arrays by original name, called only when a build is due."""
     from models.inference import build_atomically
@@ -138,5 +165,9 @@ def build_int8(target: Path, params: Callable[[], dict[str, np.ndarray]], layers
     def write(tmp: Path) -> None:
         quantise(extractor_graph(params(), layers, image_size), calibration, mean, std, tmp / MODEL_FILE, recipe)
 
-    return build_atomically(target, int8_meta(layers, calibration, recipe, image_size), write,
-                            files=lambda entry: (entry / MODEL_FILE).stat())
+    return build_atomically(
+        target,
+        int8_meta(layers, calibration, recipe, image_size),
+        write,
+        files=lambda entry: (entry / MODEL_FILE).stat(),
+    )

@@ -19,12 +19,14 @@ FEATURE_SIZE = 2048
 class ConvBN(nn.Layer):
     """conv (no bias, 'same' padding) → inference BatchNorm → optional ReLU."""
 
-    def __init__(self, name: str, in_channels: int, out_channels: int, kernel: int, stride: int = 1,
-                 relu: bool = True) -> None:
+    def __init__(
+        self, name: str, in_channels: int, out_channels: int, kernel: int, stride: int = 1, relu: bool = True
+    ) -> None:
         super().__init__()
         self.original_name = name
-        self.conv = nn.Conv2D(in_channels, out_channels, kernel, stride=stride, padding=(kernel - 1) // 2,
-                              bias_attr=False)
+        self.conv = nn.Conv2D(
+            in_channels, out_channels, kernel, stride=stride, padding=(kernel - 1) // 2, bias_attr=False
+        )
         self.bn = nn.BatchNorm2D(out_channels, epsilon=1e-5)
         self.relu = relu
 

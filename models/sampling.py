@@ -83,8 +83,16 @@ class Sampling:
 
     def video(self, crops: np.ndarray) -> SampledVideo:
         """The SampledVideo, given the crops of `frames` in their order."""
-        return SampledVideo(crops, self.order, self.frames_decoded, self.frames_reported, self.width, self.height,
-                            self.fps, self.decoder)
+        return SampledVideo(
+            crops,
+            self.order,
+            self.frames_decoded,
+            self.frames_reported,
+            self.width,
+            self.height,
+            self.fps,
+            self.decoder,
+        )
 
 
 FrameStream = Generator[FrameChunk, None, Sampling]
@@ -139,8 +147,9 @@ def sample_indices(num_frames: int, seg_num: int) -> list[int]:
     return picks
 
 
-def opencv_frame_count(nb_frames: int, duration_us: int | None, stream_duration: int | None,
-                       time_base: float, fps: float) -> int:
+def opencv_frame_count(
+    nb_frames: int, duration_us: int | None, stream_duration: int | None, time_base: float, fps: float
+) -> int:
     """CAP_PROP_FRAME_COUNT: the container's frame count, else round(duration × fps) (WebM and Matroska carry
     no count). None stands for FFmpeg's AV_NOPTS_VALUE; a count OpenCV would give as ≤ 0 is 0 here."""
     if nb_frames:
@@ -186,12 +195,14 @@ def _check_file(path: Path, name: str) -> None:
 
 def _check_resolution(width: int, height: int, max_width: int, max_height: int, name: str) -> None:
     if max(width, height) > max(max_width, max_height) or min(width, height) > min(max_width, max_height):
-        raise InputError(ErrorCode.RESOLUTION_TOO_LARGE,
-                         f"{name}: {width}x{height} is above the {max_width}x{max_height} limit")
+        raise InputError(
+            ErrorCode.RESOLUTION_TOO_LARGE, f"{name}: {width}x{height} is above the {max_width}x{max_height} limit"
+        )
 
 
-def _decode_picks(reader: FrameReader, name: str, wanted: set[int],
-                  transform: FrameTransform) -> Generator[tuple[int, np.ndarray], None, int]:
+def _decode_picks(
+    reader: FrameReader, name: str, wanted: set[int], transform: FrameTransform
+) -> Generator[tuple[int, np.ndarray], None, int]:
     """Replay the original's read calls; yield (ordinal, crop) for each decoded frame whose ordinal is wanted.
 
     Returns the number of frames decoded (the original's len(frames)).
@@ -214,8 +225,9 @@ def _decode_picks(reader: FrameReader, name: str, wanted: set[int],
     return decoded
 
 
-def _chunks(frames: Generator[tuple[int, np.ndarray], None, int], size: int,
-            sent: set[int]) -> Generator[FrameChunk, None, int]:
+def _chunks(
+    frames: Generator[tuple[int, np.ndarray], None, int], size: int, sent: set[int]
+) -> Generator[FrameChunk, None, int]:
     """`frames` grouped into chunks of `size` (the last one shorter), each ordinal added to `sent` as it goes;
     returns what `frames` returns."""
     ordinals: list[int] = []
@@ -237,8 +249,17 @@ def _chunks(frames: Generator[tuple[int, np.ndarray], None, int], size: int,
     return decoded
 
 
-def stream_video(path: Path, name: str, open_reader: Callable[[], FrameReader], decoder: str, seg_num: int,
-                 transform: FrameTransform, max_width: int, max_height: int, chunk_size: int) -> FrameStream:
+def stream_video(
+    path: Path,
+    name: str,
+    open_reader: Callable[[], FrameReader],
+    decoder: str,
+    seg_num: int,
+    transform: FrameTransform,
+    max_width: int,
+    max_height: int,
+    chunk_size: int,
+) -> FrameStream:
     """Sample `seg_num` frames exactly as the original reader, preprocessed by `transform`, yielding them in
     chunks of `chunk_size` as they are decoded.
 
@@ -282,8 +303,17 @@ def stream_video(path: Path, name: str, open_reader: Callable[[], FrameReader], 
     )
 
 
-def sample_video(path: Path, name: str, open_reader: Callable[[], FrameReader], decoder: str, seg_num: int,
-                 transform: FrameTransform, max_width: int, max_height: int) -> SampledVideo:
+def sample_video(
+    path: Path,
+    name: str,
+    open_reader: Callable[[], FrameReader],
+    decoder: str,
+    seg_num: int,
+    transform: FrameTransform,
+    max_width: int,
+    max_height: int,
+) -> SampledVideo:
     """`stream_video`, all at once."""
-    return collect(stream_video(path, name, open_reader, decoder, seg_num, transform, max_width, max_height,
-                                chunk_size=seg_num))
+    return collect(
+        stream_video(path, name, open_reader, decoder, seg_num, transform, max_width, max_height, chunk_size=seg_num)
+    )

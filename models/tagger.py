@@ -27,8 +27,17 @@ from models.options import ENGINES
 from models.resnet import tsn_resnet
 from models.weights import assign, file_digest, find_params, load_into, no_random_init, randomize, read_state
 
-__all__ = ["ENGINES", "RANDOM_SEED", "RANDOM_WEIGHTS", "Head", "TagResult", "VideoTagger", "build_tagger",
-           "load_predictor", "set_device"]
+__all__ = [
+    "ENGINES",
+    "RANDOM_SEED",
+    "RANDOM_WEIGHTS",
+    "Head",
+    "TagResult",
+    "VideoTagger",
+    "build_tagger",
+    "load_predictor",
+    "set_device",
+]
 RANDOM_SEED = 0
 
 
@@ -55,15 +64,21 @@ def load_predictor(location: str | Path, pcfg: PredictorConfig) -> tuple[Attenti
     return model, params_path
 
 
-def _load_head(spec: HeadSpec, predictor_weights: str | Path, label_file: str | Path, pcfg: PredictorConfig,
-               allow_random_weights: bool) -> tuple[Head, Path | None]:
+def _load_head(
+    spec: HeadSpec,
+    predictor_weights: str | Path,
+    label_file: str | Path,
+    pcfg: PredictorConfig,
+    allow_random_weights: bool,
+) -> tuple[Head, Path | None]:
     """(the head, its weight file: None when random). A head with weights of its own always loads them; one on
     the default weights is random in a demo."""
     label_path = Path(spec.labels or label_file)
     params_path: Path | None = None
     if allow_random_weights and spec.weights is None:
-        layer = attention_lstm(pcfg.feature_size, pcfg.embedding_size, pcfg.lstm_size, pcfg.num_classes,
-                               pcfg.dropout_rate)
+        layer = attention_lstm(
+            pcfg.feature_size, pcfg.embedding_size, pcfg.lstm_size, pcfg.num_classes, pcfg.dropout_rate
+        )
         randomize(layer, RANDOM_SEED + 1)
         if label_path.is_file():
             labels = load_labels(label_path, pcfg.num_classes)
@@ -153,6 +168,7 @@ def build_tagger(
                 layer = tsn_resnet(ecfg.layers)
             load_into(layer, source, "tsn")
             return layer
+
     info = {
         "extractor": f"TSN-ResNet{ecfg.layers}",
         "predictor": "AttentionLSTM",
@@ -169,22 +185,47 @@ def build_tagger(
     if engine == "simulated":
         info["simulated_ms_per_frame"] = simulated_ms_per_frame
         size = ecfg.target_size
-        extractor_engine = SimulatedEngine(simulated_ms_per_frame, (pcfg.feature_size,), (3, size, size),
-                                           "simulated extractor")
-        built = tuple(replace(head, predictor=SimulatedEngine(0.0, (len(head.labels),),
-                                                              (ecfg.seg_num, pcfg.feature_size),
-                                                              f"simulated head {head.name}"))
-                      for head in built)
+        extractor_engine = SimulatedEngine(
+            simulated_ms_per_frame, (pcfg.feature_size,), (3, size, size), "simulated extractor"
+        )
+        built = tuple(
+            replace(
+                head,
+                predictor=SimulatedEngine(
+                    0.0, (len(head.labels),), (ecfg.seg_num, pcfg.feature_size), f"simulated head {head.name}"
+                ),
+            )
+            for head in built
+        )
     elif engine == "inference":
         from models.inference import extractor_engine as exported_extractor
         from models.inference import random_weights_key
 
         key = random_weights_key([extractor()], RANDOM_SEED) if allow_random_weights else extractor_digest
-        extractor_engine = exported_extractor(extractor, key, ecfg.layers, cache_dir, device, precision, threads,
-                                              tensorrt, max_batch=batch_size, image_size=ecfg.target_size,
-                                              int8_calibration=int8_calibration, image_mean=ecfg.image_mean,
-                                              image_std=ecfg.image_std)
+        extractor_engine = exported_extractor(
+            extractor,
+            key,
+            ecfg.layers,
+            cache_dir,
+            device,
+            precision,
+            threads,
+            tensorrt,
+            max_batch=batch_size,
+            image_size=ecfg.target_size,
+            int8_calibration=int8_calibration,
+            image_mean=ecfg.image_mean,
+            image_std=ecfg.image_std,
+        )
     else:
         extractor_engine = DygraphEngine(extractor())
-    return VideoTagger(ecfg, extractor_engine, built, preprocess=preprocess, batch_size=batch_size,
-                       max_width=max_width, max_height=max_height, info=info)
+    return VideoTagger(
+        ecfg,
+        extractor_engine,
+        built,
+        preprocess=preprocess,
+        batch_size=batch_size,
+        max_width=max_width,
+        max_height=max_height,
+        info=info,
+    )

@@ -115,8 +115,12 @@ def predict(model: AttentionLSTM, features: np.ndarray, batch_size: int = 16) ->
     """Probabilities [N, C] in eval mode (dropout's inference scaling), `batch_size` videos at a time."""
     model.eval()
     with paddle.no_grad():
-        return np.concatenate([model(paddle.to_tensor(features[start : start + batch_size])).numpy()
-                               for start in range(0, len(features), batch_size)])
+        return np.concatenate(
+            [
+                model(paddle.to_tensor(features[start : start + batch_size])).numpy()
+                for start in range(0, len(features), batch_size)
+            ]
+        )
 
 
 def _evaluate(model: AttentionLSTM, features: np.ndarray, truth: np.ndarray, batch_size: int) -> tuple[float, float]:
@@ -130,18 +134,26 @@ def _evaluate(model: AttentionLSTM, features: np.ndarray, truth: np.ndarray, bat
     return total / len(features), global_average_precision(probs, truth)
 
 
-def train_head(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val_y: np.ndarray,
-               options: TrainOptions, from_predictor: str | Path | None = None,
-               on_epoch: Callable[[EpochRecord], None] | None = None) -> TrainResult:
+def train_head(
+    train_x: np.ndarray,
+    train_y: np.ndarray,
+    val_x: np.ndarray,
+    val_y: np.ndarray,
+    options: TrainOptions,
+    from_predictor: str | Path | None = None,
+    on_epoch: Callable[[EpochRecord], None] | None = None,
+) -> TrainResult:
     """Features [N, T, 2048] float32 with multi-hot truth [N, C] → a trained head for C classes."""
     config = PredictorConfig()
     paddle.seed(options.seed)
-    model = attention_lstm(config.feature_size, config.embedding_size, config.lstm_size, train_y.shape[1],
-                           config.dropout_rate)
+    model = attention_lstm(
+        config.feature_size, config.embedding_size, config.lstm_size, train_y.shape[1], config.dropout_rate
+    )
     if from_predictor is not None:
         init_from_predictor(model, from_predictor, config)
-    optimizer = paddle.optimizer.Adam(options.learning_rate, parameters=model.parameters(),
-                                      weight_decay=options.weight_decay)
+    optimizer = paddle.optimizer.Adam(
+        options.learning_rate, parameters=model.parameters(), weight_decay=options.weight_decay
+    )
     rng = np.random.default_rng(options.seed)
     result = TrainResult(model, best_epoch=0)
     best_gap, best_loss = -1.0, float("inf")

@@ -70,8 +70,16 @@ class _CaptureReader:
         self.capture.release()
 
 
-def stream_video(path: str | Path, seg_num: int, transform: FrameTransform, max_width: int, max_height: int,
-                 name: str | None = None, *, chunk_size: int) -> FrameStream:
+def stream_video(
+    path: str | Path,
+    seg_num: int,
+    transform: FrameTransform,
+    max_width: int,
+    max_height: int,
+    name: str | None = None,
+    *,
+    chunk_size: int,
+) -> FrameStream:
     """Sample `seg_num` frames of a video file with OpenCV, exactly as the original reader (models/sampling.py),
     in chunks of `chunk_size` as they are decoded.
 
@@ -82,8 +90,19 @@ def stream_video(path: str | Path, seg_num: int, transform: FrameTransform, max_
     path = Path(path)
     name = name or path.name
     try:
-        return (yield from sampling.stream_video(path, name, lambda: _CaptureReader(path, name), DECODER, seg_num,
-                                                 transform, max_width, max_height, chunk_size))
+        return (
+            yield from sampling.stream_video(
+                path,
+                name,
+                lambda: _CaptureReader(path, name),
+                DECODER,
+                seg_num,
+                transform,
+                max_width,
+                max_height,
+                chunk_size,
+            )
+        )
     except InputError as exc:
         if exc.code is ErrorCode.NO_FRAMES:  # e.g. a codec this wheel lacks that is not in UNDECODABLE_FOURCCS
             raise NeedsFallback(exc.message) from exc
@@ -94,8 +113,9 @@ def stream_video(path: str | Path, seg_num: int, transform: FrameTransform, max_
         raise
 
 
-def read_video(path: str | Path, seg_num: int, transform: FrameTransform, max_width: int, max_height: int,
-               name: str | None = None) -> SampledVideo:
+def read_video(
+    path: str | Path, seg_num: int, transform: FrameTransform, max_width: int, max_height: int, name: str | None = None
+) -> SampledVideo:
     """`stream_video`, all at once."""
     return collect(stream_video(path, seg_num, transform, max_width, max_height, name, chunk_size=seg_num))
 
@@ -118,11 +138,22 @@ class InProcessDecoder:
 
     def stream(self, path: str | Path, seg_num: int, name: str | None = None) -> FrameStream:
         try:
-            return (yield from stream_video(path, seg_num, self.transform, self.max_width, self.max_height, name,
-                                            chunk_size=self.chunk_size))
+            return (
+                yield from stream_video(
+                    path, seg_num, self.transform, self.max_width, self.max_height, name, chunk_size=self.chunk_size
+                )
+            )
         except NeedsFallback:  # raised before any chunk was sent (models/video.py stream_video)
-            fallback = DecoderProcess(self.preprocess, self.short_size, self.crop_size, self.max_width,
-                                      self.max_height, timeout_s=None, decoders=("pyav",), chunk_size=self.chunk_size)
+            fallback = DecoderProcess(
+                self.preprocess,
+                self.short_size,
+                self.crop_size,
+                self.max_width,
+                self.max_height,
+                timeout_s=None,
+                decoders=("pyav",),
+                chunk_size=self.chunk_size,
+            )
             return (yield from fallback.stream(path, seg_num, name))
 
     def __call__(self, path: str | Path, seg_num: int, name: str | None = None) -> SampledVideo:

@@ -57,15 +57,15 @@ class _PyAVReader:
         rate = stream.guessed_rate  # av_guess_frame_rate, as OpenCV's CAP_PROP_FPS
         self.fps = float(rate) if rate else 0.0
         self.frames_reported = opencv_frame_count(
-            stream.frames, self.container.duration, stream.duration, float(stream.time_base or 0), self.fps)
+            stream.frames, self.container.duration, stream.duration, float(stream.time_base or 0), self.fps
+        )
         # Where OpenCV's count is unknown (0) it reads nothing; the fallback reads to the end instead.
         self.read_calls = self.frames_reported or None
         self._frames = self._decode(stream)
         self._next: av.VideoFrame | None = next(self._frames, None)
         self._current: av.VideoFrame | None = None
         self._angle = opencv_rotation(self._next.rotation) if self._next is not None else 0
-        self.width, self.height = displayed_size(stream.codec_context.width, stream.codec_context.height,
-                                                 self._angle)
+        self.width, self.height = displayed_size(stream.codec_context.width, stream.codec_context.height, self._angle)
 
     def _decode(self, stream: av.video.stream.VideoStream) -> Iterator[av.VideoFrame]:
         for packet in self.container.demux(stream):
@@ -95,8 +95,16 @@ class _PyAVReader:
         self.container.close()
 
 
-def stream_video(path: str | Path, seg_num: int, transform: FrameTransform, max_width: int, max_height: int,
-                 name: str | None = None, *, chunk_size: int) -> FrameStream:
+def stream_video(
+    path: str | Path,
+    seg_num: int,
+    transform: FrameTransform,
+    max_width: int,
+    max_height: int,
+    name: str | None = None,
+    *,
+    chunk_size: int,
+) -> FrameStream:
     """Sample `seg_num` frames with PyAV, as models.video.stream_video does with OpenCV.
 
     Raises InputError for a missing, empty, non-video or damaged file, a file without a video stream, no
@@ -104,11 +112,15 @@ def stream_video(path: str | Path, seg_num: int, transform: FrameTransform, max_
     """
     path = Path(path)
     name = name or path.name
-    return (yield from sampling.stream_video(path, name, lambda: _PyAVReader(path, name), DECODER, seg_num,
-                                             transform, max_width, max_height, chunk_size))
+    return (
+        yield from sampling.stream_video(
+            path, name, lambda: _PyAVReader(path, name), DECODER, seg_num, transform, max_width, max_height, chunk_size
+        )
+    )
 
 
-def read_video(path: str | Path, seg_num: int, transform: FrameTransform, max_width: int, max_height: int,
-               name: str | None = None) -> SampledVideo:
+def read_video(
+    path: str | Path, seg_num: int, transform: FrameTransform, max_width: int, max_height: int, name: str | None = None
+) -> SampledVideo:
     """`stream_video`, all at once."""
     return collect(stream_video(path, seg_num, transform, max_width, max_height, name, chunk_size=seg_num))

@@ -70,8 +70,9 @@ def read_state(location: str | Path, stem: str) -> tuple[dict[str, np.ndarray], 
     return kept, from_opt, params_path
 
 
-def check_state(state: dict[str, np.ndarray], expected: dict[str, tuple[int, ...]], source: str,
-                optional: Iterable[str] = ()) -> None:
+def check_state(
+    state: dict[str, np.ndarray], expected: dict[str, tuple[int, ...]], source: str, optional: Iterable[str] = ()
+) -> None:
     """One error naming every missing, mismatched and unexpected tensor, so a bad file is fixed in one go."""
     missing = sorted(set(expected) - set(state))
     mismatched = sorted(

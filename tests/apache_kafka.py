@@ -65,9 +65,19 @@ def fetch_jars(pom: Path = POM, cache: Path = CACHE) -> Path:
     partial = cache / f"{digest}.partial"
     shutil.rmtree(partial, ignore_errors=True)
     run = subprocess.run(
-        [mvn, "-B", "-q", "-f", str(pom), "dependency:copy-dependencies", "-DincludeScope=runtime",
-         f"-DoutputDirectory={partial}"],
-        capture_output=True, text=True, timeout=900,
+        [
+            mvn,
+            "-B",
+            "-q",
+            "-f",
+            str(pom),
+            "dependency:copy-dependencies",
+            "-DincludeScope=runtime",
+            f"-DoutputDirectory={partial}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     if run.returncode != 0 or not any(partial.glob("kafka_2.13-*.jar")):
         tail = (run.stdout + run.stderr)[-2000:]
@@ -93,8 +103,9 @@ class ApacheKafka(KafkaServer):
 
     name = "Apache Kafka"
 
-    def __init__(self, data_dir: Path, properties: Mapping[str, str] | None = None,
-                 listeners: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, data_dir: Path, properties: Mapping[str, str] | None = None, listeners: Mapping[str, str] | None = None
+    ) -> None:
         """`listeners`: extra client listeners, name → security protocol (`{"MTLS": "SSL"}`), configured through
         `properties` (`listener.name.mtls.…`)."""
         self.data_dir = Path(data_dir)
@@ -115,8 +126,9 @@ class ApacheKafka(KafkaServer):
         log = (self.data_dir / "broker.log").read_text(errors="replace")
         return len(re.findall(pattern, log, re.MULTILINE))
 
-    def broker_properties(self, port: int, controller_port: int,
-                          listener_ports: Mapping[str, int] | None = None) -> dict[str, str]:
+    def broker_properties(
+        self, port: int, controller_port: int, listener_ports: Mapping[str, int] | None = None
+    ) -> dict[str, str]:
         ports = {"PLAINTEXT": port, **(listener_ports or {})}
         advertised = ",".join(f"{name}://{LOOPBACK}:{p}" for name, p in ports.items())
         protocols = {"PLAINTEXT": "PLAINTEXT", "CONTROLLER": "PLAINTEXT", **self.listeners}
@@ -145,9 +157,17 @@ class ApacheKafka(KafkaServer):
         }
 
     def _java(self, libs: Path, main: str, *args: str) -> list[str]:
-        return ["java", HEAP, "-XX:+UseSerialGC", "-Djava.awt.headless=true",
-                f"-Dlog4j2.configurationFile={self.data_dir / 'log4j2.properties'}",
-                "-cp", f"{libs}/*", main, *args]
+        return [
+            "java",
+            HEAP,
+            "-XX:+UseSerialGC",
+            "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={self.data_dir / 'log4j2.properties'}",
+            "-cp",
+            f"{libs}/*",
+            main,
+            *args,
+        ]
 
     def _configure(self, libs: Path, port: int, controller_port: int, listener_ports: Mapping[str, int]) -> Path:
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -157,8 +177,12 @@ class ApacheKafka(KafkaServer):
         config.write_text("".join(f"{k}={v}\n" for k, v in properties.items()))
         config.chmod(0o600)  # the PLAIN users' passwords are in it
         if not (self.data_dir / "logs" / "meta.properties").is_file():  # formatted once, kept across restarts
-            subprocess.run(self._java(libs, "kafka.tools.StorageTool", "format", "-t", _cluster_id(), "-c",
-                                      str(config)), check=True, capture_output=True, timeout=120)
+            subprocess.run(
+                self._java(libs, "kafka.tools.StorageTool", "format", "-t", _cluster_id(), "-c", str(config)),
+                check=True,
+                capture_output=True,
+                timeout=120,
+            )
         return config
 
     def start(self, timeout: float = 90) -> Self:
@@ -209,8 +233,13 @@ def _pem_keystore(directory: Path, name: str, key: str, cert: str) -> str:
     return str(path)
 
 
-def secure_config(pki: Mapping[str, str], plain_users: Mapping[str, str],
-                  directory: Path) -> tuple[dict[str, str], dict[str, str]]:
+PLAIN_LOGIN = "org.apache.kafka.common.security.plain.PlainLoginModule"
+SCRAM_LOGIN = "org.apache.kafka.common.security.scram.ScramLoginModule"
+
+
+def secure_config(
+    pki: Mapping[str, str], plain_users: Mapping[str, str], directory: Path
+) -> tuple[dict[str, str], dict[str, str]]:
     """(`listeners`, `properties`) for `ApacheKafka`: SECURE_LISTENERS with their certificates (tests/pki.py's
     `make_pki`), SASL with the PLAIN users given (name → password, fixed in the JAAS config) and SCRAM-SHA-512
     users added later through the admin API, and every request authorized by StandardAuthorizer against ACLs."""
@@ -226,13 +255,13 @@ def secure_config(pki: Mapping[str, str], plain_users: Mapping[str, str],
         "ssl.client.auth": "required",
         "listener.name.sasl.ssl.client.auth": "none",
         "listener.name.sasl.sasl.enabled.mechanisms": SASL_MECHANISMS,
-        "listener.name.sasl.plain.sasl.jaas.config":
-            f"org.apache.kafka.common.security.plain.PlainLoginModule required {plain};",
-        "listener.name.sasl.scram-sha-512.sasl.jaas.config":
-            "org.apache.kafka.common.security.scram.ScramLoginModule required;",
-        "listener.name.rogue.ssl.keystore.location":
-            _pem_keystore(directory, "rogue", pki["rogue_key"], pki["rogue_cert"]),
-        "listener.name.elsewhere.ssl.keystore.location":
-            _pem_keystore(directory, "elsewhere", pki["elsewhere_key"], pki["elsewhere_cert"]),
+        "listener.name.sasl.plain.sasl.jaas.config": f"{PLAIN_LOGIN} required {plain};",
+        "listener.name.sasl.scram-sha-512.sasl.jaas.config": f"{SCRAM_LOGIN} required;",
+        "listener.name.rogue.ssl.keystore.location": _pem_keystore(
+            directory, "rogue", pki["rogue_key"], pki["rogue_cert"]
+        ),
+        "listener.name.elsewhere.ssl.keystore.location": _pem_keystore(
+            directory, "elsewhere", pki["elsewhere_key"], pki["elsewhere_cert"]
+        ),
     }
     return dict(SECURE_LISTENERS), properties

@@ -66,8 +66,9 @@ def secure_topics(secure_kafka: ApacheKafka) -> Topics:
     return names
 
 
-def apache_kafka(data_dir: Path, properties: dict[str, str] | None = None,
-                 listeners: dict[str, str] | None = None) -> ApacheKafka:
+def apache_kafka(
+    data_dir: Path, properties: dict[str, str] | None = None, listeners: dict[str, str] | None = None
+) -> ApacheKafka:
     """A started Apache Kafka; skips the test (fails it under CI) where Java or Maven is missing."""
     try:
         return ApacheKafka(data_dir, properties, listeners).start()
@@ -105,8 +106,14 @@ def spawn(tmp_path: Path) -> Iterator[SpawnWorker]:
     end of the test whatever happens)."""
     started: list[WorkerProcess] = []
 
-    def start(broker: KafkaServer, s3: S3Server, topics: Topics, group_id: str, env: dict[str, str] | None = None,
-              **settings: str) -> WorkerProcess:
+    def start(
+        broker: KafkaServer,
+        s3: S3Server,
+        topics: Topics,
+        group_id: str,
+        env: dict[str, str] | None = None,
+        **settings: str,
+    ) -> WorkerProcess:
         worker = WorkerProcess(tmp_path, broker, s3, topics, group_id, env, **settings)
         started.append(worker)
         return worker

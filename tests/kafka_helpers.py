@@ -67,8 +67,9 @@ def produce(
         producer.close()
 
 
-def consume_all(bootstrap: str, topic: str | list[str], expected: int, timeout: float,
-                **options: Any) -> list[ConsumerRecord]:
+def consume_all(
+    bootstrap: str, topic: str | list[str], expected: int, timeout: float, **options: Any
+) -> list[ConsumerRecord]:
     """Read `topic` (or several) from the start in a fresh group until `expected` records arrived in all or
     `timeout` passed; `options`: more consumer options (`isolation_level="read_committed"`)."""
     consumer = KafkaConsumer(
@@ -112,7 +113,8 @@ def set_scram_user(broker: KafkaServer, user: str, password: str) -> None:
     admin = broker.admin()
     try:
         errors = admin.alter_user_scram_credentials(
-            [UserScramCredentialUpsertion(user, ScramMechanism.SCRAM_SHA_512, password)])
+            [UserScramCredentialUpsertion(user, ScramMechanism.SCRAM_SHA_512, password)]
+        )
     finally:
         admin.close()
     if errors.get(user):
@@ -136,9 +138,16 @@ def grant(broker: KafkaServer, principal: str, accesses: Iterable[Access]) -> No
 
 
 def revoke(broker: KafkaServer, principal: str, accesses: Iterable[Access]) -> None:
-    filters = [ACLFilter(principal, "*", ACLOperation[a.operation], ACLPermissionType.ALLOW,
-                         ResourcePatternFilter(ResourceType[a.resource], a.name, ACLResourcePatternType.LITERAL))
-               for a in accesses]
+    filters = [
+        ACLFilter(
+            principal,
+            "*",
+            ACLOperation[a.operation],
+            ACLPermissionType.ALLOW,
+            ResourcePatternFilter(ResourceType[a.resource], a.name, ACLResourcePatternType.LITERAL),
+        )
+        for a in accesses
+    ]
     admin = broker.admin()
     try:
         admin.delete_acls(filters)
@@ -148,5 +157,6 @@ def revoke(broker: KafkaServer, principal: str, accesses: Iterable[Access]) -> N
 
 def worker_access(topics: Topics, group_id: str) -> tuple[Access, ...]:
     """The ACLs a worker on these topics and group needs: what docs/deployment.md tells users to grant."""
-    return required_access(Settings(input_topic=topics.input, output_topic=topics.output, dlq_topic=topics.dlq,
-                                    group_id=group_id))
+    return required_access(
+        Settings(input_topic=topics.input, output_topic=topics.output, dlq_topic=topics.dlq, group_id=group_id)
+    )

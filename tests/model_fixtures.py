@@ -36,8 +36,10 @@ TOLERANCE_FEATURES = 1e-3
 def require_shared() -> Path:
     """../shared holds the sample videos, golden outputs and tools; it is absent on a user's clone."""
     if not SHARED.is_dir():
-        pytest.skip(f"{SHARED} is missing: the shared test data (videos, golden outputs, weight generator) "
-                    "only exists in the development workspace")
+        pytest.skip(
+            f"{SHARED} is missing: the shared test data (videos, golden outputs, weight generator) "
+            "only exists in the development workspace"
+        )
     return SHARED
 
 
@@ -61,7 +63,10 @@ def generated_weights(seed: int = 0, layers: int = 101) -> Path:
     try:
         subprocess.run(
             [sys.executable, str(MAKE_WEIGHTS), str(tmp), "--seed", str(seed), "--layers", str(layers)],
-            check=True, capture_output=True, text=True, timeout=600,
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=600,
         )
         tmp.chmod(0o755)
         try:
@@ -162,10 +167,29 @@ def ffmpeg_exe() -> str:
 def make_clip(path: Path, frames: int, size: str = "320x240", rate: int = 25, extra: tuple[str, ...] = ()) -> Path:
     """An H.264 mp4 of ffmpeg's testsrc with exactly `frames` frames."""
     subprocess.run(
-        [ffmpeg_exe(), "-v", "error", "-y", "-f", "lavfi", "-i", f"testsrc=size={size}:rate={rate}",
-         "-frames:v", str(frames), "-c:v", "libx264", "-pix_fmt", "yuv420p", "-preset", "ultrafast",
-         *extra, str(path)],
-        check=True, capture_output=True, timeout=120,
+        [
+            ffmpeg_exe(),
+            "-v",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            f"testsrc=size={size}:rate={rate}",
+            "-frames:v",
+            str(frames),
+            "-c:v",
+            "libx264",
+            "-pix_fmt",
+            "yuv420p",
+            "-preset",
+            "ultrafast",
+            *extra,
+            str(path),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
     )
     return path
 
@@ -182,8 +206,14 @@ def cli_env(**extra: str) -> dict[str, str]:
 
 def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600, **env: str) -> subprocess.CompletedProcess:
     """`videotag ARGS...` as a user runs it (same interpreter, so the same virtual environment)."""
-    return subprocess.run([sys.executable, "-m", "worker.cli", *args], cwd=cwd or REPO, env=cli_env(**env),
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "worker.cli", *args],
+        cwd=cwd or REPO,
+        env=cli_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def json_lines(stdout: str) -> list[dict]:

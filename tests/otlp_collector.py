@@ -60,12 +60,21 @@ class Collector:
         out = []
         for path, request in received:
             for resource in request.resource_spans:
-                service = next((a.value.string_value for a in resource.resource.attributes
-                                if a.key == "service.name"), "")
+                service = next(
+                    (a.value.string_value for a in resource.resource.attributes if a.key == "service.name"), ""
+                )
                 for scope in resource.scope_spans:
                     for span in scope.spans:
-                        attributes = {a.key: getattr(a.value, a.value.WhichOneof("value"))
-                                      for a in span.attributes}
-                        out.append(ReceivedSpan(span.name, span.trace_id.hex(), span.span_id.hex(),
-                                                span.parent_span_id.hex(), attributes, service, path))
+                        attributes = {a.key: getattr(a.value, a.value.WhichOneof("value")) for a in span.attributes}
+                        out.append(
+                            ReceivedSpan(
+                                span.name,
+                                span.trace_id.hex(),
+                                span.span_id.hex(),
+                                span.parent_span_id.hex(),
+                                attributes,
+                                service,
+                                path,
+                            )
+                        )
         return out

@@ -23,14 +23,31 @@ def make_ca(name: str) -> KeyAndCert:
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
     now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(hours=2))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                                         content_commitment=False, key_encipherment=False, data_encipherment=False,
-                                         key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
-            .sign(key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=2))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .sign(key, hashes.SHA256())
+    )
     return key, cert
 
 
@@ -39,10 +56,16 @@ def issue(ca: KeyAndCert, name: str, server: bool, hosts: tuple[str, ...] = ("lo
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.datetime.now(datetime.UTC)
     usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
-    builder = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-               .issuer_name(ca[1].subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
-               .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(hours=2))
-               .add_extension(x509.ExtendedKeyUsage([usage]), critical=False))
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+        .issuer_name(ca[1].subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=2))
+        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+    )
     if server:
         names: list[x509.GeneralName] = []
         for host in hosts:
@@ -59,8 +82,9 @@ def write_pem(path: Path, cert: x509.Certificate | None = None, key: Any = None,
     if cert is not None:
         path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     else:
-        encryption = (serialization.BestAvailableEncryption(password.encode()) if password
-                      else serialization.NoEncryption())
+        encryption = (
+            serialization.BestAvailableEncryption(password.encode()) if password else serialization.NoEncryption()
+        )
         path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption))
         path.chmod(0o600)
     return str(path)
@@ -90,5 +114,10 @@ def make_pki(directory: Path) -> dict[str, str]:
 
 def client_tls_settings(pki: dict[str, str]) -> dict[str, str]:
     """Worker settings for mutual TLS with our CA and the client certificate (as `Settings` fields)."""
-    return {"security_protocol": "SSL", "ssl_cafile": pki["ca"], "ssl_certfile": pki["client_cert"],
-            "ssl_keyfile": pki["client_key"], "ssl_password": SSL_PASSWORD}
+    return {
+        "security_protocol": "SSL",
+        "ssl_cafile": pki["ca"],
+        "ssl_certfile": pki["client_cert"],
+        "ssl_keyfile": pki["client_key"],
+        "ssl_password": SSL_PASSWORD,
+    }

@@ -48,6 +48,7 @@ REQUEST_FIELDS = {"video_id", "bucket", "key", "submitted_at"}
 # --------------------------------------------------------------------------------------------------------
 # Pure parts
 
+
 def test_video_extensions_case_and_since() -> None:
     assert is_video("a/b.mp4") and is_video("a/B.MOV") and is_video("x.webm") and is_video("clip.MKV")
     assert not is_video("a/b.jpg") and not is_video("a/mp4") and not is_video("a/b.mp4.part")
@@ -81,9 +82,11 @@ def test_rate_is_a_token_bucket() -> None:
 
 def test_inventory_rows_are_decoded_and_old_versions_skipped() -> None:
     columns = ["Bucket", "Key", "Size", "LastModifiedDate", "IsLatest", "IsDeleteMarker"]
-    text = ("b,my+video+%E8%A7%86%E9%A2%91.mp4,1,2026-11-01T00:00:00.000Z,true,false\n"
-            "b,a%2Bb.mp4,1,2026-11-01T00:00:00.000Z,false,false\n"
-            "b,gone.mp4,,2026-11-01T00:00:00.000Z,true,true\n")
+    text = (
+        "b,my+video+%E8%A7%86%E9%A2%91.mp4,1,2026-11-01T00:00:00.000Z,true,false\n"
+        "b,a%2Bb.mp4,1,2026-11-01T00:00:00.000Z,false,false\n"
+        "b,gone.mp4,,2026-11-01T00:00:00.000Z,true,true\n"
+    )
     rows = list(inventory_rows(gzip.compress(text.encode()), columns))
     entry = inventory_entry(rows[0], [0, 1])
     assert entry == Entry("b", "my video 视频.mp4", datetime(2026, 11, 1, tzinfo=UTC), [0, 1])
@@ -160,35 +163,66 @@ def _end_offsets(broker: KafkaServer, topic: str) -> int:
         consumer.close()
 
 
-def test_from_s3_enqueues_each_video_under_the_prefix_once(s3_server: S3Server, kafka_broker: KafkaServer,
-                                                           filled: tuple[str, datetime], tmp_path: Path) -> None:
+def test_from_s3_enqueues_each_video_under_the_prefix_once(
+    s3_server: S3Server, kafka_broker: KafkaServer, filled: tuple[str, datetime], tmp_path: Path
+) -> None:
     bucket, _ = filled
     topic = _topic(kafka_broker)
-    run = _enqueue(s3_server, "--from-s3", f"s3://{bucket}/uploads/", "--topic", topic, "--marker",
-                   str(tmp_path / "m.json"), broker=kafka_broker)
+    run = _enqueue(
+        s3_server,
+        "--from-s3",
+        f"s3://{bucket}/uploads/",
+        "--topic",
+        topic,
+        "--marker",
+        str(tmp_path / "m.json"),
+        broker=kafka_broker,
+    )
     assert run.returncode == 0, run.stderr
     assert run.stdout == ""
     # 2701 keys under the prefix: three pages of at most 1000.
-    assert run.stderr.splitlines()[-1] == (f"enqueued to {topic} 2200 of 2701 objects (3 pages; skipped: 501 not "
-                                           "videos, 0 older than --since, 0 not current)")
+    assert run.stderr.splitlines()[-1] == (
+        f"enqueued to {topic} 2200 of 2701 objects (3 pages; skipped: 501 not "
+        "videos, 0 older than --since, 0 not current)"
+    )
     values = _records(kafka_broker, topic, 2200)
     assert sorted(v["key"] for v in values) == sorted(VIDEOS + LATER)
     assert {v["bucket"] for v in values} == {bucket}
     marker = json.loads((tmp_path / "m.json").read_text(encoding="utf-8"))
     assert marker["complete"] and marker["enqueued"] == 2200 and marker["position"] == "uploads/readme.txt"
-    again = _enqueue(s3_server, "--from-s3", f"s3://{bucket}/uploads/", "--topic", topic, "--marker",
-                     str(tmp_path / "m.json"), broker=kafka_broker)
+    again = _enqueue(
+        s3_server,
+        "--from-s3",
+        f"s3://{bucket}/uploads/",
+        "--topic",
+        topic,
+        "--marker",
+        str(tmp_path / "m.json"),
+        broker=kafka_broker,
+    )
     assert again.returncode == 0 and "says this backfill finished; nothing sent" in again.stderr
     assert _end_offsets(kafka_broker, topic) == 2200
 
 
-def test_dry_run_since_and_start_after_send_nothing(s3_server: S3Server, kafka_broker: KafkaServer,
-                                                   filled: tuple[str, datetime], tmp_path: Path) -> None:
+def test_dry_run_since_and_start_after_send_nothing(
+    s3_server: S3Server, kafka_broker: KafkaServer, filled: tuple[str, datetime], tmp_path: Path
+) -> None:
     bucket, boundary = filled
     topic = _topic(kafka_broker)
     marker = tmp_path / "m.json"
-    run = _enqueue(s3_server, "--from-s3", f"s3://{bucket}/", "--since", boundary.isoformat(), "--dry-run",
-                   "--topic", topic, "--marker", str(marker), broker=kafka_broker)
+    run = _enqueue(
+        s3_server,
+        "--from-s3",
+        f"s3://{bucket}/",
+        "--since",
+        boundary.isoformat(),
+        "--dry-run",
+        "--topic",
+        topic,
+        "--marker",
+        str(marker),
+        broker=kafka_broker,
+    )
     assert run.returncode == 0, run.stderr
     lines = [json.loads(line) for line in run.stdout.splitlines()]
     assert [line["key"] for line in lines] == LATER  # in key order
@@ -201,18 +235,34 @@ def test_dry_run_since_and_start_after_send_nothing(s3_server: S3Server, kafka_b
     assert not marker.exists() and _end_offsets(kafka_broker, topic) == 0
 
 
-def test_an_interrupted_backfill_resumes_from_its_marker(s3_server: S3Server, kafka_broker: KafkaServer,
-                                                         filled: tuple[str, datetime], tmp_path: Path) -> None:
+def test_an_interrupted_backfill_resumes_from_its_marker(
+    s3_server: S3Server, kafka_broker: KafkaServer, filled: tuple[str, datetime], tmp_path: Path
+) -> None:
     """SIGKILLed mid-run (rate-limited so that it is), then run again: every video arrives, those before the
     marker exactly once, and at most one batch (sent but not yet marked) twice."""
     bucket, _ = filled
     topic = _topic(kafka_broker)
     marker = tmp_path / "m.json"
-    argv = ["enqueue", "--s3-endpoint-url", s3_server.endpoint_url, "--bootstrap-servers",
-            kafka_broker.bootstrap_servers, "--from-s3", f"s3://{bucket}/uploads/a/", "--topic", topic,
-            "--marker", str(marker)]
-    first = subprocess.Popen([sys.executable, "-m", "worker.cli", *argv, "--rate", "300/s"], env=cli_env(**S3_ENV),
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    argv = [
+        "enqueue",
+        "--s3-endpoint-url",
+        s3_server.endpoint_url,
+        "--bootstrap-servers",
+        kafka_broker.bootstrap_servers,
+        "--from-s3",
+        f"s3://{bucket}/uploads/a/",
+        "--topic",
+        topic,
+        "--marker",
+        str(marker),
+    ]
+    first = subprocess.Popen(
+        [sys.executable, "-m", "worker.cli", *argv, "--rate", "300/s"],
+        env=cli_env(**S3_ENV),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and first.poll() is None:
@@ -236,8 +286,10 @@ def test_an_interrupted_backfill_resumes_from_its_marker(s3_server: S3Server, ka
     assert set(counts) == set(VIDEOS)
     twice = [key for key, n in counts.items() if n > 1]
     assert max(counts.values()) <= 2 and len(twice) <= BATCH and all(key > position for key in twice)
-    print(f"\nkilled after {state['enqueued']} marked; resumed after {position}: {sent_after} sent again, "
-          f"{len(twice)} duplicates")
+    print(
+        f"\nkilled after {state['enqueued']} marked; resumed after {position}: {sent_after} sent again, "
+        f"{len(twice)} duplicates"
+    )
 
 
 def _inventory(client, bucket: str, rows: list[list[str]], files: int, schema: str, name: str = "daily") -> str:
@@ -251,30 +303,46 @@ def _inventory(client, bucket: str, rows: list[list[str]], files: int, schema: s
         key = f"inventory/{bucket}/{name}/data/{i:04d}.csv.gz"
         client.put_object(Bucket=bucket, Key=key, Body=data)
         entries.append({"key": key, "size": len(data), "MD5checksum": hashlib.md5(data).hexdigest()})
-    manifest = {"sourceBucket": bucket, "destinationBucket": f"arn:aws:s3:::{bucket}", "version": "2016-11-30",
-                "creationTimestamp": "1764547200000", "fileFormat": "CSV", "fileSchema": schema, "files": entries}
-    client.put_object(Bucket=bucket, Key=f"inventory/{bucket}/{name}/2026-12-01T00-00Z/manifest.json",
-                      Body=json.dumps(manifest).encode())
+    manifest = {
+        "sourceBucket": bucket,
+        "destinationBucket": f"arn:aws:s3:::{bucket}",
+        "version": "2016-11-30",
+        "creationTimestamp": "1764547200000",
+        "fileFormat": "CSV",
+        "fileSchema": schema,
+        "files": entries,
+    }
+    client.put_object(
+        Bucket=bucket,
+        Key=f"inventory/{bucket}/{name}/2026-12-01T00-00Z/manifest.json",
+        Body=json.dumps(manifest).encode(),
+    )
     return f"s3://{bucket}/inventory/{bucket}/{name}/2026-12-01T00-00Z/manifest.json"
 
 
-def test_from_manifest_reads_an_inventory_report(s3_server: S3Server, kafka_broker: KafkaServer,
-                                                 bucket: str, tmp_path: Path) -> None:
+def test_from_manifest_reads_an_inventory_report(
+    s3_server: S3Server, kafka_broker: KafkaServer, bucket: str, tmp_path: Path
+) -> None:
     client = s3_server.client()
     keys = [f"lib/{i:04d} 视频 a+b.mp4" for i in range(1200)] + ["lib/poster.jpg"]
     schema = "Bucket, Key, Size, LastModifiedDate, ETag, IsLatest, IsDeleteMarker"
-    rows = [[bucket, urllib.parse.quote_plus(key, safe="/"), "1", "2026-11-20T10:00:00.000Z", "e", "true", "false"]
-            for key in keys]
-    rows += [[bucket, "lib/old.mp4", "1", "2026-11-20T10:00:00.000Z", "e", "false", "false"],
-             [bucket, "lib/deleted.mp4", "", "2026-11-21T10:00:00.000Z", "", "true", "true"],
-             [bucket, "lib/before.mp4", "1", "2026-10-01T10:00:00.000Z", "e", "true", "false"]]
+    rows = [
+        [bucket, urllib.parse.quote_plus(key, safe="/"), "1", "2026-11-20T10:00:00.000Z", "e", "true", "false"]
+        for key in keys
+    ]
+    rows += [
+        [bucket, "lib/old.mp4", "1", "2026-11-20T10:00:00.000Z", "e", "false", "false"],
+        [bucket, "lib/deleted.mp4", "", "2026-11-21T10:00:00.000Z", "", "true", "true"],
+        [bucket, "lib/before.mp4", "1", "2026-10-01T10:00:00.000Z", "e", "true", "false"],
+    ]
     uri = _inventory(client, bucket, rows, files=3, schema=schema)
     topic = _topic(kafka_broker)
-    run = _enqueue(s3_server, "--from-manifest", uri, "--since", "2026-11-01", "--topic", topic,
-                   broker=kafka_broker)
+    run = _enqueue(s3_server, "--from-manifest", uri, "--since", "2026-11-01", "--topic", topic, broker=kafka_broker)
     assert run.returncode == 0, run.stderr
-    assert run.stderr.splitlines()[-1] == (f"enqueued to {topic} 1200 of 1202 objects (3 data files; skipped: 1 not "
-                                           "videos, 1 older than --since, 2 not current)")
+    assert run.stderr.splitlines()[-1] == (
+        f"enqueued to {topic} 1200 of 1202 objects (3 data files; skipped: 1 not "
+        "videos, 1 older than --since, 2 not current)"
+    )
     values = _records(kafka_broker, topic, 1200)
     assert sorted(v["key"] for v in values) == keys[:1200]
     # Resumed from a marker in the second data file: the first file and that file's first 100 rows are done.
@@ -290,8 +358,9 @@ def test_from_manifest_reads_an_inventory_report(s3_server: S3Server, kafka_brok
     # A data file that is not the one the manifest describes (a partial copy) stops the run, in one line.
     client.put_object(Bucket=bucket, Key=f"inventory/{bucket}/daily/data/0001.csv.gz", Body=gzip.compress(b""))
     bad = _enqueue(s3_server, "--from-manifest", uri, "--dry-run")
-    assert bad.returncode == 1 and bad.stderr.strip().endswith("MD5 differs from the manifest's (a partial or "
-                                                               "replaced data file)"), bad.stderr
+    assert bad.returncode == 1 and bad.stderr.strip().endswith(
+        "MD5 differs from the manifest's (a partial or replaced data file)"
+    ), bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1
     orc = _enqueue(s3_server, "--from-manifest", uri.replace("manifest.json", "x.json"), "--dry-run")
     assert orc.returncode == 1 and "expected the URI of an S3 Inventory manifest.json" in orc.stderr
@@ -309,8 +378,9 @@ def test_backfill_usage_errors(s3_server: S3Server) -> None:
     assert missing.returncode == 1 and "NoSuchBucket" in missing.stderr, missing.stderr
 
 
-def test_requests_the_broker_refused_are_never_marked_done(s3_server: S3Server, filled: tuple[str, datetime],
-                                                           tmp_path: Path, monkeypatch) -> None:
+def test_requests_the_broker_refused_are_never_marked_done(
+    s3_server: S3Server, filled: tuple[str, datetime], tmp_path: Path, monkeypatch
+) -> None:
     """flush() returns whether or not the records were taken: the marker stays at the last batch whose every
     send succeeded, and the run stops saying so (a fake producer; the listing is the real one)."""
     from worker.commands import backfill as module

@@ -71,15 +71,21 @@ def bad_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 def test_error_codes_are_stable() -> None:
     """The codes are a contract with consumers of the CLI output and the dead-letter topic."""
-    assert (ErrorCode.NOT_FOUND, ErrorCode.EMPTY_FILE, ErrorCode.NOT_A_VIDEO, ErrorCode.CORRUPT_VIDEO,
-            ErrorCode.NO_FRAMES, ErrorCode.RESOLUTION_TOO_LARGE) == (
-        "not_found", "empty_file", "not_a_video", "corrupt_video", "no_frames", "resolution_too_large")
+    assert (
+        ErrorCode.NOT_FOUND,
+        ErrorCode.EMPTY_FILE,
+        ErrorCode.NOT_A_VIDEO,
+        ErrorCode.CORRUPT_VIDEO,
+        ErrorCode.NO_FRAMES,
+        ErrorCode.RESOLUTION_TOO_LARGE,
+    ) == ("not_found", "empty_file", "not_a_video", "corrupt_video", "no_frames", "resolution_too_large")
     exc = InputError(ErrorCode.NO_FRAMES, "x.mp4: nothing")
     assert exc.as_dict() == {"code": "no_frames", "message": "x.mp4: nothing"}
 
 
-@pytest.mark.parametrize("case", ["not_found", "empty_file", "corrupt_video", "not_a_video:random",
-                                  "not_a_video:text", "no_frames"])
+@pytest.mark.parametrize(
+    "case", ["not_found", "empty_file", "corrupt_video", "not_a_video:random", "not_a_video:text", "no_frames"]
+)
 def test_bad_input_codes(bad_files: dict[str, Path], case: str) -> None:
     """In-process decoding: OpenCV, and PyAV in a child for what OpenCV cannot open or decode."""
     path = bad_files[case]
@@ -127,12 +133,24 @@ def cli_batch(bad_files: dict[str, Path], tmp_path_factory: pytest.TempPathFacto
     entries += [(case.split(":")[0], str(path)) for case, path in bad_files.items()]
     entries += [(ErrorCode.RESOLUTION_TOO_LARGE, str(VIDEOS / "bikes.mp4")), ("ok", "at_limit.mp4")]
     proc = run_cli(
-        "tag", *[path for _, path in entries], "--seg-num", "8", "--allow-random-weights", "--engine", "dygraph",
-        "--model-cache-dir", str(workdir / "model-cache"),
-        "--label-file", str(LABELS),
-        "--extractor-weights", str(workdir / "no-weights" / "tsn"),
-        "--predictor-weights", str(workdir / "no-weights" / "attention_lstm"),
-        cwd=workdir, VIDEOTAG_MAX_WIDTH="320", VIDEOTAG_MAX_HEIGHT="240",
+        "tag",
+        *[path for _, path in entries],
+        "--seg-num",
+        "8",
+        "--allow-random-weights",
+        "--engine",
+        "dygraph",
+        "--model-cache-dir",
+        str(workdir / "model-cache"),
+        "--label-file",
+        str(LABELS),
+        "--extractor-weights",
+        str(workdir / "no-weights" / "tsn"),
+        "--predictor-weights",
+        str(workdir / "no-weights" / "attention_lstm"),
+        cwd=workdir,
+        VIDEOTAG_MAX_WIDTH="320",
+        VIDEOTAG_MAX_HEIGHT="240",
     )
     assert not (workdir / "no-weights").exists()
     return entries, proc
@@ -145,8 +163,9 @@ def test_cli_batch_exit_status_and_order(cli_batch) -> None:
     assert [r["path"] for r in records] == [path for _, path in entries]
 
 
-@pytest.mark.parametrize("code", ["not_found", "empty_file", "corrupt_video", "not_a_video", "no_frames",
-                                  "resolution_too_large"])
+@pytest.mark.parametrize(
+    "code", ["not_found", "empty_file", "corrupt_video", "not_a_video", "no_frames", "resolution_too_large"]
+)
 def test_cli_error_lines(cli_batch, code: str) -> None:
     entries, proc = cli_batch
     records = json_lines(proc.stdout)
@@ -187,9 +206,17 @@ def test_cli_missing_weights(tmp_path: Path) -> None:
 
 def test_cli_missing_label_file(seed0_weights: Path, tmp_path: Path) -> None:  # noqa: F811
     missing = tmp_path / "nowhere" / "label_3396.txt"
-    proc = run_cli("tag", str(VIDEOS / "bikes.mp4"), "--label-file", str(missing),
-                   "--extractor-weights", str(seed0_weights / "tsn"),
-                   "--predictor-weights", str(seed0_weights / "attention_lstm"), cwd=tmp_path)
+    proc = run_cli(
+        "tag",
+        str(VIDEOS / "bikes.mp4"),
+        "--label-file",
+        str(missing),
+        "--extractor-weights",
+        str(seed0_weights / "tsn"),
+        "--predictor-weights",
+        str(seed0_weights / "attention_lstm"),
+        cwd=tmp_path,
+    )
     assert proc.returncode == EXIT_USAGE, proc.stderr[-3000:]
     assert proc.stdout == ""
     assert str(missing) in proc.stderr

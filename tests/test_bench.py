@@ -12,8 +12,19 @@ import pytest
 from tests.model_fixtures import LABELS, VIDEOS, require_shared, run_cli
 from worker.local import bench
 
-RANDOM_TINY = ("--seg-num", "4", "--allow-random-weights", "--label-file", str(LABELS), "--layers", "50",
-               "--batch-size", "4", "--ceiling-seconds", "1")
+RANDOM_TINY = (
+    "--seg-num",
+    "4",
+    "--allow-random-weights",
+    "--label-file",
+    str(LABELS),
+    "--layers",
+    "50",
+    "--batch-size",
+    "4",
+    "--ceiling-seconds",
+    "1",
+)
 
 
 def _positive(value: object) -> bool:
@@ -25,14 +36,38 @@ def test_bench_reports_every_figure(tmp_path: Path) -> None:
     require_shared()
     video = VIDEOS / "carphone_pristine.mp4"
     out = tmp_path / "bench.json"
-    done = run_cli("bench", "--videos", str(video), "--repeat", "1", *RANDOM_TINY,
-                   "--model-cache-dir", str(tmp_path / "cache"), "--json", str(out), "--plot", str(tmp_path / "b.png"),
-                   timeout=600)
+    done = run_cli(
+        "bench",
+        "--videos",
+        str(video),
+        "--repeat",
+        "1",
+        *RANDOM_TINY,
+        "--model-cache-dir",
+        str(tmp_path / "cache"),
+        "--json",
+        str(out),
+        "--plot",
+        str(tmp_path / "b.png"),
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     table = done.stdout
-    for needle in ("videos/min", "frames/s", "decode p50/p95", "extract p50/p95", "predict p50/p95", "baseline",
-                   "pipeline", "ceiling", "pipeline/baseline:", "pipeline/ceiling:", "peak RSS", "RSS max per phase",
-                   "top-20 vs baseline, carphone_pristine.mp4: "):
+    for needle in (
+        "videos/min",
+        "frames/s",
+        "decode p50/p95",
+        "extract p50/p95",
+        "predict p50/p95",
+        "baseline",
+        "pipeline",
+        "ceiling",
+        "pipeline/baseline:",
+        "pipeline/ceiling:",
+        "peak RSS",
+        "RSS max per phase",
+        "top-20 vs baseline, carphone_pristine.mp4: ",
+    ):
         assert needle in table, f"{needle!r} missing from\n{table}"
     report = json.loads(out.read_text(encoding="utf-8"))
     assert report["config"]["engine"] == "inference" and report["config"]["seg_num"] == 4
@@ -67,9 +102,25 @@ def test_bench_simulated_engine_reports_the_host_side(tmp_path: Path) -> None:
     require_shared()
     video = VIDEOS / "carphone_pristine.mp4"
     out = tmp_path / "host.json"
-    done = run_cli("bench", "--engine", "simulated", "--simulated-ms-per-frame", "20", "--videos", str(video),
-                   "--repeat", "3", "--seg-num", "8", "--allow-random-weights", "--label-file", str(LABELS),
-                   "--json", str(out), timeout=600)
+    done = run_cli(
+        "bench",
+        "--engine",
+        "simulated",
+        "--simulated-ms-per-frame",
+        "20",
+        "--videos",
+        str(video),
+        "--repeat",
+        "3",
+        "--seg-num",
+        "8",
+        "--allow-random-weights",
+        "--label-file",
+        str(LABELS),
+        "--json",
+        str(out),
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "host side (simulated engine, 20 ms/frame" in done.stdout and "videos per CPU-second" in done.stdout
     report = json.loads(out.read_text(encoding="utf-8"))
@@ -86,8 +137,10 @@ def test_bench_simulated_engine_reports_the_host_side(tmp_path: Path) -> None:
 def test_cold_ratios_compare_with_the_baseline_as_a_cli_user_would() -> None:
     cold = {"cold_s": 10.0, "warm_s_per_video": 2.0}
     baseline = {"first_video_s": 170.0, "s_per_video": 171.0}
-    assert bench.cold_ratios(cold, baseline, baseline_load_s=30.0) == {"cold_vs_baseline": 20.0,
-                                                                       "warm_vs_baseline": 85.5}
+    assert bench.cold_ratios(cold, baseline, baseline_load_s=30.0) == {
+        "cold_vs_baseline": 20.0,
+        "warm_vs_baseline": 85.5,
+    }
     assert bench.cold_ratios({**cold, "warm_s_per_video": None}, baseline, 30.0) == {"cold_vs_baseline": 20.0}
 
 
@@ -103,9 +156,17 @@ def test_the_cold_tag_process_gets_the_bench_settings() -> None:
     from worker.cli import MODEL_SETTINGS
     from worker.settings import load_settings
 
-    settings = load_settings(overrides={"seg_num": 4, "engine": "dygraph", "allow_random_weights": True,
-                                        "layers": 50, "cpu_threads": 2, "model_cache_dir": "/tmp/x",
-                                        "predictors": [{"name": "a"}, {"name": "b", "topk": 3}]})
+    settings = load_settings(
+        overrides={
+            "seg_num": 4,
+            "engine": "dygraph",
+            "allow_random_weights": True,
+            "layers": 50,
+            "cpu_threads": 2,
+            "model_cache_dir": "/tmp/x",
+            "predictors": [{"name": "a"}, {"name": "b", "topk": 3}],
+        }
+    )
     env = bench.tag_environment(settings)
     child = load_settings(env=env)
     for name in MODEL_SETTINGS:
@@ -117,8 +178,19 @@ def test_the_cold_tag_process_gets_the_bench_settings() -> None:
 def test_bench_long_video_memory_mode(tmp_path: Path) -> None:
     require_shared()  # the labels
     out = tmp_path / "long.json"
-    done = run_cli("bench", "--long-video", "2", "--baseline-clip", "1", *RANDOM_TINY,
-                   "--model-cache-dir", str(tmp_path / "cache"), "--json", str(out), timeout=600)
+    done = run_cli(
+        "bench",
+        "--long-video",
+        "2",
+        "--baseline-clip",
+        "1",
+        *RANDOM_TINY,
+        "--model-cache-dir",
+        str(tmp_path / "cache"),
+        "--json",
+        str(out),
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "pipeline peak RSS" in done.stdout and "baseline RSS growth" in done.stdout
     long_video = json.loads(out.read_text(encoding="utf-8"))["long_video"]
@@ -165,8 +237,9 @@ def test_rss_sampler_sees_a_transient_peak() -> None:
     assert sampler.phases["burst"].as_dict()["wall_s"] > 0
 
 
-def test_plot_without_matplotlib(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
-                                 tmp_path: Path) -> None:
+def test_plot_without_matplotlib(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
     import builtins
 
     real_import = builtins.__import__

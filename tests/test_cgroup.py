@@ -18,26 +18,32 @@ def _write(root: Path, files: dict[str, str]) -> Path:
     return root
 
 
-@pytest.mark.parametrize(("files", "cores"), [
-    ({"cpu.max": "150000 100000"}, 1.5),
-    ({"cpu.max": "max 100000"}, None),
-    ({"cpu.max": "200000 100000", "cpu/cpu.cfs_quota_us": "50000"}, 2.0),  # v2 first
-    ({"cpu/cpu.cfs_quota_us": "50000", "cpu/cpu.cfs_period_us": "100000"}, 0.5),
-    ({"cpu/cpu.cfs_quota_us": "-1", "cpu/cpu.cfs_period_us": "100000"}, None),
-    ({"cpu.max": "garbage"}, None),
-    ({}, None),
-])
+@pytest.mark.parametrize(
+    ("files", "cores"),
+    [
+        ({"cpu.max": "150000 100000"}, 1.5),
+        ({"cpu.max": "max 100000"}, None),
+        ({"cpu.max": "200000 100000", "cpu/cpu.cfs_quota_us": "50000"}, 2.0),  # v2 first
+        ({"cpu/cpu.cfs_quota_us": "50000", "cpu/cpu.cfs_period_us": "100000"}, 0.5),
+        ({"cpu/cpu.cfs_quota_us": "-1", "cpu/cpu.cfs_period_us": "100000"}, None),
+        ({"cpu.max": "garbage"}, None),
+        ({}, None),
+    ],
+)
 def test_cpu_quota(tmp_path: Path, files: dict[str, str], cores: float | None) -> None:
     assert cgroup.cpu_quota(_write(tmp_path, files)) == cores
 
 
-@pytest.mark.parametrize(("files", "limit"), [
-    ({"memory.max": "4294967296"}, 4 * 1024**3),
-    ({"memory.max": "max"}, None),
-    ({"memory/memory.limit_in_bytes": "2147483648"}, 2 * 1024**3),
-    ({"memory/memory.limit_in_bytes": "9223372036854771712"}, None),  # v1's "no limit"
-    ({}, None),
-])
+@pytest.mark.parametrize(
+    ("files", "limit"),
+    [
+        ({"memory.max": "4294967296"}, 4 * 1024**3),
+        ({"memory.max": "max"}, None),
+        ({"memory/memory.limit_in_bytes": "2147483648"}, 2 * 1024**3),
+        ({"memory/memory.limit_in_bytes": "9223372036854771712"}, None),  # v1's "no limit"
+        ({}, None),
+    ],
+)
 def test_memory_limit(tmp_path: Path, files: dict[str, str], limit: int | None) -> None:
     assert cgroup.memory_limit(_write(tmp_path, files)) == limit
 

@@ -91,8 +91,11 @@ def test_both_readers_agree_where_both_decode(clips: dict[str, Path], name: str)
     opencv, pyav = _reader("opencv")(clips[name], SEG_NUM), _reader("pyav")(clips[name], SEG_NUM)
     assert (opencv.decoder, pyav.decoder) == ("opencv", "pyav")
     frames = 1 if name == "one-frame.mp4" else FRAMES
-    assert (pyav.frames_decoded, pyav.frames_reported) == (opencv.frames_decoded, opencv.frames_reported) == (
-        frames, frames)
+    assert (
+        (pyav.frames_decoded, pyav.frames_reported)
+        == (opencv.frames_decoded, opencv.frames_reported)
+        == (frames, frames)
+    )
     assert (pyav.width, pyav.height, pyav.fps) == (opencv.width, opencv.height, opencv.fps)
     assert pyav.order.tolist() == opencv.order.tolist()
     difference = _max_difference(opencv.frames, pyav.frames)
@@ -117,7 +120,12 @@ def test_av1_goes_to_pyav(clips: dict[str, Path], name: str) -> None:
     video = DecoderProcess("faithful", 256, 224, 7680, 4320, 60)(clips[name], SEG_NUM)
     assert video.decoder == "pyav"
     assert (video.frames_decoded, video.frames_reported, video.width, video.height, video.fps) == (
-        FRAMES, FRAMES, 64, 48, 25.0)
+        FRAMES,
+        FRAMES,
+        64,
+        48,
+        25.0,
+    )
 
 
 def test_av1_pixels_are_those_opencv_gives_for_the_same_frames(clips: dict[str, Path]) -> None:
@@ -133,8 +141,10 @@ def test_a_rotated_av1_video(clips: dict[str, Path]) -> None:
 
 
 def test_audio_only_is_no_video_stream(clips: dict[str, Path]) -> None:
-    for decode in (DecoderProcess("faithful", 256, 224, 7680, 4320, 60), InProcessDecoder("faithful", 256, 224,
-                                                                                            7680, 4320)):
+    for decode in (
+        DecoderProcess("faithful", 256, 224, 7680, 4320, 60),
+        InProcessDecoder("faithful", 256, 224, 7680, 4320),
+    ):
         with pytest.raises(InputError) as caught:
             decode(clips["audio.m4a"], SEG_NUM, "s3://b/audio.m4a")
         assert caught.value.code == ErrorCode.NO_VIDEO_STREAM == "no_video_stream"
@@ -163,21 +173,39 @@ print(json.dumps([json.loads(end)["status"], "cv2" in sys.modules, "av" in sys.m
 
 @pytest.mark.parametrize(("decoder", "loaded"), [("opencv", [True, False]), ("pyav", [False, True])])
 def test_a_decoder_child_loads_one_library(clips: dict[str, Path], decoder: str, loaded: list[bool]) -> None:
-    request = {"path": str(clips["h264.mp4"]), "seg_num": 2, "preprocess": "fast", "name": "x", "short_size": 256,
-               "crop_size": 224, "max_width": 7680, "max_height": 4320, "decoder": decoder, "chunk_size": 32}
-    run = subprocess.run([sys.executable, "-c", LOADED.format(request=request)], cwd=ROOT, capture_output=True,
-                         text=True, check=True, timeout=60)
+    request = {
+        "path": str(clips["h264.mp4"]),
+        "seg_num": 2,
+        "preprocess": "fast",
+        "name": "x",
+        "short_size": 256,
+        "crop_size": 224,
+        "max_width": 7680,
+        "max_height": 4320,
+        "decoder": decoder,
+        "chunk_size": 32,
+    }
+    run = subprocess.run(
+        [sys.executable, "-c", LOADED.format(request=request)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
     assert json.loads(run.stdout.splitlines()[-1]) == ["ok", *loaded]
 
 
 @pytest.mark.parametrize(("first", "second"), [("cv2", "models.video_av"), ("av", "models.video")])
 def test_the_readers_refuse_to_share_a_process(first: str, second: str) -> None:
-    run = subprocess.run([sys.executable, "-c", f"import {first}, {second}"], cwd=ROOT, capture_output=True,
-                         text=True, timeout=60)
+    run = subprocess.run(
+        [sys.executable, "-c", f"import {first}, {second}"], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
     assert run.returncode != 0 and "ImportError" in run.stderr
 
 
 # OpenCV's rules, written out for PyAV (pure functions) ------------------------------------------------------
+
 
 @pytest.mark.parametrize(
     ("args", "count"),
@@ -195,14 +223,23 @@ def test_opencv_frame_count(args: tuple, count: int) -> None:
     assert opencv_frame_count(*args) == count
 
 
-@pytest.mark.parametrize(("display", "angle"), [(0, 0), (90, 270), (-90, 90), (180, 180), (-180, 180),
-                                                (89.6, 270), (45, 315)])
+@pytest.mark.parametrize(
+    ("display", "angle"), [(0, 0), (90, 270), (-90, 90), (180, 180), (-180, 180), (89.6, 270), (45, 315)]
+)
 def test_opencv_rotation(display: float, angle: int) -> None:
     assert opencv_rotation(display) == angle
 
 
-@pytest.mark.parametrize(("angle", "flag"), [(90, cv2.ROTATE_90_CLOCKWISE), (180, cv2.ROTATE_180),
-                                             (270, cv2.ROTATE_90_COUNTERCLOCKWISE), (0, None), (315, None)])
+@pytest.mark.parametrize(
+    ("angle", "flag"),
+    [
+        (90, cv2.ROTATE_90_CLOCKWISE),
+        (180, cv2.ROTATE_180),
+        (270, cv2.ROTATE_90_COUNTERCLOCKWISE),
+        (0, None),
+        (315, None),
+    ],
+)
 def test_upright_turns_as_opencv(angle: int, flag: int | None) -> None:
     frame = np.arange(4 * 6 * 3, dtype=np.uint8).reshape(4, 6, 3)
     expected = frame if flag is None else cv2.rotate(frame, flag)

@@ -43,8 +43,9 @@ def one_line_error(run: subprocess.CompletedProcess) -> str:
 @pytest.mark.parametrize("command", sorted(COMMANDS))
 def test_every_command_reports_a_value_outside_a_setting_s_choices_in_one_line(tmp_path: Path, command: str) -> None:
     run = run_cli(command, *COMMANDS[command], cwd=tmp_path, timeout=120, VIDEOTAG_PRECISION="fp64")
-    assert one_line_error(run) == ("videotag: error: setting 'precision': 'fp64' is not one of fp32, bf16, fp16, int8 "
-                                   "(from VIDEOTAG_PRECISION)")
+    assert one_line_error(run) == (
+        "videotag: error: setting 'precision': 'fp64' is not one of fp32, bf16, fp16, int8 (from VIDEOTAG_PRECISION)"
+    )
 
 
 def test_a_flag_outside_its_choices_is_one_line_too(tmp_path: Path) -> None:
@@ -68,16 +69,28 @@ def test_a_missing_settings_file_is_one_line(tmp_path: Path) -> None:
 
 
 def test_a_missing_weights_file_is_one_line(tmp_path: Path) -> None:
-    line = one_line_error(run_cli("tag", "v.mp4", "--extractor-weights", str(tmp_path / "none" / "tsn"),
-                                  cwd=tmp_path, timeout=300))
+    line = one_line_error(
+        run_cli("tag", "v.mp4", "--extractor-weights", str(tmp_path / "none" / "tsn"), cwd=tmp_path, timeout=300)
+    )
     assert "tsn.pdparams" in line and "videotag weights download" in line
 
 
 def test_an_unreadable_label_file_is_one_line(tmp_path: Path) -> None:
     labels = tmp_path / "labels.txt"
     labels.write_bytes(b"\xff\xfe\xfa not UTF-8\n")  # (as root, a file's permissions would not stop the read)
-    line = one_line_error(run_cli("tag", "v.mp4", "--engine", "simulated", "--allow-random-weights",
-                                  "--label-file", str(labels), cwd=tmp_path, timeout=300))
+    line = one_line_error(
+        run_cli(
+            "tag",
+            "v.mp4",
+            "--engine",
+            "simulated",
+            "--allow-random-weights",
+            "--label-file",
+            str(labels),
+            cwd=tmp_path,
+            timeout=300,
+        )
+    )
     assert f"cannot read {labels}" in line
 
 
@@ -95,10 +108,16 @@ def test_debug_shows_the_traceback(tmp_path: Path, argv: list[str]) -> None:
     assert run.stderr.splitlines()[-1].startswith("videotag: error: setting 'delivery': 'twice'")
 
 
-
 def test_in_json_mode_the_traceback_is_in_the_one_json_line(tmp_path: Path) -> None:
-    run = run_cli("--log-level", "DEBUG", "worker", cwd=tmp_path, timeout=120, VIDEOTAG_LOG_FORMAT="json",
-                  VIDEOTAG_DELIVERY="twice")
+    run = run_cli(
+        "--log-level",
+        "DEBUG",
+        "worker",
+        cwd=tmp_path,
+        timeout=120,
+        VIDEOTAG_LOG_FORMAT="json",
+        VIDEOTAG_DELIVERY="twice",
+    )
     assert run.returncode == EXIT_USAGE
     [line] = run.stderr.splitlines()
     entry = json.loads(line)

@@ -41,15 +41,18 @@ def _python(code: str) -> tuple[str, ...]:
     return (sys.executable, "-c", code)
 
 
-CRASH = _python("import os, signal, sys; sys.stderr.write('native fault in h264\\n'); sys.stderr.flush(); "
-                "os.kill(os.getpid(), signal.SIGSEGV)")
+CRASH = _python(
+    "import os, signal, sys; sys.stderr.write('native fault in h264\\n'); sys.stderr.flush(); "
+    "os.kill(os.getpid(), signal.SIGSEGV)"
+)
 HANG = _python("import time; time.sleep(600)")
 UNEXPECTED = _python('print(\'{"status": "error", "message": "ZeroDivisionError: division by zero"}\')')
 GARBAGE = _python("print('Segmentation fault (core dumped)')")
 
 
-def _decoder(command: tuple[str, ...] | None = None, timeout_s: float = 60,
-             preprocess: str = "faithful") -> DecoderProcess:
+def _decoder(
+    command: tuple[str, ...] | None = None, timeout_s: float = 60, preprocess: str = "faithful"
+) -> DecoderProcess:
     options = {} if command is None else {"command": command}
     return DecoderProcess(preprocess, 256, 224, 7680, 4320, timeout_s, **options)
 
@@ -66,7 +69,12 @@ def test_same_frames_as_in_process(clip: Path, preprocess: str) -> None:
     np.testing.assert_array_equal(got.crops, expected.crops)
     np.testing.assert_array_equal(got.order, expected.order)
     assert (got.frames_decoded, got.frames_reported, got.width, got.height, got.fps) == (
-        expected.frames_decoded, expected.frames_reported, expected.width, expected.height, expected.fps)
+        expected.frames_decoded,
+        expected.frames_reported,
+        expected.width,
+        expected.height,
+        expected.fps,
+    )
 
 
 def test_input_errors_keep_their_code_and_name(tmp_path: Path) -> None:
@@ -87,13 +95,16 @@ def test_a_crashing_decoder_costs_one_video(clip: Path) -> None:
     assert _decoder()(clip, SEG_NUM).order.shape == (SEG_NUM,)  # and the next video decodes
 
 
-def test_what_a_decoder_says_is_logged_in_the_video_s_context_and_bounded(clip: Path,
-                                                                         caplog: pytest.LogCaptureFixture) -> None:
+def test_what_a_decoder_says_is_logged_in_the_video_s_context_and_bounded(
+    clip: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """Its stderr never reaches the worker's own (JSON logs stay JSON): each line becomes a record, in the
     thread (so the log context) of the video, at most STDERR_LINES_LOGGED per video."""
-    talkative = _python("import os, signal, sys\n"
-                        "for i in range(30): sys.stderr.write(f'line {i}\\n')\n"
-                        "sys.stderr.flush(); os.kill(os.getpid(), signal.SIGSEGV)")
+    talkative = _python(
+        "import os, signal, sys\n"
+        "for i in range(30): sys.stderr.write(f'line {i}\\n')\n"
+        "sys.stderr.flush(); os.kill(os.getpid(), signal.SIGSEGV)"
+    )
     with caplog.at_level("WARNING", logger="models.decoder_process"), pytest.raises(InputError):
         _decoder(talkative)(clip, SEG_NUM, name="chatty.mp4")
     said = [r.getMessage() for r in caplog.records if r.name == "models.decoder_process"]
@@ -135,6 +146,7 @@ def test_an_unexpected_failure_is_not_an_input_error(clip: Path) -> None:
 
 # The sandbox ---------------------------------------------------------------------------------------------
 
+
 def _real_main(setup: str) -> tuple[str, ...]:
     """The real child entry point (`main`: parent link, reply protocol), after `setup` replaced some of it."""
     return (sys.executable, "-P", "-c", f"import models.decoder_process as d\n{setup}\nd.main()")
@@ -164,17 +176,28 @@ print(json.dumps({"status": "error", "message": json.dumps(info)}))
 
 
 def test_the_child_has_limits_it_cannot_raise_and_no_secret(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    secrets = {"AWS_ACCESS_KEY_ID": "AKIA-planted", "AWS_SECRET_ACCESS_KEY": "planted-1",
-               "AWS_SESSION_TOKEN": "planted-2", "AWS_WEB_IDENTITY_TOKEN_FILE": "/var/run/secrets/token",
-               "VIDEOTAG_SASL_PASSWORD": "planted-3", "VIDEOTAG_SSL_PASSWORD": "planted-4",
-               "VIDEOTAG_BOOTSTRAP_SERVERS": "kafka:9092", "KAFKA_API_KEY": "planted-5", "DB_SECRET": "planted-6",
-               "GITHUB_TOKEN": "planted-7"}
+    secrets = {
+        "AWS_ACCESS_KEY_ID": "AKIA-planted",
+        "AWS_SECRET_ACCESS_KEY": "planted-1",
+        "AWS_SESSION_TOKEN": "planted-2",
+        "AWS_WEB_IDENTITY_TOKEN_FILE": "/var/run/secrets/token",
+        "VIDEOTAG_SASL_PASSWORD": "planted-3",
+        "VIDEOTAG_SSL_PASSWORD": "planted-4",
+        "VIDEOTAG_BOOTSTRAP_SERVERS": "kafka:9092",
+        "KAFKA_API_KEY": "planted-5",
+        "DB_SECRET": "planted-6",
+        "GITHUB_TOKEN": "planted-7",
+    }
     for name, value in {**secrets, "LC_ALL": "C.UTF-8", "TZ": "UTC"}.items():
         monkeypatch.setenv(name, value)
     monkeypatch.chdir(tmp_path)
     info = _reported(INSPECT, tmp_path, DecoderLimits(memory_bytes=3 << 30, cpu_s=50))
-    assert info["limits"] == {"RLIMIT_AS": [3 << 30, 3 << 30], "RLIMIT_CPU": [50, 51], "RLIMIT_FSIZE": [0, 0],
-                              "RLIMIT_CORE": [0, 0]}
+    assert info["limits"] == {
+        "RLIMIT_AS": [3 << 30, 3 << 30],
+        "RLIMIT_CPU": [50, 51],
+        "RLIMIT_FSIZE": [0, 0],
+        "RLIMIT_CORE": [0, 0],
+    }
     assert info["wrote"] == "File too large" and not (tmp_path / "written.txt").stat().st_size
     env = info["env"]
     assert not set(secrets) & set(env) and not any(value in json.dumps(env) for value in secrets.values())
@@ -190,8 +213,9 @@ def test_an_8k_video_decodes_under_the_default_limits(tmp_path: Path) -> None:
         assert (video.width, video.height, video.frames_decoded, video.decoder) == (7680, 4320, 3, decoder)
 
 
-def test_nothing_is_imported_from_the_working_directory(clip: Path, tmp_path: Path,
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_nothing_is_imported_from_the_working_directory(
+    clip: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """`python -m` puts the working directory first on sys.path: without -P this numpy.py would shadow numpy."""
     (tmp_path / "numpy.py").write_text("raise SystemExit('a numpy.py in the working directory was imported')\n")
     monkeypatch.chdir(tmp_path)
@@ -205,11 +229,22 @@ def test_native_log_noise_is_quiet(tmp_path: Path) -> None:
     stderr = {}
     for decoder in DECODERS:
         for env_name, env in (("child", child_environment(os.environ)), ("worker", dict(os.environ))):
-            request = {"path": str(truncated), "seg_num": SEG_NUM, "preprocess": "faithful", "name": "t.mp4",
-                       "short_size": 256, "crop_size": 224, "max_width": 7680, "max_height": 4320,
-                       "decoder": decoder, "chunk_size": 32, "parent": os.getpid()}
-            done = subprocess.run(COMMAND, input=json.dumps(request).encode(), capture_output=True, env=env,
-                                  timeout=60, check=True)
+            request = {
+                "path": str(truncated),
+                "seg_num": SEG_NUM,
+                "preprocess": "faithful",
+                "name": "t.mp4",
+                "short_size": 256,
+                "crop_size": 224,
+                "max_width": 7680,
+                "max_height": 4320,
+                "decoder": decoder,
+                "chunk_size": 32,
+                "parent": os.getpid(),
+            }
+            done = subprocess.run(
+                COMMAND, input=json.dumps(request).encode(), capture_output=True, env=env, timeout=60, check=True
+            )
             assert done.stdout.startswith(b'{"status": ')
             stderr[decoder, env_name] = done.stderr
     assert stderr["opencv", "worker"]  # OpenCV and FFmpeg do talk...
@@ -219,8 +254,10 @@ def test_native_log_noise_is_quiet(tmp_path: Path) -> None:
 def test_the_cpu_limit_is_the_file_s_fault(tmp_path: Path) -> None:
     started = time.monotonic()
     with pytest.raises(InputError) as caught:
-        replace(_decoder(_real_main("d._serve = lambda request, stdout: [0 for _ in iter(int, 1)]")),
-                limits=DecoderLimits(cpu_s=1))(tmp_path / "spin.mp4", SEG_NUM)
+        replace(
+            _decoder(_real_main("d._serve = lambda request, stdout: [0 for _ in iter(int, 1)]")),
+            limits=DecoderLimits(cpu_s=1),
+        )(tmp_path / "spin.mp4", SEG_NUM)
     assert caught.value.code == ErrorCode.DECODER_CPU_LIMIT and caught.value.code.kind is Kind.PERMANENT
     assert "spin.mp4" in caught.value.message and time.monotonic() - started < 20
 
@@ -230,7 +267,8 @@ def test_memory_beyond_the_limit_is_the_file_s_fault(tmp_path: Path) -> None:
     allocate = "import models.video as v\nv.stream_video = lambda *args, **kwargs: bytearray(3 << 30)"
     with pytest.raises(InputError) as caught:
         replace(_decoder(_real_main(allocate)), limits=DecoderLimits(memory_bytes=1 << 30))(
-            tmp_path / "bomb.mp4", SEG_NUM, name="bomb.mp4")
+            tmp_path / "bomb.mp4", SEG_NUM, name="bomb.mp4"
+        )
     assert caught.value.code == ErrorCode.DECODER_MEMORY_LIMIT and caught.value.code.kind is Kind.PERMANENT
     assert caught.value.message.startswith("bomb.mp4: ")
 
@@ -256,14 +294,17 @@ def test_a_decoder_killed_by_someone_else_is_the_machine_s_fault(clip: Path) -> 
     assert caught.value.code == ErrorCode.DECODER_KILLED and caught.value.code.kind is Kind.SYSTEMIC
 
 
-@pytest.mark.parametrize(("returncode", "error", "code"), [
-    (-signal.SIGXCPU, InputError, ErrorCode.DECODER_CPU_LIMIT),
-    (-signal.SIGKILL, SystemicError, ErrorCode.DECODER_KILLED),
-    (-signal.SIGSEGV, InputError, ErrorCode.DECODER_CRASHED),
-    (-signal.SIGABRT, InputError, ErrorCode.DECODER_CRASHED),
-    (1, InputError, ErrorCode.DECODER_CRASHED),
-    (0, InputError, ErrorCode.DECODER_CRASHED),  # exited, but its reply was not the protocol
-])
+@pytest.mark.parametrize(
+    ("returncode", "error", "code"),
+    [
+        (-signal.SIGXCPU, InputError, ErrorCode.DECODER_CPU_LIMIT),
+        (-signal.SIGKILL, SystemicError, ErrorCode.DECODER_KILLED),
+        (-signal.SIGSEGV, InputError, ErrorCode.DECODER_CRASHED),
+        (-signal.SIGABRT, InputError, ErrorCode.DECODER_CRASHED),
+        (1, InputError, ErrorCode.DECODER_CRASHED),
+        (0, InputError, ErrorCode.DECODER_CRASHED),  # exited, but its reply was not the protocol
+    ],
+)
 def test_how_a_decoder_died_says_whose_fault_it_was(returncode: int, error: type, code: ErrorCode) -> None:
     death = decoder_death(returncode, b"first line\nTraceback: last line\n", "v.mp4", DecoderLimits())
     assert type(death) is error and death.code is code and death.message.startswith("v.mp4: ")
@@ -310,8 +351,16 @@ def test_the_decoder_dies_with_the_worker() -> None:
 
 
 def test_a_decoder_whose_parent_is_gone_before_it_asks_exits() -> None:
-    done = subprocess.run([sys.executable, "-P", "-c", "from models.decoder_process import die_with_parent\n"
-                           "die_with_parent(-1)\nprint('still here')"], capture_output=True, timeout=60)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-P",
+            "-c",
+            "from models.decoder_process import die_with_parent\ndie_with_parent(-1)\nprint('still here')",
+        ],
+        capture_output=True,
+        timeout=60,
+    )
     assert done.returncode == 1 and b"still here" not in done.stdout
 
 

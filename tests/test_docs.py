@@ -19,8 +19,10 @@ def test_every_fixed_choice_setting_lists_its_allowed_values():
 
     text = (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8")
     rows = {line.split("`")[1]: line for line in text.splitlines() if line.startswith("| `")}
-    missing = {name: [choice for choice in choices if f"`{choice}`" not in rows.get(name, "")]
-               for name, choices in CHOICES.items()}
+    missing = {
+        name: [choice for choice in choices if f"`{choice}`" not in rows.get(name, "")]
+        for name, choices in CHOICES.items()
+    }
     assert {name: values for name, values in missing.items() if values} == {}
 
 
@@ -37,7 +39,7 @@ def test_messages_md_shows_every_input_shape_and_each_example_parses():
     from worker.messages import message_shape, parse_request
 
     text = (ROOT / "docs" / "messages.md").read_text(encoding="utf-8")
-    inputs = text[text.index("## Request"):text.index("## Result")]
+    inputs = text[text.index("## Request") : text.index("## Result")]
     examples = [json.loads(block) for block in re.findall(r"```json\n(.*?)```", inputs, re.S)]
     shapes = {message_shape(example) for example in examples}
     assert shapes == {"request", "s3_event", "s3_test_event", "eventbridge", "sns"}
@@ -52,8 +54,8 @@ def test_messages_md_lists_every_error_code_with_its_kind_and_nothing_else():
     from models.errors import ErrorCode
 
     text = (ROOT / "docs" / "messages.md").read_text(encoding="utf-8")
-    section = text[text.index("## Error codes"):]
-    section = section[:section.index("\n## ")]
+    section = text[text.index("## Error codes") :]
+    section = section[: section.index("\n## ")]
     rows = re.findall(r"^\| `([^`]+)` \| (\w+) \|", section, re.M)
     documented = dict(rows)
     assert len(documented) == len(rows), "a code is documented twice"

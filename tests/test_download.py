@@ -49,12 +49,17 @@ def mirror(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path
     good = root / "good"
     good.mkdir()
     # The upstream layout inside the tarballs is undocumented: nest the files in a folder.
-    make_tar(good / "video_tag_tsn.tar", {"video_tag_tsn/tsn.pdparams": weights / "tsn.pdparams",
-                                          "video_tag_tsn/tsn.pdopt": weights / "tsn.pdopt"})
-    make_tar(good / "video_tag_lstm.tar", {
-        "video_tag_lstm/attention_lstm.pdparams": weights / "attention_lstm.pdparams",
-        "video_tag_lstm/attention_lstm.pdopt": weights / "attention_lstm.pdopt",
-    })
+    make_tar(
+        good / "video_tag_tsn.tar",
+        {"video_tag_tsn/tsn.pdparams": weights / "tsn.pdparams", "video_tag_tsn/tsn.pdopt": weights / "tsn.pdopt"},
+    )
+    make_tar(
+        good / "video_tag_lstm.tar",
+        {
+            "video_tag_lstm/attention_lstm.pdparams": weights / "attention_lstm.pdparams",
+            "video_tag_lstm/attention_lstm.pdopt": weights / "attention_lstm.pdopt",
+        },
+    )
     shutil.copyfile(LABELS, good / "label_3396.txt")
 
     missing = root / "missing_tensor"
@@ -100,8 +105,17 @@ def mirror(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path
 
 
 def download(base_url: str, case: str, dest: Path):
-    return run_cli("weights", "download", "--dest", str(dest), "--from", f"{base_url}/{case}",
-                   "--label-dest", str(dest / "label_3396.txt"), cwd=dest.parent)
+    return run_cli(
+        "weights",
+        "download",
+        "--dest",
+        str(dest),
+        "--from",
+        f"{base_url}/{case}",
+        "--label-dest",
+        str(dest / "label_3396.txt"),
+        cwd=dest.parent,
+    )
 
 
 def assert_nothing_installed(dest: Path) -> None:

@@ -42,8 +42,9 @@ def test_a_limit_too_small_names_the_numbers_and_what_fits() -> None:
     assert "lower seg_num" in (footprint.fit_problem(settings, need.model) or "")
 
 
-def test_the_worker_refuses_to_start_with_one_line_and_exit_2(monkeypatch: pytest.MonkeyPatch,
-                                                              capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_worker_refuses_to_start_with_one_line_and_exit_2(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setattr(footprint.cgroup, "memory_limit", lambda root=None: 2 * GIB)
 
     def no_worker(*_args: object) -> None:

@@ -127,12 +127,24 @@ def test_cli_tag_matches_golden(seed0_weights: Path, tmp_path: Path) -> None:  #
     for video in videos:
         link_or_copy(VIDEOS / video, workdir / video)
     proc = run_cli(
-        "tag", *videos, "--seg-num", "8", "--engine", "dygraph", "--preprocess", "faithful",
-        "--extractor-weights", str(seed0_weights / "tsn"),
-        "--predictor-weights", str(seed0_weights / "attention_lstm"),
-        "--label-file", str(LABELS),
-        "--model-cache-dir", str(tmp_path / "model-cache"),
-        "--save-dir", str(save_dir),
+        "tag",
+        *videos,
+        "--seg-num",
+        "8",
+        "--engine",
+        "dygraph",
+        "--preprocess",
+        "faithful",
+        "--extractor-weights",
+        str(seed0_weights / "tsn"),
+        "--predictor-weights",
+        str(seed0_weights / "attention_lstm"),
+        "--label-file",
+        str(LABELS),
+        "--model-cache-dir",
+        str(tmp_path / "model-cache"),
+        "--save-dir",
+        str(save_dir),
         cwd=workdir,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -177,10 +189,16 @@ def test_golden_through_the_model_process(seed0_weights: Path, seed0_tagger, tmp
     from worker.chain_builder import build_chain
     from worker.settings import Settings
 
-    settings = Settings(extractor_weights=str(seed0_weights / "tsn"),
-                        predictor_weights=str(seed0_weights / "attention_lstm"), label_file=str(LABELS),
-                        engine="dygraph", preprocess="faithful", seg_num=8, layers=101,
-                        model_cache_dir=str(tmp_path / "model-cache"))
+    settings = Settings(
+        extractor_weights=str(seed0_weights / "tsn"),
+        predictor_weights=str(seed0_weights / "attention_lstm"),
+        label_file=str(LABELS),
+        engine="dygraph",
+        preprocess="faithful",
+        seg_num=8,
+        layers=101,
+        model_cache_dir=str(tmp_path / "model-cache"),
+    )
     chain = build_chain(settings, "process")
     try:
         assert chain.model_process is not None and chain.model_process.pid is not None

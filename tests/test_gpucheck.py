@@ -36,8 +36,13 @@ def test_the_script_fits_ten_minutes() -> None:
 
 @pytest.mark.skipif(paddle.is_compiled_with_cuda(), reason="this Paddle is a CUDA build: the check would run")
 def test_the_script_refuses_without_a_gpu_build() -> None:
-    done = subprocess.run(["bash", str(SCRIPT)], capture_output=True, text=True, timeout=300,
-                          env={"PATH": "/usr/bin:/bin", "PYTHON": sys.executable})
+    done = subprocess.run(
+        ["bash", str(SCRIPT)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={"PATH": "/usr/bin:/bin", "PYTHON": sys.executable},
+    )
     assert done.returncode == 2, done.stderr
     assert "gpu-check:" in done.stderr and ("not a CUDA build" in done.stderr or "needs" in done.stderr)
 
@@ -45,8 +50,13 @@ def test_the_script_refuses_without_a_gpu_build() -> None:
 def test_agreement_counts_the_top20_overlap() -> None:
     rng = np.random.default_rng(0)
     ref = {"a": {"features": rng.random((4, 8)), "probabilities": rng.random(30), "top20": list(range(20))}}
-    near = {"a": {"features": ref["a"]["features"] + 1e-3, "probabilities": ref["a"]["probabilities"],
-                  "top20": [*range(18), 25, 26]}}
+    near = {
+        "a": {
+            "features": ref["a"]["features"] + 1e-3,
+            "probabilities": ref["a"]["probabilities"],
+            "top20": [*range(18), 25, 26],
+        }
+    }
     report = gpucheck.compare(ref, near)
     video = report["videos"]["a"]
     assert video["top20_overlap"] == 18 and not video["same_order"] and report["ok"]

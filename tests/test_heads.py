@@ -62,17 +62,25 @@ def test_label_map_many_to_one_keeps_the_highest_probability() -> None:
     control = compile_control(LABELS, label_map={"car": "vehicle", "bus": "vehicle", "cat": "animal", "dog": "animal"})
     tags = select_tags(PROBS, control, 10)
     assert [(t["class_name"], t["class_id"], t["probability"]) for t in tags] == [
-        ("animal", 0, 0.9), ("vehicle", 2, 0.6), ("tree", 4, 0.05)]
+        ("animal", 0, 0.9),
+        ("vehicle", 2, 0.6),
+        ("tree", 4, 0.05),
+    ]
     # topk counts published tags, not source labels.
     assert names(select_tags(PROBS, control, 2)) == ["animal", "vehicle"]
     # The controls apply to the source labels: a denied source does not lend its probability to its target.
     control = compile_control(LABELS, deny={"car"}, label_map={"car": "vehicle", "bus": "vehicle"})
     assert [(t["class_name"], t["probability"]) for t in select_tags(PROBS, control, 3)] == [
-        ("cat", 0.9), ("cat", 0.7), ("vehicle", 0.55)]
+        ("cat", 0.9),
+        ("cat", 0.7),
+        ("vehicle", 0.55),
+    ]
 
 
-@pytest.mark.parametrize("control", [{"thresholds": {"kat": 0.5}}, {"allow": {"cat", "dgo"}}, {"deny": {"x"}},
-                                     {"label_map": {"bsu": "vehicle"}}])
+@pytest.mark.parametrize(
+    "control",
+    [{"thresholds": {"kat": 0.5}}, {"allow": {"cat", "dgo"}}, {"deny": {"x"}}, {"label_map": {"bsu": "vehicle"}}],
+)
 def test_a_name_the_head_does_not_have_is_an_error(control: dict) -> None:
     with pytest.raises(LabelsError, match="labels the head does not have"):
         compile_control(LABELS, **control)
@@ -85,20 +93,28 @@ def test_control_files(tmp_path: Path) -> None:
     (tmp_path / "t.csv").write_text("\ufefflabel,threshold\ncar, 0.9\n\nbus,0.1\n", encoding="utf-8")  # BOM, blanks
     (tmp_path / "m.csv").write_text('label,target\ncar,vehicle\nbus,"vehicle"\n', encoding="utf-8")
     (tmp_path / "deny.txt").write_text("tree\n\n", encoding="utf-8")
-    spec = HeadSpec("h", thresholds=str(tmp_path / "t.csv"), label_map=str(tmp_path / "m.csv"),
-                    deny=str(tmp_path / "deny.txt"), min_probability=0.3)
+    spec = HeadSpec(
+        "h",
+        thresholds=str(tmp_path / "t.csv"),
+        label_map=str(tmp_path / "m.csv"),
+        deny=str(tmp_path / "deny.txt"),
+        min_probability=0.3,
+    )
     assert read_thresholds(tmp_path / "t.csv") == {"car": 0.9, "bus": 0.1}
     assert read_label_map(tmp_path / "m.csv") == {"car": "vehicle", "bus": "vehicle"}
     assert names(select_tags(PROBS, load_control(spec, LABELS), 10)) == ["cat", "cat", "vehicle"]
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    ("car,0.5\n", "header label,threshold"),
-    ("label,threshold\ncar,high\n", "not a probability"),
-    ("label,threshold\ncar,1.5\n", "not a probability"),
-    ("label,threshold\ncar,0.5\ncar,0.6\n", "given twice"),
-    ("label,threshold\ncar,0.5,x\n", ":2: 3 cells"),
-])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("car,0.5\n", "header label,threshold"),
+        ("label,threshold\ncar,high\n", "not a probability"),
+        ("label,threshold\ncar,1.5\n", "not a probability"),
+        ("label,threshold\ncar,0.5\ncar,0.6\n", "given twice"),
+        ("label,threshold\ncar,0.5,x\n", ":2: 3 cells"),
+    ],
+)
 def test_bad_threshold_files(tmp_path: Path, text: str, message: str) -> None:
     path = tmp_path / "t.csv"
     path.write_text(text, encoding="utf-8")
@@ -112,8 +128,9 @@ def test_control_errors_name_the_head(tmp_path: Path) -> None:
         load_control(HeadSpec("sports", allow=str(tmp_path / "allow.txt")), LABELS)
 
 
-@pytest.mark.parametrize("kwargs", [{"name": "bad name"}, {"name": "-x"}, {"name": "h", "topk": 0},
-                                    {"name": "h", "min_probability": 1.5}])
+@pytest.mark.parametrize(
+    "kwargs", [{"name": "bad name"}, {"name": "-x"}, {"name": "h", "topk": 0}, {"name": "h", "min_probability": 1.5}]
+)
 def test_head_spec_validation(kwargs: dict) -> None:
     with pytest.raises(ValueError):
         HeadSpec(**kwargs)
@@ -124,11 +141,15 @@ def test_head_spec_validation(kwargs: dict) -> None:
 
 def test_predictors_from_yaml_env_and_flags(tmp_path: Path) -> None:
     config = tmp_path / "w.yaml"
-    config.write_text("predictors:\n  - name: videotag\n    min_probability: 0.25\n"
-                      "  - {name: sports, weights: h/attention_lstm, labels: h/labels.txt, topk: '3'}\n")
+    config.write_text(
+        "predictors:\n  - name: videotag\n    min_probability: 0.25\n"
+        "  - {name: sports, weights: h/attention_lstm, labels: h/labels.txt, topk: '3'}\n"
+    )
     settings = load_settings(config, env={})
-    assert settings.predictors == [HeadSpec("videotag", min_probability=0.25),
-                                   HeadSpec("sports", weights="h/attention_lstm", labels="h/labels.txt", topk=3)]
+    assert settings.predictors == [
+        HeadSpec("videotag", min_probability=0.25),
+        HeadSpec("sports", weights="h/attention_lstm", labels="h/labels.txt", topk=3),
+    ]
     env = {"VIDEOTAG_PREDICTORS": json.dumps([{"name": "only", "deny": "d.txt"}])}
     assert load_settings(config, env=env).predictors == [HeadSpec("only", deny="d.txt")]
     flag = json.dumps([{"name": "flagged"}])
@@ -137,18 +158,21 @@ def test_predictors_from_yaml_env_and_flags(tmp_path: Path) -> None:
     assert load_settings(env={}).redacted()["predictors"] == []
 
 
-@pytest.mark.parametrize(("value", "message"), [
-    ("{not json", "not JSON"),
-    ('{"name": "a"}', "list of mappings"),
-    ('["a"]', "list of mappings"),
-    ('[{"weights": "w"}]', "needs a name"),
-    ('[{"name": "a", "wieghts": "w"}]', "unknown keys"),
-    ('[{"name": "a", "topk": "many"}]', r"predictors\[0\].topk"),
-    ('[{"name": "a", "topk": 2.5}]', r"predictors\[0\].topk"),
-    ('[{"name": "a", "weights": ["w"]}]', r"predictors\[0\].weights"),
-    ('[{"name": "a", "min_probability": 2}]', "within"),
-    ('[{"name": "a"}, {"name": "a"}]', "unique"),
-])
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("{not json", "not JSON"),
+        ('{"name": "a"}', "list of mappings"),
+        ('["a"]', "list of mappings"),
+        ('[{"weights": "w"}]', "needs a name"),
+        ('[{"name": "a", "wieghts": "w"}]', "unknown keys"),
+        ('[{"name": "a", "topk": "many"}]', r"predictors\[0\].topk"),
+        ('[{"name": "a", "topk": 2.5}]', r"predictors\[0\].topk"),
+        ('[{"name": "a", "weights": ["w"]}]', r"predictors\[0\].weights"),
+        ('[{"name": "a", "min_probability": 2}]', "within"),
+        ('[{"name": "a"}, {"name": "a"}]', "unique"),
+    ],
+)
 def test_bad_predictors_are_refused(value: str, message: str) -> None:
     with pytest.raises(SettingsError, match=message):
         load_settings(env={"VIDEOTAG_PREDICTORS": value})
@@ -196,8 +220,9 @@ def test_the_class_count_comes_from_the_output_layer_and_the_rest_is_checked_str
 def test_a_tagger_with_a_head_of_its_own(five_class_head, tmp_path: Path) -> None:
     out, model = five_class_head
     spec = HeadSpec("mine", weights=str(out / "attention_lstm"), labels=str(out / "labels.txt"), topk=3)
-    tagger = build_tagger("none", "none", "none", ExtractorConfig(layers=50, seg_num=4), heads=[spec],
-                          allow_random_weights=True)
+    tagger = build_tagger(
+        "none", "none", "none", ExtractorConfig(layers=50, seg_num=4), heads=[spec], allow_random_weights=True
+    )
     [head] = tagger.heads
     assert head.labels == list("abcde") and head.weights.startswith("sha256:")
     assert tagger.info["heads"] == {"mine": {"classes": 5, "weights": head.weights}}
@@ -207,8 +232,14 @@ def test_a_tagger_with_a_head_of_its_own(five_class_head, tmp_path: Path) -> Non
     np.testing.assert_allclose(tagger.probabilities(features)["mine"], expected, rtol=1e-6)
     (tmp_path / "four.txt").write_text("a\nb\nc\nd\n", encoding="utf-8")
     with pytest.raises(LabelsError, match="4 labels, the model has 5 classes"):
-        build_tagger("none", "none", "none", ExtractorConfig(layers=50, seg_num=4), allow_random_weights=True,
-                     heads=[HeadSpec("mine", weights=str(out), labels=str(tmp_path / "four.txt"))])
+        build_tagger(
+            "none",
+            "none",
+            "none",
+            ExtractorConfig(layers=50, seg_num=4),
+            allow_random_weights=True,
+            heads=[HeadSpec("mine", weights=str(out), labels=str(tmp_path / "four.txt"))],
+        )
 
 
 def test_training_dropout_drops_without_rescaling_and_inference_scales() -> None:

@@ -48,8 +48,15 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _build(weights: Path, cache: Path, engine: str, heads: list[HeadSpec] | None = None) -> VideoTagger:
-    return build_tagger(weights / "tsn", weights / "attention_lstm", LABELS,
-                        ExtractorConfig(layers=50, seg_num=SEG_NUM), engine=engine, cache_dir=cache, heads=heads)
+    return build_tagger(
+        weights / "tsn",
+        weights / "attention_lstm",
+        LABELS,
+        ExtractorConfig(layers=50, seg_num=SEG_NUM),
+        engine=engine,
+        cache_dir=cache,
+        heads=heads,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -96,8 +103,15 @@ def test_fp32_tags_match_dygraph(dygraph: VideoTagger, engine_tagger: VideoTagge
 
 @pytest.mark.slow
 def test_exported_predictor_matches_dygraph(dygraph: VideoTagger, cache_dir: Path) -> None:
-    _, predictor = inference_engines(dygraph.extractor.layer, dygraph.heads[0].predictor.layer, dygraph.info["weights"],
-                                     SEG_NUM, 50, cache_dir, predictor_backend="inference")
+    _, predictor = inference_engines(
+        dygraph.extractor.layer,
+        dygraph.heads[0].predictor.layer,
+        dygraph.info["weights"],
+        SEG_NUM,
+        50,
+        cache_dir,
+        predictor_backend="inference",
+    )
     features = np.random.default_rng(0).standard_normal((2, SEG_NUM, 2048)).astype(np.float32)
     assert np.abs(predictor(features) - dygraph.heads[0].predictor(features)).max() <= 1e-5
     with pytest.raises(ValueError, match="exported for input"):
@@ -146,8 +160,9 @@ def test_called_from_another_thread(engine_tagger: VideoTagger, frames: np.ndarr
 
 
 @pytest.mark.slow
-def test_export_cache_is_reused(r50_weights: Path, cache_dir: Path, engine_tagger: VideoTagger,
-                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_export_cache_is_reused(
+    r50_weights: Path, cache_dir: Path, engine_tagger: VideoTagger, monkeypatch: pytest.MonkeyPatch
+) -> None:
     key = weights_key(engine_tagger.info["extractor_weights"])
     entry = cache_entry(cache_dir, key, "extractor", 50)
     program, params = inference.model_files(entry)
@@ -155,11 +170,18 @@ def test_export_cache_is_reused(r50_weights: Path, cache_dir: Path, engine_tagge
     count = inference.export_count
     loaded: list[str] = []
     load_into = tagger_module.load_into
-    monkeypatch.setattr(tagger_module, "load_into", lambda model, location, stem: loaded.append(stem) or load_into(
-        model, location, stem))
+    monkeypatch.setattr(
+        tagger_module,
+        "load_into",
+        lambda model, location, stem: loaded.append(stem) or load_into(model, location, stem),
+    )
     # A second head changes the chain's weights but not the extractor's: its export is reused.
-    again = _build(r50_weights, cache_dir, "inference",
-                   [HeadSpec("videotag"), HeadSpec("second", weights=str(r50_weights / "attention_lstm"))])
+    again = _build(
+        r50_weights,
+        cache_dir,
+        "inference",
+        [HeadSpec("videotag"), HeadSpec("second", weights=str(r50_weights / "attention_lstm"))],
+    )
     assert inference.export_count == count, "the second build exported again"
     assert loaded == [], "the extractor's weights were loaded though its export is cached"
     assert again.info["extractor_weights"] == engine_tagger.info["extractor_weights"]
@@ -233,7 +255,9 @@ def test_gpu_plans() -> None:
 
 def test_gpu_fp32_turns_tf32_off_before_cuda_and_fp16_leaves_it() -> None:
     assert inference.gpu_precision_plan("gpu", "fp32") == (
-        {"NVIDIA_TF32_OVERRIDE": "0"}, {"set_cublas_switch": False, "set_cudnn_switch": False})
+        {"NVIDIA_TF32_OVERRIDE": "0"},
+        {"set_cublas_switch": False, "set_cudnn_switch": False},
+    )
     assert inference.gpu_precision_plan("gpu", "fp16") == ({}, {})
     assert inference.gpu_precision_plan("cpu", "fp32") == ({}, {})
 
@@ -264,8 +288,9 @@ def test_tensorrt_plan_and_cache_entry(tmp_path: Path) -> None:
     export_dir = tmp_path / "0123456789abcdef-extractor-101"
     entry = inference.tensorrt_entry(export_dir, plan, "NVIDIA H100 80GB HBM3")
     assert entry == export_dir / "trt-fp16-b64-NVIDIA_H100_80GB_HBM3"  # beside the export, keyed like it
-    assert inference.tensorrt_entry(export_dir, inference.tensorrt_plan("fp32", 64), "x") != \
-        inference.tensorrt_entry(export_dir, plan, "x")
+    assert inference.tensorrt_entry(export_dir, inference.tensorrt_plan("fp32", 64), "x") != inference.tensorrt_entry(
+        export_dir, plan, "x"
+    )
     meta = inference.tensorrt_meta(plan, "NVIDIA H100", "10.5.0")
     assert meta["gpu"] == "NVIDIA H100" and meta["tensorrt"] == "10.5.0" and meta["paddle"] == paddle.__version__
 
@@ -306,8 +331,12 @@ def test_tensorrt_conversion_is_built_once_and_atomically(tmp_path: Path, monkey
     assert len(calls) == 1, "the second build converted again"
     model_path, config = calls[0]
     assert model_path == str(export_dir / "model") and config.precision_mode == "fp16-mode"
-    assert config.inputs[0].kwargs == {"min_input_shape": (1, 3, 224, 224), "optim_input_shape": (32, 3, 224, 224),
-                                       "max_input_shape": (32, 3, 224, 224), "name": "images"}
+    assert config.inputs[0].kwargs == {
+        "min_input_shape": (1, 3, 224, 224),
+        "optim_input_shape": (32, 3, 224, 224),
+        "max_input_shape": (32, 3, 224, 224),
+        "name": "images",
+    }
     assert Path(config.save_model_dir).parent != target  # written elsewhere, renamed into place
     assert inference.model_files(target)[0].name == "model.json"
     assert json.loads((target / inference.META_FILE).read_text()) == meta

@@ -72,8 +72,9 @@ def _onnxruntime(model: onnx.ModelProto) -> Callable[[np.ndarray], np.ndarray]:
     return lambda batch: session.run(None, {"images": batch})[0]
 
 
-def test_onnx_graph_matches_the_paddle_extractor(tmp_path: Path, r50: paddle.nn.Layer, params: dict[str, np.ndarray],
-                                                  test_frames: np.ndarray) -> None:
+def test_onnx_graph_matches_the_paddle_extractor(
+    tmp_path: Path, r50: paddle.nn.Layer, params: dict[str, np.ndarray], test_frames: np.ndarray
+) -> None:
     with paddle.no_grad():
         expected = r50(paddle.to_tensor(test_frames)).numpy()
     graph = extractor_graph(params, 50)
@@ -84,7 +85,8 @@ def test_onnx_graph_matches_the_paddle_extractor(tmp_path: Path, r50: paddle.nn.
 
 
 def test_quantised_extractor_agrees_on_frames_outside_the_calibration_set(
-        tmp_path: Path, params: dict[str, np.ndarray], calibration: CalibrationSet, test_frames: np.ndarray) -> None:
+    tmp_path: Path, params: dict[str, np.ndarray], calibration: CalibrationSet, test_frames: np.ndarray
+) -> None:
     model = extractor_graph(params, 50)
     quantise.quantise(model, calibration, CFG.image_mean, CFG.image_std, tmp_path / "int8.onnx")
     ops = {node.op_type for node in onnx.load(str(tmp_path / "int8.onnx")).graph.node}
@@ -101,13 +103,14 @@ def test_quantised_extractor_agrees_on_frames_outside_the_calibration_set(
     assert cosine.min() > 0.99, cosine
 
 
-def test_cache_is_keyed_by_weights_calibration_and_recipe(tmp_path: Path, params: dict[str, np.ndarray],
-                                                          calibration: CalibrationSet,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cache_is_keyed_by_weights_calibration_and_recipe(
+    tmp_path: Path, params: dict[str, np.ndarray], calibration: CalibrationSet, monkeypatch: pytest.MonkeyPatch
+) -> None:
     builds: list[Path] = []
 
-    def fake_quantise(model: object, calib: CalibrationSet, mean: object, std: object, out: Path,
-                      recipe: quantise.Recipe) -> None:
+    def fake_quantise(
+        model: object, calib: CalibrationSet, mean: object, std: object, out: Path, recipe: quantise.Recipe
+    ) -> None:
         builds.append(out)
         out.write_bytes(b"model")
 
@@ -131,8 +134,9 @@ def test_cache_is_keyed_by_weights_calibration_and_recipe(tmp_path: Path, params
     assert build(calibration) == first and len(builds) == 5
 
 
-def test_a_failed_build_leaves_no_entry(tmp_path: Path, params: dict[str, np.ndarray], calibration: CalibrationSet,
-                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failed_build_leaves_no_entry(
+    tmp_path: Path, params: dict[str, np.ndarray], calibration: CalibrationSet, monkeypatch: pytest.MonkeyPatch
+) -> None:
     def failing(*args: object) -> None:
         raise RuntimeError("interrupted")
 
@@ -182,24 +186,51 @@ def test_check_options_for_int8(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_int8_without_a_calibration_set_is_refused_clearly(tmp_path: Path) -> None:
     with pytest.raises(EngineOptionsError, match="videotag calibrate"):
-        inference.extractor_engine(tsn_resnet(50), "random", 50, tmp_path, precision="int8",
-                                   int8_calibration=tmp_path / "none.npz")
+        inference.extractor_engine(
+            tsn_resnet(50), "random", 50, tmp_path, precision="int8", int8_calibration=tmp_path / "none.npz"
+        )
 
 
 def test_calibrate_then_tag_with_int8(tmp_path: Path) -> None:
     video = make_clip(tmp_path / "clip.mp4", 12)
     calib = tmp_path / "calib.npz"
-    done = run_cli("calibrate", str(video), str(VIDEOS / "carphone_pristine.mp4"), "--out", str(calib),
-                   "--frames", "6", "--seg-num", "6")
+    done = run_cli(
+        "calibrate",
+        str(video),
+        str(VIDEOS / "carphone_pristine.mp4"),
+        "--out",
+        str(calib),
+        "--frames",
+        "6",
+        "--seg-num",
+        "6",
+    )
     assert done.returncode == 0, done.stderr
     loaded = load_calibration(calib, 224)
     assert len(loaded.crops) == 6 and loaded.sources == ("clip.mp4", "carphone_pristine.mp4")
 
     weights = generated_weights(0, 50)
-    tagged = run_cli("tag", str(VIDEOS / "bikes.mp4"), "--precision", "int8", "--int8-calibration", str(calib),
-                     "--layers", "50", "--seg-num", "4", "--extractor-weights", str(weights),
-                     "--predictor-weights", str(weights), "--label-file", str(VIDEOS.parent / "label_3396.txt"),
-                     "--model-cache-dir", str(tmp_path / "models"), "--quiet")
+    tagged = run_cli(
+        "tag",
+        str(VIDEOS / "bikes.mp4"),
+        "--precision",
+        "int8",
+        "--int8-calibration",
+        str(calib),
+        "--layers",
+        "50",
+        "--seg-num",
+        "4",
+        "--extractor-weights",
+        str(weights),
+        "--predictor-weights",
+        str(weights),
+        "--label-file",
+        str(VIDEOS.parent / "label_3396.txt"),
+        "--model-cache-dir",
+        str(tmp_path / "models"),
+        "--quiet",
+    )
     assert tagged.returncode == 0, tagged.stderr
     assert len(json_lines(tagged.stdout)[0]["tags"]) == 20
     assert "precision int8 on OpenVINO" in tagged.stderr  # the int8 engine ran, not Paddle's

@@ -40,21 +40,28 @@ def test_topic_problems_name_each_acl_the_principal_lacks_in_one_problem() -> No
     """Authorized operations as Apache Kafka reports them; a topic the principal may not even describe answers
     TOPIC_AUTHORIZATION_FAILED (29); a broker that reports no operations (no authorizer, Tansu) allows all."""
     s = Settings(input_topic="in", output_topic="out", dlq_topic="dlq", group_id="g")
-    granted = {"in": _topic("in", 0, ["READ", "DESCRIBE"]), "out": _topic("out", 0, ["WRITE", "DESCRIBE"]),
-               "dlq": _topic("dlq", 0, ["WRITE", "DESCRIBE"])}
+    granted = {
+        "in": _topic("in", 0, ["READ", "DESCRIBE"]),
+        "out": _topic("out", 0, ["WRITE", "DESCRIBE"]),
+        "dlq": _topic("dlq", 0, ["WRITE", "DESCRIBE"]),
+    }
     assert kafka_clients.topic_problems(s, granted, {}) == []
     denied = granted | {"in": _topic("in", 0, ["DESCRIBE"]), "dlq": _topic("dlq", 29)}
     assert kafka_clients.topic_problems(s, denied, {}) == [
         "Kafka denied READ on topic 'in' (input topic) and WRITE on topic 'dlq' (DLQ topic): grant them to this "
-        "worker's principal (docs/deployment.md)"]
+        "worker's principal (docs/deployment.md)"
+    ]
     assert kafka_clients.topic_problems(s, {t: _topic(t, 0, None) for t in granted}, {}) == []
 
 
 def test_required_access_is_read_on_input_and_group_and_write_on_output_and_dlq() -> None:
     s = Settings(input_topic="in", output_topic="out", dlq_topic="dlq", group_id="g")
     assert [str(a) for a in kafka_clients.required_access(s)] == [
-        "READ on topic 'in' (input topic)", "READ on group 'g' (consumer group)", "WRITE on topic 'out' (output topic)",
-        "WRITE on topic 'dlq' (DLQ topic)"]
+        "READ on topic 'in' (input topic)",
+        "READ on group 'g' (consumer group)",
+        "WRITE on topic 'out' (output topic)",
+        "WRITE on topic 'dlq' (DLQ topic)",
+    ]
 
 
 def test_authorization_problem_names_the_acl_to_grant() -> None:
@@ -75,9 +82,11 @@ def test_authorization_problem_names_the_acl_to_grant() -> None:
         return kafka_clients.authorization_problem(error, s) or "none"
 
     assert problem(TopicAuthorizationFailedError({"in"})) == (  # from a poll: a set of topics
-        "Kafka denied READ on topic 'in' (input topic): grant it to this worker's principal (docs/deployment.md)")
+        "Kafka denied READ on topic 'in' (input topic): grant it to this worker's principal (docs/deployment.md)"
+    )
     assert problem(TopicAuthorizationFailedError("out")).startswith(  # from a send: one topic
-        "Kafka denied WRITE on topic 'out' (output topic):")
+        "Kafka denied WRITE on topic 'out' (output topic):"
+    )
     assert "access to topic 'other'" in problem(TopicAuthorizationFailedError({"other"}))
     assert "READ on group 'g' (consumer group)" in problem(GroupAuthorizationFailedError("g"))
     assert "IDEMPOTENT_WRITE on the cluster" in problem(ClusterAuthorizationFailedError())
@@ -96,14 +105,20 @@ def test_bootstrap_failure_says_which_credential_to_check() -> None:
     tls = KafkaConnectionError("Handshake failed: [SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed")
     failure = kafka_clients.bootstrap_failure
     assert failure("h:1", timeout, [closed, refused, closed], sasl=True).startswith(
-        "Kafka at h:1 refused the SASL login ([Error 58] SaslAuthenticationFailedError: invalid credentials")
+        "Kafka at h:1 refused the SASL login ([Error 58] SaslAuthenticationFailedError: invalid credentials"
+    )
     assert failure("h:1", timeout, [closed], sasl=True).endswith(
-        "as it does when it refuses a SASL login: check sasl_mechanism, sasl_username and sasl_password")
-    assert failure("h:1", timeout, [closed], sasl=False) == \
-        "no Kafka broker answered at h:1 (KafkaConnectionError: socket disconnected)"
+        "as it does when it refuses a SASL login: check sasl_mechanism, sasl_username and sasl_password"
+    )
+    assert (
+        failure("h:1", timeout, [closed], sasl=False)
+        == "no Kafka broker answered at h:1 (KafkaConnectionError: socket disconnected)"
+    )
     assert failure("h:1", timeout, [tls], sasl=True).startswith("TLS with Kafka at h:1 failed (")
-    assert failure("h:1", timeout, [], sasl=False) == \
-        "no Kafka broker answered at h:1 (KafkaTimeoutError: Unable to bootstrap from h:1)"
+    assert (
+        failure("h:1", timeout, [], sasl=False)
+        == "no Kafka broker answered at h:1 (KafkaTimeoutError: Unable to bootstrap from h:1)"
+    )
 
 
 class _Sender:
@@ -132,18 +147,28 @@ def test_a_producer_is_broken_when_closed_without_a_sender_or_after_a_fatal_erro
     assert kafka_clients.producer_broken(_Producer(), ProducerFencedError())  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("source", [["s3://b/k.mp4"], ["--from-s3", "s3://b/uploads/"],
-                                    ["--from-manifest", "s3://inv/b/daily/manifest.json"]])
+@pytest.mark.parametrize(
+    "source",
+    [["s3://b/k.mp4"], ["--from-s3", "s3://b/uploads/"], ["--from-manifest", "s3://inv/b/daily/manifest.json"]],
+)
 def test_enqueue_imports_no_model_and_reports_an_unreachable_broker_in_one_line(source: list[str]) -> None:
     """Plain, backfill and inventory enqueues alike: no Paddle, OpenCV or PyAV, and one line for no broker."""
-    code = ("import sys; from worker.cli import main;"
-            f"rc = main(['enqueue', '--bootstrap-servers', '127.0.0.1:9', *{source!r}]);"
-            "print([m for m in ('paddle', 'cv2', 'av', 'models.tagger') if m in sys.modules], rc)")
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                         env={**os.environ, "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "x"})
+    code = (
+        "import sys; from worker.cli import main;"
+        f"rc = main(['enqueue', '--bootstrap-servers', '127.0.0.1:9', *{source!r}]);"
+        "print([m for m in ('paddle', 'cv2', 'av', 'models.tagger') if m in sys.modules], rc)"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "x"},
+    )
     assert run.stdout.strip() == "[] 1", run.stdout + run.stderr
     assert run.stderr.splitlines() == [  # kafka-python's own warnings stay silenced; its reason is kept
-        "videotag enqueue: no Kafka broker answered at 127.0.0.1:9 (KafkaConnectionError: 111 ECONNREFUSED)"]
+        "videotag enqueue: no Kafka broker answered at 127.0.0.1:9 (KafkaConnectionError: 111 ECONNREFUSED)"
+    ]
 
 
 def test_a_broken_producer_is_replaced_once_and_the_publish_goes_through(monkeypatch) -> None:

@@ -44,12 +44,15 @@ def test_lane_problems_name_duplicates_and_overlaps() -> None:
     assert lane_problems(["a", "b"], "r", "out", "dlq") == []
     assert lane_problems(["a", "a"], None, "out", "dlq") == ["setting 'input_topics': ['a'] listed more than once"]
     assert lane_problems(["a"], "a", "out", "dlq") == ["setting 'retry_topic': 'a' is also an input topic"]
-    assert lane_problems(["a"], "r", "r", "dlq") == ["setting 'output_topic': 'r' is also read as an input or "
-                                                     "retry topic"]
-    assert lane_problems(["a", "dlq"], None, "out", "dlq") == ["setting 'dlq_topic': 'dlq' is also read as an "
-                                                               "input or retry topic"]
-    assert lane_problems([], None, "out", "dlq") == ["setting 'input_topics': names no topic (unset it to read "
-                                                     "input_topic)"]
+    assert lane_problems(["a"], "r", "r", "dlq") == [
+        "setting 'output_topic': 'r' is also read as an input or retry topic"
+    ]
+    assert lane_problems(["a", "dlq"], None, "out", "dlq") == [
+        "setting 'dlq_topic': 'dlq' is also read as an input or retry topic"
+    ]
+    assert lane_problems([], None, "out", "dlq") == [
+        "setting 'input_topics': names no topic (unset it to read input_topic)"
+    ]
 
 
 def test_lower_lanes_pause_while_a_higher_one_has_work() -> None:
@@ -64,8 +67,15 @@ def test_lower_lanes_pause_while_a_higher_one_has_work() -> None:
 
 
 def _state(**changes: object) -> RetryState:
-    values = dict(attempts=2, budget_spent_s=1.5, due_ms=NOW_MS + 3000, origin_topic="fresh", origin_partition=4,
-                  origin_offset=1234, last_error="access_denied: 403")
+    values = dict(
+        attempts=2,
+        budget_spent_s=1.5,
+        due_ms=NOW_MS + 3000,
+        origin_topic="fresh",
+        origin_partition=4,
+        origin_offset=1234,
+        last_error="access_denied: 403",
+    )
     return RetryState(**(values | changes))  # type: ignore[arg-type]
 
 
@@ -77,19 +87,22 @@ def test_retry_headers_round_trip_and_say_when_due() -> None:
     assert len(parse_retry(long_error.headers(), NOW_MS, 600).last_error) == 500  # type: ignore[union-attr]
 
 
-@pytest.mark.parametrize("headers", [
-    None,
-    [],
-    [(ATTEMPTS, b"2")],  # the rest missing
-    [(name, b"\xff\xfe") if name == ATTEMPTS else (name, value) for name, value in _state().headers()],
-    [(name, b"two") if name == ATTEMPTS else (name, value) for name, value in _state().headers()],
-    [(name, None) if name == DUE else (name, value) for name, value in _state().headers()],
-    [(name, b"") if name == ORIGIN_TOPIC else (name, value) for name, value in _state().headers()],
-    _state(attempts=0).headers(),
-    _state(budget_spent_s=float("nan")).headers(),
-    _state(origin_offset=-1).headers(),
-    _state(due_ms=NOW_MS + 601_000).headers(),  # further away than the whole budget: no worker set that
-])
+@pytest.mark.parametrize(
+    "headers",
+    [
+        None,
+        [],
+        [(ATTEMPTS, b"2")],  # the rest missing
+        [(name, b"\xff\xfe") if name == ATTEMPTS else (name, value) for name, value in _state().headers()],
+        [(name, b"two") if name == ATTEMPTS else (name, value) for name, value in _state().headers()],
+        [(name, None) if name == DUE else (name, value) for name, value in _state().headers()],
+        [(name, b"") if name == ORIGIN_TOPIC else (name, value) for name, value in _state().headers()],
+        _state(attempts=0).headers(),
+        _state(budget_spent_s=float("nan")).headers(),
+        _state(origin_offset=-1).headers(),
+        _state(due_ms=NOW_MS + 601_000).headers(),  # further away than the whole budget: no worker set that
+    ],
+)
 def test_garbled_retry_headers_make_a_fresh_request(headers: list[tuple[str, bytes | None]] | None) -> None:
     assert parse_retry(headers, NOW_MS, 600) is None
 
@@ -109,14 +122,23 @@ def test_settings_default_to_the_single_input_topic_and_refuse_overlaps() -> Non
 def test_every_lane_and_the_retry_topic_need_their_acls() -> None:
     settings = load_settings(env={"VIDEOTAG_INPUT_TOPICS": "fresh,backfill", "VIDEOTAG_RETRY_TOPIC": "retry"})
     needed = {(a.name, a.operation) for a in kafka_clients.required_access(settings) if a.resource == "TOPIC"}
-    assert needed == {("fresh", "READ"), ("backfill", "READ"), ("retry", "READ"), ("retry", "WRITE"),
-                      ("videotag.tags", "WRITE"), ("videotag.dlq", "WRITE")}
-    described = {t: {"error_code": 0, "partitions": [{}]} for t in ("fresh", "backfill", "videotag.tags",
-                                                                    "videotag.dlq")}
+    assert needed == {
+        ("fresh", "READ"),
+        ("backfill", "READ"),
+        ("retry", "READ"),
+        ("retry", "WRITE"),
+        ("videotag.tags", "WRITE"),
+        ("videotag.dlq", "WRITE"),
+    }
+    described = {
+        t: {"error_code": 0, "partitions": [{}]} for t in ("fresh", "backfill", "videotag.tags", "videotag.dlq")
+    }
     problems = kafka_clients.topic_problems(settings, described, {"retry": 1000})
-    assert problems == ["topic 'retry' does not exist",
-                        f"topic 'retry' has max.message.bytes=1000, below what our largest record needs "
-                        f"({kafka_clients.REQUIRED_MAX_MESSAGE_BYTES}): raise it to at least that"]
+    assert problems == [
+        "topic 'retry' does not exist",
+        f"topic 'retry' has max.message.bytes=1000, below what our largest record needs "
+        f"({kafka_clients.REQUIRED_MAX_MESSAGE_BYTES}): raise it to at least that",
+    ]
 
 
 # The worker's use of them, on a fake consumer (tests/test_rebalance.py) -------------------------------------------
@@ -151,10 +173,12 @@ def _lane_worker(**settings: object) -> tuple[Worker, LaneConsumer]:
     return worker, consumer
 
 
-def _consumer_record(tp: TopicPartition, offset: int, value: bytes,
-                     headers: list[tuple[str, bytes]] | None = None) -> ConsumerRecord:
-    return ConsumerRecord(tp.topic, tp.partition, -1, offset, 0, 0, b"k", value, headers or [], None, -1,
-                          len(value), -1)
+def _consumer_record(
+    tp: TopicPartition, offset: int, value: bytes, headers: list[tuple[str, bytes]] | None = None
+) -> ConsumerRecord:
+    return ConsumerRecord(
+        tp.topic, tp.partition, -1, offset, 0, 0, b"k", value, headers or [], None, -1, len(value), -1
+    )
 
 
 REQUEST = b'{"video_id": "v", "bucket": "videos", "key": "a.mp4"}'
@@ -243,14 +267,17 @@ def test_an_object_fault_goes_to_the_retry_topic_then_to_the_dlq_naming_where_it
 
 def test_of_an_s3_event_only_the_failing_video_goes_to_the_retry_topic() -> None:
     worker, _ = _lane_worker(delivery="exactly_once")
-    event = {"Records": [{"eventName": "ObjectCreated:Put", "s3": {"bucket": {"name": "videos"},
-                                                                   "object": {"key": f"clip-{i}.mp4"}}}
-                         for i in range(2)]}
+    event = {
+        "Records": [
+            {"eventName": "ObjectCreated:Put", "s3": {"bucket": {"name": "videos"}, "object": {"key": f"clip-{i}.mp4"}}}
+            for i in range(2)
+        ]
+    }
     outputs = _faulted(worker, _consumer_record(FRESH, 1, json.dumps(event).encode()))
-    assert [json.loads(o.value) for o in outputs] == [{"video_id": "clip-0.mp4", "bucket": "videos",
-                                                       "key": "clip-0.mp4"},
-                                                      {"video_id": "clip-1.mp4", "bucket": "videos",
-                                                       "key": "clip-1.mp4"}]
+    assert [json.loads(o.value) for o in outputs] == [
+        {"video_id": "clip-0.mp4", "bucket": "videos", "key": "clip-0.mp4"},
+        {"video_id": "clip-1.mp4", "bucket": "videos", "key": "clip-1.mp4"},
+    ]
 
 
 def test_a_request_too_large_for_the_retry_topic_is_retried_in_place() -> None:

@@ -49,8 +49,13 @@ def test_context_fields_come_from_the_context_and_extra_wins() -> None:
         entry = json.loads(formatter.format(_record()))
         with logs.context(offset=18, video_id=None):  # None never overrides
             inner = json.loads(formatter.format(_record()))
-    assert {k: entry[k] for k in logs.CONTEXT_FIELDS} == {"video_id": "v1", "trace_id": "t" * 32, "topic": "in",
-                                                          "partition": 2, "offset": 17}
+    assert {k: entry[k] for k in logs.CONTEXT_FIELDS} == {
+        "video_id": "v1",
+        "trace_id": "t" * 32,
+        "topic": "in",
+        "partition": 2,
+        "offset": 17,
+    }
     assert inner["offset"] == 18 and inner["video_id"] == "v1"
     assert "video_id" not in json.loads(formatter.format(_record()))  # the context ended
     assert json.loads(formatter.format(_record(video_id="v9", offset=3)))["video_id"] == "v9"
@@ -139,8 +144,9 @@ def test_text_stays_the_default_format() -> None:
 def test_the_worker_takes_both_settings_as_flags() -> None:
     from worker.cli import _settings, build_parser
 
-    args = build_parser().parse_args(["worker", "--log-format", "json", "--otel-exporter-otlp-endpoint",
-                                      "http://collector:4318"])
+    args = build_parser().parse_args(
+        ["worker", "--log-format", "json", "--otel-exporter-otlp-endpoint", "http://collector:4318"]
+    )
     settings = _settings(args)
     assert settings.log_format == "json" and settings.otel_exporter_otlp_endpoint == "http://collector:4318"
 
@@ -148,8 +154,9 @@ def test_the_worker_takes_both_settings_as_flags() -> None:
 def test_a_settings_error_is_json_too_in_json_mode() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("VIDEOTAG_")}
     env |= {"VIDEOTAG_LOG_FORMAT": "json", "VIDEOTAG_DELIVERY": "twice"}
-    done = subprocess.run([sys.executable, "-m", "worker.cli", "worker"], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "worker.cli", "worker"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 2
     [line] = done.stderr.splitlines()
     entry = json.loads(line)

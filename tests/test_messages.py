@@ -16,8 +16,13 @@ def _request(**fields):
 
 def test_valid_request_with_optional_fields():
     [req] = parse_request(_request(trace_id="t-1", attributes={"user": 7}, submitted_at="2026-01-01T00:00:00Z"))
-    assert (req.video_id, req.bucket, req.key, req.trace_id, req.attributes) == ("v1", "videos", "a/b.mp4", "t-1",
-                                                                               {"user": 7})
+    assert (req.video_id, req.bucket, req.key, req.trace_id, req.attributes) == (
+        "v1",
+        "videos",
+        "a/b.mp4",
+        "t-1",
+        {"user": 7},
+    )
 
 
 @pytest.mark.parametrize(
@@ -66,8 +71,15 @@ def test_s3_event_minio_style_event_names_and_deletions():
     assert parse_request(_s3_event("x.mp4", event="ObjectRemoved:Delete")) == []
 
 
-@pytest.mark.parametrize("doc", [{"Records": []}, {"Records": [{"s3": {}}]}, {"Records": "x"},
-                                 {"Records": [{"s3": {"bucket": {"name": 1}, "object": {"key": "k"}}}]}])
+@pytest.mark.parametrize(
+    "doc",
+    [
+        {"Records": []},
+        {"Records": [{"s3": {}}]},
+        {"Records": "x"},
+        {"Records": [{"s3": {"bucket": {"name": 1}, "object": {"key": "k"}}}]},
+    ],
+)
 def test_malformed_s3_events(doc):
     with pytest.raises(InputError) as info:
         parse_request(json.dumps(doc).encode())
@@ -78,10 +90,14 @@ def test_result_and_request_messages_follow_their_schemas():
     [req] = parse_request(_request(trace_id="t", attributes={"a": 1}))
     tags = [{"class_id": 3, "class_name": "猫", "probability": 0.9}]
     mine = [{"class_id": 0, "class_name": "cats", "probability": 0.7}]
-    result = result_message(req, {"videotag": tags, "mine": mine},
-                            {"extractor": "e", "predictor": "p", "weights": "sha256:0"},
-                            {"fetch": 1.0, "decode": 2.0, "extract": 3.0, "predict": 4.0, "total": 10.0},
-                            {"decoded": 5}, "s3://features/v/k.npy")
+    result = result_message(
+        req,
+        {"videotag": tags, "mine": mine},
+        {"extractor": "e", "predictor": "p", "weights": "sha256:0"},
+        {"fetch": 1.0, "decode": 2.0, "extract": 3.0, "predict": 4.0, "total": 10.0},
+        {"decoded": 5},
+        "s3://features/v/k.npy",
+    )
     jsonschema.validate(result, messages.schema("result"))
     assert result["attributes"] == {"a": 1} and result["trace_id"] == "t"
     assert result["tags"] == tags and result["heads"] == {"videotag": tags, "mine": mine}
@@ -105,36 +121,75 @@ def test_dlq_record_keeps_the_original_bytes(raw):
 # Every input shape, as AWS, MinIO and SNS send it -----------------------------------------------------------
 
 S3_RECORD = {
-    "eventVersion": "2.1", "eventSource": "aws:s3", "awsRegion": "us-east-1", "eventTime": "2026-11-24T10:00:00.000Z",
-    "eventName": "ObjectCreated:Put", "userIdentity": {"principalId": "AWS:AIDAEXAMPLE"},
-    "s3": {"s3SchemaVersion": "1.0", "configurationId": "videotag",
-           "bucket": {"name": "uploads", "arn": "arn:aws:s3:::uploads"},
-           "object": {"key": "2026/11/my+video%C3%A9.mp4", "size": 1048576, "sequencer": "0055AED6DCD90281E5"}},
+    "eventVersion": "2.1",
+    "eventSource": "aws:s3",
+    "awsRegion": "us-east-1",
+    "eventTime": "2026-11-24T10:00:00.000Z",
+    "eventName": "ObjectCreated:Put",
+    "userIdentity": {"principalId": "AWS:AIDAEXAMPLE"},
+    "s3": {
+        "s3SchemaVersion": "1.0",
+        "configurationId": "videotag",
+        "bucket": {"name": "uploads", "arn": "arn:aws:s3:::uploads"},
+        "object": {"key": "2026/11/my+video%C3%A9.mp4", "size": 1048576, "sequencer": "0055AED6DCD90281E5"},
+    },
 }
-S3_TEST_EVENT = {"Service": "Amazon S3", "Event": "s3:TestEvent", "Time": "2026-11-24T10:00:00.000Z",
-                 "Bucket": "uploads", "RequestId": "5582815E1AEA5ADF", "HostId": "8cLeGAmw098X5cv4Zkwcmo8vvZa3eH3e"}
+S3_TEST_EVENT = {
+    "Service": "Amazon S3",
+    "Event": "s3:TestEvent",
+    "Time": "2026-11-24T10:00:00.000Z",
+    "Bucket": "uploads",
+    "RequestId": "5582815E1AEA5ADF",
+    "HostId": "8cLeGAmw098X5cv4Zkwcmo8vvZa3eH3e",
+}
 EVENTBRIDGE = {
-    "version": "0", "id": "17793124-05d4-b198-2fde-7ededc63b103", "detail-type": "Object Created",
-    "source": "aws.s3", "account": "111122223333", "time": "2026-11-24T10:00:00Z", "region": "us-east-1",
+    "version": "0",
+    "id": "17793124-05d4-b198-2fde-7ededc63b103",
+    "detail-type": "Object Created",
+    "source": "aws.s3",
+    "account": "111122223333",
+    "time": "2026-11-24T10:00:00Z",
+    "region": "us-east-1",
     "resources": ["arn:aws:s3:::uploads"],
-    "detail": {"version": "0", "bucket": {"name": "uploads"},
-               "object": {"key": "2026/11/my video+é.mp4", "size": 1048576, "etag": "b1946ac92492d2347c6235b4d2611184"},
-               "request-id": "N4N7GDK58NMKJ12R", "requester": "111122223333", "reason": "PutObject"},
+    "detail": {
+        "version": "0",
+        "bucket": {"name": "uploads"},
+        "object": {"key": "2026/11/my video+é.mp4", "size": 1048576, "etag": "b1946ac92492d2347c6235b4d2611184"},
+        "request-id": "N4N7GDK58NMKJ12R",
+        "requester": "111122223333",
+        "reason": "PutObject",
+    },
 }
 MINIO_EVENT = {
-    "EventName": "s3:ObjectCreated:Put", "Key": "uploads/2026/11/my video.mp4",
-    "Records": [{"eventVersion": "2.0", "eventSource": "minio:s3", "eventName": "s3:ObjectCreated:Put",
-                 "s3": {"bucket": {"name": "uploads", "arn": "arn:aws:s3:::uploads"},
-                        "object": {"key": "2026%2F11%2Fmy+video.mp4", "size": 1048576, "contentType": "video/mp4"}},
-                 "source": {"host": "172.17.0.1", "userAgent": "MinIO (linux; amd64) minio-go/v7.0.70"}}],
+    "EventName": "s3:ObjectCreated:Put",
+    "Key": "uploads/2026/11/my video.mp4",
+    "Records": [
+        {
+            "eventVersion": "2.0",
+            "eventSource": "minio:s3",
+            "eventName": "s3:ObjectCreated:Put",
+            "s3": {
+                "bucket": {"name": "uploads", "arn": "arn:aws:s3:::uploads"},
+                "object": {"key": "2026%2F11%2Fmy+video.mp4", "size": 1048576, "contentType": "video/mp4"},
+            },
+            "source": {"host": "172.17.0.1", "userAgent": "MinIO (linux; amd64) minio-go/v7.0.70"},
+        }
+    ],
 }
 
 
 def sns(inner: object) -> dict:
-    return {"Type": "Notification", "MessageId": "22b80b92-fdea-4c2c-8f9d-bdfb0c7bf324",
-            "TopicArn": "arn:aws:sns:us-east-1:111122223333:uploads", "Subject": "Amazon S3 Notification",
-            "Message": json.dumps(inner), "Timestamp": "2026-11-24T10:00:00.000Z", "SignatureVersion": "1",
-            "Signature": "EXAMPLE", "SigningCertURL": "https://sns.example/cert.pem"}
+    return {
+        "Type": "Notification",
+        "MessageId": "22b80b92-fdea-4c2c-8f9d-bdfb0c7bf324",
+        "TopicArn": "arn:aws:sns:us-east-1:111122223333:uploads",
+        "Subject": "Amazon S3 Notification",
+        "Message": json.dumps(inner),
+        "Timestamp": "2026-11-24T10:00:00.000Z",
+        "SignatureVersion": "1",
+        "Signature": "EXAMPLE",
+        "SigningCertURL": "https://sns.example/cert.pem",
+    }
 
 
 def _parse(document: object, **options) -> list[tuple[str, str, str]]:
@@ -193,8 +248,16 @@ def test_records_per_message_are_capped() -> None:
     assert info.value.code == "too_many_records"
 
 
-@pytest.mark.parametrize("document", [{"video_id": "v", "bucket": "uploads", "key": "k"}, {"Records": [S3_RECORD]},
-                                      EVENTBRIDGE, sns(EVENTBRIDGE), MINIO_EVENT])
+@pytest.mark.parametrize(
+    "document",
+    [
+        {"video_id": "v", "bucket": "uploads", "key": "k"},
+        {"Records": [S3_RECORD]},
+        EVENTBRIDGE,
+        sns(EVENTBRIDGE),
+        MINIO_EVENT,
+    ],
+)
 def test_allowed_buckets(document: dict) -> None:
     assert _parse(document, allowed_buckets=frozenset({"uploads", "other"}))
     with pytest.raises(InputError) as info:
@@ -219,10 +282,20 @@ def test_a_message_without_videos_is_committable_at_once() -> None:
 
     worker = Worker(Settings())
     try:
-        for offset, document in enumerate([S3_TEST_EVENT, {"video_id": "v", "bucket": "uploads", "key": "k"},
-                                           sns(S3_TEST_EVENT)]):
-            worker._accept(SimpleNamespace(topic="t", partition=0, offset=offset, timestamp=0, key=None, headers=[],
-                                           value=json.dumps(document).encode()))
+        for offset, document in enumerate(
+            [S3_TEST_EVENT, {"video_id": "v", "bucket": "uploads", "key": "k"}, sns(S3_TEST_EVENT)]
+        ):
+            worker._accept(
+                SimpleNamespace(
+                    topic="t",
+                    partition=0,
+                    offset=offset,
+                    timestamp=0,
+                    key=None,
+                    headers=[],
+                    value=json.dumps(document).encode(),
+                )
+            )
             if offset == 0:
                 assert not worker._backlog and worker.tracker.to_commit() == {("t", 0): 1}
         assert len(worker._backlog) == 1

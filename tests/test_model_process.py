@@ -90,13 +90,16 @@ def _pipe_roundtrip(header: dict, array: np.ndarray | None) -> tuple[dict, np.nd
     return got
 
 
-@pytest.mark.parametrize("array", [
-    np.arange(24, dtype=np.float32).reshape(2, 3, 4),
-    np.random.default_rng(0).standard_normal((32, 3, 224, 224)).astype(np.float32),  # 19 MB: a full chunk
-    np.array([[np.inf, -np.inf, 1e-38]], dtype=np.float64),
-    np.zeros((0, 2048), dtype=np.float32),
-    np.arange(12, dtype=np.float32).reshape(3, 4).T,  # not contiguous: sent as its values
-])
+@pytest.mark.parametrize(
+    "array",
+    [
+        np.arange(24, dtype=np.float32).reshape(2, 3, 4),
+        np.random.default_rng(0).standard_normal((32, 3, 224, 224)).astype(np.float32),  # 19 MB: a full chunk
+        np.array([[np.inf, -np.inf, 1e-38]], dtype=np.float64),
+        np.zeros((0, 2048), dtype=np.float32),
+        np.arange(12, dtype=np.float32).reshape(3, 4).T,  # not contiguous: sent as its values
+    ],
+)
 def test_header_and_array_both_ways_through_a_pipe(array):
     header, back = _pipe_roundtrip({"id": 7, "engine": "extractor"}, array)
     assert header["id"] == 7 and header["engine"] == "extractor"
@@ -122,23 +125,26 @@ def _framed(header: bytes, body: bytes = b"") -> io.BytesIO:
     return io.BytesIO(struct.pack(">I", len(header)) + header + body)
 
 
-@pytest.mark.parametrize(("raw", "why"), [
-    (_framed(b"{not json"), "not JSON"),
-    (_framed(b"\xff\xfe"), "not JSON"),
-    (_framed(b"[1, 2]"), "not a JSON object"),
-    (_framed(json.dumps({"dtype": "object", "shape": [1]}).encode()), "dtype"),
-    (_framed(json.dumps({"dtype": "<U8", "shape": [1]}).encode()), "dtype"),
-    (_framed(json.dumps({"shape": [1]}).encode()), "dtype"),
-    (_framed(json.dumps({"dtype": "float32", "shape": [-1]}).encode()), "shape"),
-    (_framed(json.dumps({"dtype": "float32", "shape": [True]}).encode()), "shape"),
-    (_framed(json.dumps({"dtype": "float32", "shape": "3"}).encode()), "shape"),
-    (_framed(json.dumps({"dtype": "float32", "shape": [1] * 9}).encode()), "shape"),
-    (_framed(json.dumps({"dtype": "float32", "shape": [1 << 20, 1 << 20]}).encode()), "over"),
-    (_framed(json.dumps({"dtype": "float32", "shape": [4]}).encode(), b"\0" * 15), "cut short"),
-    (io.BytesIO(struct.pack(">I", MAX_HEADER_BYTES + 1)), "over"),
-    (io.BytesIO(struct.pack(">I", 10) + b'{"a"'), "cut short"),
-    (io.BytesIO(b"\0\0"), "cut short"),
-])
+@pytest.mark.parametrize(
+    ("raw", "why"),
+    [
+        (_framed(b"{not json"), "not JSON"),
+        (_framed(b"\xff\xfe"), "not JSON"),
+        (_framed(b"[1, 2]"), "not a JSON object"),
+        (_framed(json.dumps({"dtype": "object", "shape": [1]}).encode()), "dtype"),
+        (_framed(json.dumps({"dtype": "<U8", "shape": [1]}).encode()), "dtype"),
+        (_framed(json.dumps({"shape": [1]}).encode()), "dtype"),
+        (_framed(json.dumps({"dtype": "float32", "shape": [-1]}).encode()), "shape"),
+        (_framed(json.dumps({"dtype": "float32", "shape": [True]}).encode()), "shape"),
+        (_framed(json.dumps({"dtype": "float32", "shape": "3"}).encode()), "shape"),
+        (_framed(json.dumps({"dtype": "float32", "shape": [1] * 9}).encode()), "shape"),
+        (_framed(json.dumps({"dtype": "float32", "shape": [1 << 20, 1 << 20]}).encode()), "over"),
+        (_framed(json.dumps({"dtype": "float32", "shape": [4]}).encode(), b"\0" * 15), "cut short"),
+        (io.BytesIO(struct.pack(">I", MAX_HEADER_BYTES + 1)), "over"),
+        (io.BytesIO(struct.pack(">I", 10) + b'{"a"'), "cut short"),
+        (io.BytesIO(b"\0\0"), "cut short"),
+    ],
+)
 def test_malformed_messages_are_rejected(raw, why):
     with pytest.raises(FramingError, match=why):
         read_message(raw)
@@ -279,9 +285,12 @@ def test_while_restarting_the_worker_is_told_why_and_new_requests_wait_for_the_n
 def test_a_child_answering_garbage_is_treated_as_dead_and_replaced(fake_child_env, tmp_path):
     """A reply that breaks the framing kills and replaces the child; its requests fail model_process_died."""
     marker = tmp_path / "garbage-once"
-    garbage = f"import os\nFIRST = not os.path.exists({str(marker)!r})\nopen({str(marker)!r}, 'a').close()\n" + \
-        FAKE_CHILD.replace("mp.serve(", "if FIRST: replies.write(b'\\xff' * 64); replies.flush(); time.sleep(60)\n"
-                                        "mp.serve(")
+    garbage = (
+        f"import os\nFIRST = not os.path.exists({str(marker)!r})\nopen({str(marker)!r}, 'a').close()\n"
+        + FAKE_CHILD.replace(
+            "mp.serve(", "if FIRST: replies.write(b'\\xff' * 64); replies.flush(); time.sleep(60)\nmp.serve("
+        )
+    )
     process = ModelProcess(_settings(), command=(sys.executable, "-P", "-c", garbage)).start()
     try:
         first = process.pid
@@ -294,10 +303,12 @@ def test_a_child_answering_garbage_is_treated_as_dead_and_replaced(fake_child_en
 def test_the_child_dies_with_its_parent(tmp_path):
     """A worker killed with SIGKILL takes its model process with it (PR_SET_PDEATHSIG)."""
     pid_file = tmp_path / "model.pid"
-    script = ("import sys, numpy as np\nfrom worker.settings import Settings\n"
-              "from worker.model_process import ModelProcess\n"
-              f"p = ModelProcess(Settings(), command={FAKE_COMMAND!r}).start()\n"
-              f"open({str(pid_file)!r}, 'w').write(str(p.pid))\nimport time\ntime.sleep(120)\n")
+    script = (
+        "import sys, numpy as np\nfrom worker.settings import Settings\n"
+        "from worker.model_process import ModelProcess\n"
+        f"p = ModelProcess(Settings(), command={FAKE_COMMAND!r}).start()\n"
+        f"open({str(pid_file)!r}, 'w').write(str(p.pid))\nimport time\ntime.sleep(120)\n"
+    )
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     import subprocess
 
@@ -412,7 +423,10 @@ def test_the_child_gets_every_setting_the_chain_is_loaded_from() -> None:
     from worker import chain_builder
 
     tree = ast.parse(inspect.getsource(chain_builder.load_tagger))
-    read = {node.attr for node in ast.walk(tree)
-            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "settings"}
+    read = {
+        node.attr
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "settings"
+    }
     assert "int8_calibration" in read and "simulated_ms_per_frame" in read  # the parse sees what it must
     assert read <= set(MODEL_SETTINGS), read - set(MODEL_SETTINGS)

@@ -29,8 +29,19 @@ CLASSES = ("testsrc", "mandelbrot", "life", "bars")
 TRAIN_PER_CLASS = 8  # 20 % of them are held out for validation by `train` itself
 HELD_OUT_PER_CLASS = 3
 SEG_NUM = "8"
-SIZES = ((320, 240), (352, 288), (400, 240), (288, 288), (320, 200), (360, 240), (320, 256), (300, 300),
-         (256, 256), (384, 256), (336, 252))
+SIZES = (
+    (320, 240),
+    (352, 288),
+    (400, 240),
+    (288, 288),
+    (320, 200),
+    (360, 240),
+    (320, 256),
+    (300, 300),
+    (256, 256),
+    (384, 256),
+    (336, 252),
+)
 BARS = ("smptebars", "smptehdbars", "pal100bars", "pal75bars")
 
 
@@ -47,9 +58,32 @@ def source(kind: str, i: int) -> str:
 
 
 def make_clip(path: Path, lavfi: str, start_s: float) -> None:
-    subprocess.run([ffmpeg_exe(), "-v", "error", "-y", "-f", "lavfi", "-i", lavfi, "-ss", f"{start_s:.1f}",
-                    "-frames:v", "12", "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", str(path)],
-                   check=True, capture_output=True, timeout=120)
+    subprocess.run(
+        [
+            ffmpeg_exe(),
+            "-v",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            lavfi,
+            "-ss",
+            f"{start_s:.1f}",
+            "-frames:v",
+            "12",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-pix_fmt",
+            "yuv420p",
+            str(path),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
 
 
 def write_csv(path: Path, rows: list[tuple[str, str]]) -> Path:
@@ -83,8 +117,16 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def extractor_flags(r50: Path, cache: Path) -> list[str]:
-    return ["--extractor-weights", str(r50 / "tsn"), "--layers", "50", "--seg-num", SEG_NUM,
-            "--model-cache-dir", str(cache / "models")]
+    return [
+        "--extractor-weights",
+        str(r50 / "tsn"),
+        "--layers",
+        "50",
+        "--seg-num",
+        SEG_NUM,
+        "--model-cache-dir",
+        str(cache / "models"),
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -92,24 +134,48 @@ def trained(dataset: Path, r50: Path) -> tuple[Path, float]:
     """(the head's directory, seconds `videotag train` took, start to finish)."""
     out = dataset / "head"
     started = time.monotonic()
-    proc = run_cli("train", "--data", str(dataset / "train.csv"), "--label-file", str(dataset / "labels.txt"),
-                   "--out", str(out), "--epochs", "5", "--patience", "3", "--feature-cache", str(dataset / "cache"),
-                   *extractor_flags(r50, dataset / "cache"))
+    proc = run_cli(
+        "train",
+        "--data",
+        str(dataset / "train.csv"),
+        "--label-file",
+        str(dataset / "labels.txt"),
+        "--out",
+        str(out),
+        "--epochs",
+        "5",
+        "--patience",
+        "3",
+        "--feature-cache",
+        str(dataset / "cache"),
+        *extractor_flags(r50, dataset / "cache"),
+    )
     seconds = time.monotonic() - started
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "\r" not in proc.stderr, "a progress bar was drawn into a pipe"
     return out, seconds
 
 
-def test_the_trained_head_puts_the_true_class_first_on_held_out_clips(dataset: Path, r50: Path,
-                                                                        trained: tuple[Path, float]) -> None:
+def test_the_trained_head_puts_the_true_class_first_on_held_out_clips(
+    dataset: Path, r50: Path, trained: tuple[Path, float]
+) -> None:
     out, seconds = trained
-    held_out = sorted(str(p) for p in (dataset / "clips").glob("*.mp4")
-                      if int(p.stem.split("-")[1]) >= TRAIN_PER_CLASS)
-    heads = [{"name": "videotag"},
-             {"name": "clips", "weights": str(out / "attention_lstm"), "labels": str(out / "labels.txt"), "topk": 2}]
-    proc = run_cli("tag", *held_out, "--predictors", json.dumps(heads), "--predictor-weights",
-                   str(r50 / "attention_lstm"), "--label-file", str(LABELS), *extractor_flags(r50, dataset / "cache"))
+    held_out = sorted(str(p) for p in (dataset / "clips").glob("*.mp4") if int(p.stem.split("-")[1]) >= TRAIN_PER_CLASS)
+    heads = [
+        {"name": "videotag"},
+        {"name": "clips", "weights": str(out / "attention_lstm"), "labels": str(out / "labels.txt"), "topk": 2},
+    ]
+    proc = run_cli(
+        "tag",
+        *held_out,
+        "--predictors",
+        json.dumps(heads),
+        "--predictor-weights",
+        str(r50 / "attention_lstm"),
+        "--label-file",
+        str(LABELS),
+        *extractor_flags(r50, dataset / "cache"),
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     records = json_lines(proc.stdout)
     assert len(records) == len(held_out) == len(CLASSES) * HELD_OUT_PER_CLASS
@@ -123,8 +189,7 @@ def test_the_trained_head_puts_the_true_class_first_on_held_out_clips(dataset: P
     assert seconds < 300, f"training took {seconds:.0f} s"
 
 
-def test_training_writes_the_head_its_labels_metrics_and_a_model_card(trained: tuple[Path, float],
-                                                                        r50: Path) -> None:
+def test_training_writes_the_head_its_labels_metrics_and_a_model_card(trained: tuple[Path, float], r50: Path) -> None:
     out, _ = trained
     assert (out / "labels.txt").read_text(encoding="utf-8").splitlines() == list(CLASSES)
     metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
@@ -152,17 +217,27 @@ def test_the_trained_head_round_trips_the_strict_loader(trained: tuple[Path, flo
         np.testing.assert_array_equal(tensor.numpy(), state[name], err_msg=name)
 
 
-def test_eval_reports_the_original_metrics_from_cached_features(dataset: Path, r50: Path,
-                                                               trained: tuple[Path, float]) -> None:
+def test_eval_reports_the_original_metrics_from_cached_features(
+    dataset: Path, r50: Path, trained: tuple[Path, float]
+) -> None:
     """On the training CSV, whose features training cached: eval extracts nothing again (held-out accuracy is
     the test above, through the path users deploy)."""
     out, _ = trained
     [extractor_dir] = [p for p in (dataset / "cache").iterdir() if p.name != "models"]
     cached = {p: p.stat().st_mtime_ns for p in extractor_dir.glob("*.npy")}
     assert len(cached) == len(CLASSES) * TRAIN_PER_CLASS
-    proc = run_cli("eval", "--data", str(dataset / "train.csv"), "--label-file", str(out / "labels.txt"),
-                   "--predictor-weights", str(out), "--feature-cache", str(dataset / "cache"),
-                   *extractor_flags(r50, dataset / "cache"))
+    proc = run_cli(
+        "eval",
+        "--data",
+        str(dataset / "train.csv"),
+        "--label-file",
+        str(out / "labels.txt"),
+        "--predictor-weights",
+        str(out),
+        "--feature-cache",
+        str(dataset / "cache"),
+        *extractor_flags(r50, dataset / "cache"),
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads(proc.stdout)
     assert metrics["videos"] == len(CLASSES) * TRAIN_PER_CLASS
@@ -176,8 +251,15 @@ def test_features_command_writes_arrays_and_an_index(dataset: Path, r50: Path, t
     broken = tmp_path / "broken.mp4"
     broken.write_bytes(clips[0].read_bytes()[:2000])
     out = tmp_path / "features"
-    proc = run_cli("features", *map(str, clips), str(broken), "--out", str(out), "--quiet",
-                   *extractor_flags(r50, dataset / "cache"))
+    proc = run_cli(
+        "features",
+        *map(str, clips),
+        str(broken),
+        "--out",
+        str(out),
+        "--quiet",
+        *extractor_flags(r50, dataset / "cache"),
+    )
     assert proc.returncode == 1, proc.stderr[-3000:]  # one video failed, the others were written
     [failure] = json_lines(proc.stdout)
     assert failure["path"] == str(broken) and failure["error"]["code"] == "corrupt_video"
@@ -185,7 +267,9 @@ def test_features_command_writes_arrays_and_an_index(dataset: Path, r50: Path, t
         rows = list(csv.DictReader(f))
     digest = "sha256:" + file_digest([r50 / "tsn.pdparams"])
     assert [(r["path"], r["file"], r["seg_num"], r["extractor_weights"]) for r in rows] == [
-        (str(clips[0]), "life-0.npy", SEG_NUM, digest), (str(clips[1]), "bars-1.npy", SEG_NUM, digest)]
+        (str(clips[0]), "life-0.npy", SEG_NUM, digest),
+        (str(clips[1]), "bars-1.npy", SEG_NUM, digest),
+    ]
     for row, clip in zip(rows, clips, strict=True):
         assert row["sha256"] == file_digest([clip])
         features = np.load(out / row["file"])

@@ -55,16 +55,45 @@ def check(value: bytes | None, video_id_from: str = "key", **options) -> list[Vi
 
 # strategies -----------------------------------------------------------------------------------------------
 
-PATH_LIKE = ["../../etc/passwd", "/etc/passwd", "..", ".", "./x.mp4", "a/../../b", "a\x00b", "\x00", "C:\\x\\y",
-             "~/.ssh/id_rsa", "%2e%2e%2f", "..%2F..%2Fx", "a//b", "/", "\u202egpj.mp4", "\ud800", "\udfff\ud800",
-             "x" * 5000, "\n", " ", "a\\..\\b", "file:///etc/passwd", "s3://other/key"]
+PATH_LIKE = [
+    "../../etc/passwd",
+    "/etc/passwd",
+    "..",
+    ".",
+    "./x.mp4",
+    "a/../../b",
+    "a\x00b",
+    "\x00",
+    "C:\\x\\y",
+    "~/.ssh/id_rsa",
+    "%2e%2e%2f",
+    "..%2F..%2Fx",
+    "a//b",
+    "/",
+    "\u202egpj.mp4",
+    "\ud800",
+    "\udfff\ud800",
+    "x" * 5000,
+    "\n",
+    " ",
+    "a\\..\\b",
+    "file:///etc/passwd",
+    "s3://other/key",
+]
 # NaN and Infinity are not JSON (RFC 8259): parse_request refuses them (tests/test_messages.py).
 finite = st.floats(allow_nan=False, allow_infinity=False)
 scalars = st.none() | st.booleans() | st.integers() | finite | st.text(max_size=20)
-json_values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4)
-                           | st.dictionaries(st.text(max_size=10), inner, max_size=4), max_leaves=16)
-field_values = st.one_of(st.text(), st.sampled_from(PATH_LIKE),
-                         st.builds(lambda a, b: a + b, st.sampled_from(PATH_LIKE), st.text(max_size=20)), json_values)
+json_values = st.recursive(
+    scalars,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
+    max_leaves=16,
+)
+field_values = st.one_of(
+    st.text(),
+    st.sampled_from(PATH_LIKE),
+    st.builds(lambda a, b: a + b, st.sampled_from(PATH_LIKE), st.text(max_size=20)),
+    json_values,
+)
 bucket_names = st.one_of(st.from_regex(r"[a-z0-9][a-z0-9.-]{1,20}[a-z0-9]", fullmatch=True), field_values)
 
 
@@ -74,8 +103,9 @@ def requests_like(draw: st.DrawFn) -> dict:
     for name in ("submitted_at", "trace_id", "attributes"):
         if draw(st.booleans()):
             document[name] = draw(st.one_of(json_values, st.just("2026-11-24T10:00:00Z")))
-    for name in draw(st.lists(st.one_of(st.text(max_size=12), st.sampled_from(["video_id", "Records", "../x"])),
-                              max_size=2)):
+    for name in draw(
+        st.lists(st.one_of(st.text(max_size=12), st.sampled_from(["video_id", "Records", "../x"])), max_size=2)
+    ):
         document[name] = draw(json_values)
     for name in draw(st.lists(st.sampled_from(["video_id", "bucket", "key"]), max_size=2)):
         document.pop(name, None)
@@ -92,8 +122,12 @@ def s3_events(draw: st.DrawFn) -> dict:
             s3 = draw(json_values)
         out = {"s3": s3}
         if draw(st.booleans()):
-            out["eventName"] = draw(st.one_of(st.sampled_from(["ObjectCreated:Put", "s3:ObjectCreated:Post",
-                                                               "ObjectRemoved:Delete", ""]), json_values))
+            out["eventName"] = draw(
+                st.one_of(
+                    st.sampled_from(["ObjectCreated:Put", "s3:ObjectCreated:Post", "ObjectRemoved:Delete", ""]),
+                    json_values,
+                )
+            )
         return out
 
     records = [record() for _ in range(draw(st.integers(0, 4)))]
@@ -105,14 +139,16 @@ def eventbridge_events(draw: st.DrawFn) -> dict:
     detail: object = {"bucket": {"name": draw(bucket_names)}, "object": {"key": draw(field_values)}}
     if draw(st.integers(0, 4)) == 0:
         detail = draw(json_values)
-    kind = draw(st.one_of(st.sampled_from(["Object Created", "Object Deleted", "Object Restore Completed"]),
-                          json_values))
+    kind = draw(
+        st.one_of(st.sampled_from(["Object Created", "Object Deleted", "Object Restore Completed"]), json_values)
+    )
     return {"version": "0", "source": "aws.s3", "detail-type": kind, "detail": detail}
 
 
-test_events = st.builds(lambda extra: {**extra, "Event": "s3:TestEvent"},
-                        st.dictionaries(st.text(max_size=10).filter(lambda k: k != "Records"), json_values,
-                                        max_size=4))
+test_events = st.builds(
+    lambda extra: {**extra, "Event": "s3:TestEvent"},
+    st.dictionaries(st.text(max_size=10).filter(lambda k: k != "Records"), json_values, max_size=4),
+)
 
 
 def sns(inner: object) -> dict:
@@ -133,6 +169,7 @@ def encode(document: object, ensure_ascii: bool) -> bytes:
 
 
 # properties -----------------------------------------------------------------------------------------------
+
 
 @PROPERTY
 @given(st.binary(max_size=4096))
@@ -158,8 +195,11 @@ def test_request_shaped_documents(document: dict, ensure_ascii: bool) -> None:
     requests = check(encode(document, ensure_ascii))
     if requests is not None:
         [request] = requests
-        assert (request.video_id, request.bucket, request.key) == (document["video_id"], document["bucket"],
-                                                                   document["key"])
+        assert (request.video_id, request.bucket, request.key) == (
+            document["video_id"],
+            document["bucket"],
+            document["key"],
+        )
 
 
 @PROPERTY
@@ -194,8 +234,11 @@ def test_s3_test_events_yield_nothing(document: dict, ensure_ascii: bool) -> Non
 
 
 @PROPERTY
-@given(st.one_of(s3_events(), eventbridge_events(), test_events, requests_like()),
-       st.sampled_from(["key", "bucket_key"]), st.booleans())
+@given(
+    st.one_of(s3_events(), eventbridge_events(), test_events, requests_like()),
+    st.sampled_from(["key", "bucket_key"]),
+    st.booleans(),
+)
 def test_sns_wrapped_documents_are_their_message(inner: dict, video_id_from: str, ensure_ascii: bool) -> None:
     """An SNS notification yields what its Message would yield sent as it is (SNS escapes it as JSON text)."""
     assert outcome(encode(sns(inner), ensure_ascii), video_id_from) == outcome(encode(inner, True), video_id_from)
@@ -212,9 +255,12 @@ def test_minio_events_are_s3_events(document: dict, key: str, ensure_ascii: bool
 @PROPERTY
 @given(st.integers(1, 40), st.integers(1, 40), st.booleans())
 def test_records_per_message_are_capped(records: int, cap: int, wrapped: bool) -> None:
-    document: dict = {"Records": [{"eventName": "ObjectCreated:Put", "s3": {"bucket": {"name": "uploads"},
-                                                                            "object": {"key": f"v{i}.mp4"}}}
-                                  for i in range(records)]}
+    document: dict = {
+        "Records": [
+            {"eventName": "ObjectCreated:Put", "s3": {"bucket": {"name": "uploads"}, "object": {"key": f"v{i}.mp4"}}}
+            for i in range(records)
+        ]
+    }
     got = outcome(encode(sns(document) if wrapped else document, True), max_records=cap)
     assert got == "too_many_records" if records > cap else len(got) == records
 
@@ -226,7 +272,8 @@ def test_allowed_buckets_refuse_every_other_bucket(document: dict, data: st.Data
     anywhere = outcome(value)
     named = sorted({request.bucket for request in anywhere}) if isinstance(anywhere, list) else []
     allowed = frozenset(data.draw(st.lists(st.sampled_from(named), max_size=3)) if named else []) | data.draw(
-        st.frozensets(st.text(max_size=8), max_size=2))
+        st.frozensets(st.text(max_size=8), max_size=2)
+    )
     limited = outcome(value, allowed_buckets=allowed)
     if isinstance(anywhere, str) or set(named) <= allowed:  # refused anyway, for the same reason; or all allowed
         assert limited == anywhere
@@ -235,8 +282,13 @@ def test_allowed_buckets_refuse_every_other_bucket(document: dict, data: st.Data
 
 
 @PROPERTY
-@given(st.from_regex(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", fullmatch=True), st.text(min_size=1, max_size=200),
-       st.text(min_size=1, max_size=200), st.dictionaries(st.text(), json_values, max_size=3), st.booleans())
+@given(
+    st.from_regex(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", fullmatch=True),
+    st.text(min_size=1, max_size=200),
+    st.text(min_size=1, max_size=200),
+    st.dictionaries(st.text(), json_values, max_size=3),
+    st.booleans(),
+)
 def test_valid_requests_round_trip(bucket: str, key: str, video_id: str, attributes: dict, ascii_: bool) -> None:
     document = {"video_id": video_id, "bucket": bucket, "key": key, "attributes": attributes}
     try:
@@ -248,6 +300,7 @@ def test_valid_requests_round_trip(bucket: str, key: str, video_id: str, attribu
 
 
 # explicit shapes: size, nesting --------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("size", [MAX_MESSAGE_BYTES - 1, MAX_MESSAGE_BYTES, MAX_MESSAGE_BYTES + 1, 16 << 20])
 def test_huge_messages(size: int) -> None:
@@ -263,11 +316,16 @@ NESTED_SHAPES = {
     "root": lambda d: b"[" * d + b"]" * d,
     "video_id": lambda d: b'{"video_id": ' + b"[" * d + b"]" * d + b', "bucket": "abc", "key": "k"}',
     "bucket_object": lambda d: b'{"video_id": "v", "bucket": ' + b'{"a": ' * d + b"1" + b"}" * d + b', "key": "k"}',
-    "attributes": lambda d: b'{"video_id": "v", "bucket": "abc", "key": "k", "attributes": {"a": '
-                            + b"[" * d + b"]" * d + b"}}",
+    "attributes": lambda d: (
+        b'{"video_id": "v", "bucket": "abc", "key": "k", "attributes": {"a": ' + b"[" * d + b"]" * d + b"}}"
+    ),
     "unknown_field": lambda d: b'{"video_id": "v", "bucket": "abc", "key": "k", "x": ' + b"[" * d + b"]" * d + b"}",
-    "event_name": lambda d: b'{"Records": [{"eventName": ' + b"[" * d + b"]" * d
-                            + b', "s3": {"bucket": {"name": "b"}, "object": {"key": "k"}}}]}',
+    "event_name": lambda d: (
+        b'{"Records": [{"eventName": '
+        + b"[" * d
+        + b"]" * d
+        + b', "s3": {"bucket": {"name": "b"}, "object": {"key": "k"}}}]}'
+    ),
     "event_s3": lambda d: b'{"Records": [{"eventName": "ObjectCreated:Put", "s3": ' + b"[" * d + b"]" * d + b"}]}",
 }
 
@@ -317,14 +375,18 @@ def test_the_worker_dead_letters_what_it_could_never_answer() -> None:
     limit = _json_depth_limit("video_id")
     values = [NESTED_SHAPES["video_id"](depth) for depth in range(max(1, limit - 60), limit + 3)]
     values += [NESTED_SHAPES["attributes"](depth) for depth in (65, 500, limit - 5)]
-    values += [b'{"video_id": "\\ud800", "bucket": "abc", "key": "k"}', b'{"video_id": "v", "bucket": "abc", '
-               b'"key": "k", "trace_id": "\\udc00"}', b'{"Records": [{"eventName": "ObjectCreated:Put", '
-               b'"s3": {"bucket": {"name": "b"}, "object": {"key": "\\udfff"}}}]}']
+    values += [
+        b'{"video_id": "\\ud800", "bucket": "abc", "key": "k"}',
+        b'{"video_id": "v", "bucket": "abc", "key": "k", "trace_id": "\\udc00"}',
+        b'{"Records": [{"eventName": "ObjectCreated:Put", '
+        b'"s3": {"bucket": {"name": "b"}, "object": {"key": "\\udfff"}}}]}',
+    ]
     worker = Worker(Settings())
     try:
         for offset, value in enumerate(values):
-            worker._accept(SimpleNamespace(topic="t", partition=0, offset=offset, timestamp=0, key=None, value=value,
-                                            headers=[]))
+            worker._accept(
+                SimpleNamespace(topic="t", partition=0, offset=offset, timestamp=0, key=None, value=value, headers=[])
+            )
         codes = [job.error.code if job.error else None for job in worker._backlog]
     finally:
         worker._executor.shutdown()
@@ -334,14 +396,16 @@ def test_the_worker_dead_letters_what_it_could_never_answer() -> None:
     shallow = NESTED_SHAPES["attributes"](63)  # {"a": [[...]]}: 64 levels with the attributes object
     worker = Worker(Settings())
     try:
-        worker._accept(SimpleNamespace(topic="t", partition=0, offset=0, timestamp=0, key=None, value=shallow,
-                                       headers=[]))
+        worker._accept(
+            SimpleNamespace(topic="t", partition=0, offset=0, timestamp=0, key=None, value=shallow, headers=[])
+        )
         assert worker._backlog[0].error is None  # 64 levels are still fine
     finally:
         worker._executor.shutdown()
 
 
 # the bad-video corpus -------------------------------------------------------------------------------------
+
 
 def _ffmpeg(*args: str) -> None:
     import imageio_ffmpeg
@@ -379,13 +443,50 @@ def corpus() -> dict[str, Path]:
     files = {name: BAD_DIR / name for name in CORPUS}
     files["giant-declared.y4m"].write_bytes(b"YUV4MPEG2 W12000 H12000 F25:1 Ip A1:1 C420jpeg\nFRAME\n" + b"\x80" * 1024)
     for name, size in (("wide.mp4", "7696x16"), ("tall.mp4", "16x7696")):
-        _ffmpeg("-f", "lavfi", "-i", f"testsrc2=size={size}:rate=1", "-t", "1", "-c:v", "libx264", "-preset",
-                "ultrafast", "-pix_fmt", "yuv420p", str(files[name]))
-    _ffmpeg("-f", "lavfi", "-i", "testsrc2=size=16x16:rate=1000", "-t", "30", "-c:v", "libx264", "-preset",
-            "ultrafast", "-pix_fmt", "yuv420p", str(files["many-tiny-frames.mp4"]))
+        _ffmpeg(
+            "-f",
+            "lavfi",
+            "-i",
+            f"testsrc2=size={size}:rate=1",
+            "-t",
+            "1",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-pix_fmt",
+            "yuv420p",
+            str(files[name]),
+        )
+    _ffmpeg(
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=16x16:rate=1000",
+        "-t",
+        "30",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-pix_fmt",
+        "yuv420p",
+        str(files["many-tiny-frames.mp4"]),
+    )
     honest = BAD_DIR / "honest.avi"
-    _ffmpeg("-f", "lavfi", "-i", "testsrc2=size=16x16:rate=10", "-t", "1", "-c:v", "mjpeg", "-pix_fmt", "yuvj420p",
-            str(honest))
+    _ffmpeg(
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=16x16:rate=10",
+        "-t",
+        "1",
+        "-c:v",
+        "mjpeg",
+        "-pix_fmt",
+        "yuvj420p",
+        str(honest),
+    )
     _liar_avi(honest, files["liar-frame-count.avi"], 100_000_000)
     honest.unlink()
     files["empty.mp4"].write_bytes(b"")
@@ -421,14 +522,23 @@ print(json.dumps({"base_kib": base, "files": out}))
 def test_bad_corpus_through_in_process_decoding(corpus: dict[str, Path], tmp_path: Path) -> None:
     """Each file ends with a stable code or a normal result, in bounded time and memory, writing nothing."""
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    run = subprocess.run([sys.executable, "-c", READ_ALL, *map(str, corpus.values())], cwd=tmp_path, env=env,
-                         capture_output=True, text=True, timeout=300, check=True)
+    run = subprocess.run(
+        [sys.executable, "-c", READ_ALL, *map(str, corpus.values())],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
     report = json.loads(run.stdout.strip().splitlines()[-1])
     base = report["base_kib"]
     for name, path in corpus.items():
         got = report["files"][str(path)]
-        print(f"decoded {name}: {got['outcome']} in {got['seconds']:.2f} s, peak RSS "
-              f"+{(got['peak_kib'] - base) / 1024:.0f} MiB")
+        print(
+            f"decoded {name}: {got['outcome']} in {got['seconds']:.2f} s, peak RSS "
+            f"+{(got['peak_kib'] - base) / 1024:.0f} MiB"
+        )
         assert got["outcome"] == CORPUS[name], (name, got)
         assert got["seconds"] < 60, (name, got)
     assert (max(f["peak_kib"] for f in report["files"].values()) - base) < 256 * 1024  # never a giant frame
@@ -439,6 +549,7 @@ def test_bad_corpus_through_in_process_decoding(corpus: dict[str, Path], tmp_pat
 
 
 # the same corpus and hostile messages through a worker process -------------------------------------------
+
 
 @pytest.fixture
 def big_topics(kafka_broker):
@@ -456,8 +567,17 @@ def big_topics(kafka_broker):
 def bad_worker(tmp_path: Path, kafka_broker, s3_server, big_topics, unique_group_id) -> Iterator:
     from tests.integration.worker_process import WorkerProcess
 
-    worker = WorkerProcess(tmp_path, kafka_broker, s3_server, big_topics, unique_group_id, seg_num="2",
-                           max_object_bytes="1000000", retry_backoff_base_s="0.2", retry_backoff_max_s="1")
+    worker = WorkerProcess(
+        tmp_path,
+        kafka_broker,
+        s3_server,
+        big_topics,
+        unique_group_id,
+        seg_num="2",
+        max_object_bytes="1000000",
+        retry_backoff_base_s="0.2",
+        retry_backoff_max_s="1",
+    )
     try:
         yield worker
     finally:
@@ -469,8 +589,9 @@ def _request(video_id: str, bucket: str, key: str) -> bytes:
 
 
 @pytest.mark.integration
-def test_hostile_inputs_through_a_worker(bad_worker, corpus: dict[str, Path], kafka_broker, s3_server, big_topics,
-                                         bucket: str, tmp_path: Path) -> None:
+def test_hostile_inputs_through_a_worker(
+    bad_worker, corpus: dict[str, Path], kafka_broker, s3_server, big_topics, bucket: str, tmp_path: Path
+) -> None:
     """Every hostile message and object ends with a result or a dead letter with a stable code; the worker
     never dies, holds bounded memory, leaves its temp dir empty and writes no file named by a key."""
     from kafka import KafkaProducer
@@ -486,23 +607,50 @@ def test_hostile_inputs_through_a_worker(bad_worker, corpus: dict[str, Path], ka
     for name, outcome in CORPUS.items():
         plan.append((f"corpus-{name}", _request(f"corpus-{name}", bucket, f"bad/{name}"), {outcome}))
     plan.append(("oversize", _request("oversize", bucket, "bad/oversize.mp4"), {"object_too_large"}))
-    for i, key in enumerate([f"../../{marker}", f"/tmp/{marker}", f"a/../{marker}", "..", ".", "a\x00b",
-                             f"..\\..\\{marker}", f"%2e%2e/{marker}"]):
+    for i, key in enumerate(
+        [
+            f"../../{marker}",
+            f"/tmp/{marker}",
+            f"a/../{marker}",
+            "..",
+            ".",
+            "a\x00b",
+            f"..\\..\\{marker}",
+            f"%2e%2e/{marker}",
+        ]
+    ):
         plan.append((f"path-{i}", _request(f"path-{i}", bucket, key), {"no_such_key", "invalid_request"}))
-    plan.append(("surrogate-id", b'{"video_id": "\\ud800", "bucket": "' + bucket.encode() + b'", "key": "k"}',
-                 {"schema_violation"}))
-    plan.append(("surrogate-key", b'{"video_id": "s", "bucket": "' + bucket.encode() + b'", "key": "\\udfff"}',
-                 {"schema_violation"}))
-    plan.append(("surrogate-attr", _request("x", bucket, "k")[:-1] + b', "attributes": {"\\ud800": 1}}',
-                 {"schema_violation"}))
+    plan.append(
+        (
+            "surrogate-id",
+            b'{"video_id": "\\ud800", "bucket": "' + bucket.encode() + b'", "key": "k"}',
+            {"schema_violation"},
+        )
+    )
+    plan.append(
+        (
+            "surrogate-key",
+            b'{"video_id": "s", "bucket": "' + bucket.encode() + b'", "key": "\\udfff"}',
+            {"schema_violation"},
+        )
+    )
+    plan.append(
+        ("surrogate-attr", _request("x", bucket, "k")[:-1] + b', "attributes": {"\\ud800": 1}}', {"schema_violation"})
+    )
     for depth in range(850, 1001, 3):  # covers the window where json.loads passes and jsonschema recursed
         plan.append((f"nested-{depth}", NESTED_SHAPES["video_id"](depth), {"invalid_json", "schema_violation"}))
     for depth in range(900, 1001, 4):  # deep attributes on a real video: the result echoes them
-        value = (b'{"video_id": "attrs-%d", "bucket": "%s", "key": "bad/liar-frame-count.avi", "attributes": {"a": '
-                 % (depth, bucket.encode()) + b"[" * depth + b"]" * depth + b"}}")
+        value = (
+            b'{"video_id": "attrs-%d", "bucket": "%s", "key": "bad/liar-frame-count.avi", "attributes": {"a": '
+            % (depth, bucket.encode())
+            + b"[" * depth
+            + b"]" * depth
+            + b"}}"
+        )
         plan.append((f"attrs-{depth}", value, {"result", "invalid_json"}))
-    plan.append(("huge", b'{"video_id": "huge", "pad": "' + b"x" * (MAX_MESSAGE_BYTES + 10) + b'"}',
-                 {"message_too_large"}))
+    plan.append(
+        ("huge", b'{"video_id": "huge", "pad": "' + b"x" * (MAX_MESSAGE_BYTES + 10) + b'"}', {"message_too_large"})
+    )
     plan.append(("binary", os.urandom(64) + b"\xff", {"invalid_json"}))
     plan.append(("binary-big", b"\xff" + os.urandom(900_000), {"invalid_json"}))  # base64 grows it past 1 MiB
     plan.append(("escapes-big", b"\x01" * 900_000, {"invalid_json"}))  # JSON escapes grow it six-fold
@@ -512,8 +660,7 @@ def test_hostile_inputs_through_a_worker(bad_worker, corpus: dict[str, Path], ka
     bad_worker.wait_ready()
     hwm_before = _vm_hwm_kib(bad_worker.process.pid)
     collector = AnswerCollector(kafka_broker.bootstrap_servers, big_topics)
-    producer = KafkaProducer(bootstrap_servers=kafka_broker.bootstrap_servers, acks="all",
-                             max_request_size=4 << 20)
+    producer = KafkaProducer(bootstrap_servers=kafka_broker.bootstrap_servers, acks="all", max_request_size=4 << 20)
     try:
         sent = [producer.send(big_topics.input, key=key.encode(), value=value) for key, value, _ in plan]
         producer.flush(30)
@@ -526,10 +673,13 @@ def test_hostile_inputs_through_a_worker(bad_worker, corpus: dict[str, Path], ka
         collector.close()
     alive = bad_worker.process.poll() is None
     hwm_after = _vm_hwm_kib(bad_worker.process.pid) if alive else 0
-    outcomes = {key: sorted({a.kind if a.kind == "result" else a.code for a in answers.get(key, [])})
-                for key, _, _ in plan}
-    print(f"\nhostile inputs through a worker: {len(plan)} messages, unanswered {sorted(missing)}, worker "
-          f"alive {alive}, peak RSS {hwm_before / 1024:.0f} -> {hwm_after / 1024:.0f} MiB")
+    outcomes = {
+        key: sorted({a.kind if a.kind == "result" else a.code for a in answers.get(key, [])}) for key, _, _ in plan
+    }
+    print(
+        f"\nhostile inputs through a worker: {len(plan)} messages, unanswered {sorted(missing)}, worker "
+        f"alive {alive}, peak RSS {hwm_before / 1024:.0f} -> {hwm_after / 1024:.0f} MiB"
+    )
     log_tail = bad_worker.log()[-3000:]
     assert alive, f"the worker died:\n{log_tail}"
     assert missing == set(), f"unanswered (retried forever?): {sorted(missing)}\n{log_tail}"

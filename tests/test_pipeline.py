@@ -47,8 +47,12 @@ def test_different_engines_and_shapes_are_not_merged():
     wa, wb = thread.wrap(a), thread.wrap(b)
     try:
         with ThreadPoolExecutor(4) as pool:
-            futures = [pool.submit(wa, np.ones((2, 3))), pool.submit(wb, np.ones((2, 3))),
-                       pool.submit(wa, np.ones((2, 5))), pool.submit(wb, np.ones((1, 3)))]
+            futures = [
+                pool.submit(wa, np.ones((2, 3))),
+                pool.submit(wb, np.ones((2, 3))),
+                pool.submit(wa, np.ones((2, 5))),
+                pool.submit(wb, np.ones((1, 3))),
+            ]
             results = [f.result() for f in futures]
     finally:
         thread.stop()

@@ -41,19 +41,32 @@ def test_the_font_found_draws_chinese_and_a_missing_one_says_how_to_get_one(tmp_
     monkeypatch.setattr(preview, "_fontconfig_font", lambda: None)
     with pytest.raises(FontMissing) as missing:
         find_font()
-    assert str(missing.value) == ("no font with Chinese glyphs found: pip install 'videotag[preview]' (Noto Sans SC), "
-                                  "or apt-get install fonts-noto-cjk, or give --font FILE")
+    assert str(missing.value) == (
+        "no font with Chinese glyphs found: pip install 'videotag[preview]' (Noto Sans SC), "
+        "or apt-get install fonts-noto-cjk, or give --font FILE"
+    )
 
 
 def test_a_font_without_chinese_is_refused_before_any_model_loads(tmp_path: Path) -> None:
     not_a_font = tmp_path / "latin.ttf"
     not_a_font.write_bytes(b"\0" * 64)
-    run = run_cli("preview", "v.mp4", "--out", str(tmp_path / "s.png"), "--font", str(not_a_font),
-                  "--extractor-weights", str(tmp_path / "no-weights"), timeout=120)
+    run = run_cli(
+        "preview",
+        "v.mp4",
+        "--out",
+        str(tmp_path / "s.png"),
+        "--font",
+        str(not_a_font),
+        "--extractor-weights",
+        str(tmp_path / "no-weights"),
+        timeout=120,
+    )
     assert run.returncode == 2
-    assert run.stderr.splitlines() == [f"videotag: error: --font {not_a_font}: not a font with Chinese glyphs; "
-                                       "pip install 'videotag[preview]' (Noto Sans SC), or apt-get install "
-                                       "fonts-noto-cjk, or give --font FILE"]
+    assert run.stderr.splitlines() == [
+        f"videotag: error: --font {not_a_font}: not a font with Chinese glyphs; "
+        "pip install 'videotag[preview]' (Noto Sans SC), or apt-get install "
+        "fonts-noto-cjk, or give --font FILE"
+    ]
 
 
 def test_spread_keeps_first_and_last() -> None:
@@ -68,17 +81,26 @@ def _result(frames_decoded: int, seg_num: int) -> TagResult:
     crops = np.stack([np.full((224, 224, 3), (k % 256, (k * 7) % 256, 200), np.uint8) for k in distinct])
     order = np.array([distinct.index(p) for p in picks])
     video = SampledVideo(crops, order, frames_decoded, frames_decoded, 640, 272, 25.0, "opencv")
-    tags = [{"class_id": i, "class_name": name, "probability": p}
-            for i, (name, p) in enumerate([("不明飞行物", 0.76), ("正义联盟", 0.5), ("T台", 0.01)])]
+    tags = [
+        {"class_id": i, "class_name": name, "probability": p}
+        for i, (name, p) in enumerate([("不明飞行物", 0.76), ("正义联盟", 0.5), ("T台", 0.01)])
+    ]
     heads = {"videotag": tags, "mine": tags[:2]}
-    return TagResult(heads, {}, np.zeros((seg_num, 2048), np.float32), video,
-                     {"decode": 313.0, "extract": 7200.0, "predict": 102.0})
+    return TagResult(
+        heads, {}, np.zeros((seg_num, 2048), np.float32), video, {"decode": 313.0, "extract": 7200.0, "predict": 102.0}
+    )
 
 
 def test_the_sheet_shows_the_sampled_frames_in_order_and_says_what_it_is() -> None:
     result = _result(250, 300)
-    info = {"extractor": "TSN-ResNet101", "predictor": "AttentionLSTM", "preprocess": "faithful",
-            "engine": "dygraph", "precision": "fp32", "weights": "sha256:" + "ab" * 32}
+    info = {
+        "extractor": "TSN-ResNet101",
+        "predictor": "AttentionLSTM",
+        "preprocess": "faithful",
+        "engine": "dygraph",
+        "precision": "fp32",
+        "weights": "sha256:" + "ab" * 32,
+    }
     lines = preview.describe("bikes.mp4", 509_934, result, info)
     assert lines == [
         "bikes.mp4",
@@ -132,13 +154,23 @@ def test_tag_writes_one_sheet_per_video_and_progress_only_where_asked(tmp_path: 
     twin.parent.mkdir()
     shutil.copyfile(VIDEOS / "bikes.mp4", twin)
     videos = [str(VIDEOS / "bikes.mp4"), str(VIDEOS / "carphone_pristine.mp4"), str(twin), str(tmp_path / "no.mp4")]
-    model = ["--allow-random-weights", "--seg-num", "4", "--engine", "dygraph", "--layers", "50",
-             "--label-file", str(LABELS)]
+    model = [
+        "--allow-random-weights",
+        "--seg-num",
+        "4",
+        "--engine",
+        "dygraph",
+        "--layers",
+        "50",
+        "--label-file",
+        str(LABELS),
+    ]
     run = run_cli("tag", *videos, "--preview-dir", str(tmp_path / "sheets"), *model)
     assert run.returncode == 1, run.stderr  # the missing file
     records = json_lines(run.stdout)
-    assert [r.get("preview") for r in records] == [str(tmp_path / "sheets" / n) for n in
-                                                    ("bikes.png", "carphone_pristine.png", "bikes-2.png")] + [None]
+    assert [r.get("preview") for r in records] == [
+        str(tmp_path / "sheets" / n) for n in ("bikes.png", "carphone_pristine.png", "bikes-2.png")
+    ] + [None]
     assert records[3]["error"]["code"] == "not_found"
     for name in ("bikes.png", "carphone_pristine.png", "bikes-2.png"):
         with Image.open(tmp_path / "sheets" / name) as sheet:

@@ -95,8 +95,9 @@ def _worker(max_inflight: int = 2, strategy: str = "range") -> tuple[Worker, Fak
     return worker, consumer
 
 
-def _rebalance(worker: Worker, consumer: FakeConsumer, revoked: set[TopicPartition],
-               assigned: set[TopicPartition]) -> None:
+def _rebalance(
+    worker: Worker, consumer: FakeConsumer, revoked: set[TopicPartition], assigned: set[TopicPartition]
+) -> None:
     """Drive the worker's listener as kafka-python does: revoke, then assign (awaited, on the IO thread)."""
     listener = _Rebalance(worker)
     consumer.in_listener = True
@@ -198,8 +199,9 @@ def test_an_evicted_member_forgets_every_partition_even_one_assigned_back() -> N
     assert consumer.commits == before
 
 
-def _cooperative_rebalance(worker: Worker, consumer: FakeConsumer, revoked: set[TopicPartition],
-                           added: set[TopicPartition]) -> None:
+def _cooperative_rebalance(
+    worker: Worker, consumer: FakeConsumer, revoked: set[TopicPartition], added: set[TopicPartition]
+) -> None:
     """As kafka-python does under a cooperative assignor: the new assignment is in place first, then "revoked"
     with what moved away (if anything), then "assigned" with what was added (only if anything was)."""
     listener = _Rebalance(worker)

@@ -10,7 +10,8 @@ from worker.recurring import RecurringErrors
 
 
 def test_a_recurring_error_is_logged_when_it_starts_changes_or_lasts_and_when_it_ends(
-        caplog: pytest.LogCaptureFixture) -> None:
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     now = [0.0]
     errors = RecurringErrors(logging.getLogger("test.recurring"), repeat_s=60, clock=lambda: now[0])
     with caplog.at_level(logging.INFO, logger="test.recurring"):

@@ -63,9 +63,11 @@ def _assert_no_secret(where: str, text: str, secrets: list[str]) -> None:
 
 # secrets in logs, metrics, dead letters; temp files in a real worker ---------------------------------------
 
+
 @pytest.mark.integration
-def test_no_secret_in_logs_metrics_or_answers(kafka_broker: KafkaServer, topics: Topics, unique_group_id: str,
-                                              tmp_path: Path) -> None:
+def test_no_secret_in_logs_metrics_or_answers(
+    kafka_broker: KafkaServer, topics: Topics, unique_group_id: str, tmp_path: Path
+) -> None:
     """A worker with S3 credentials in use (the S3 server checks signatures) and SASL/TLS passwords configured
     (PLAINTEXT: set but unused; test_no_kafka_secret_when_a_login_or_an_acl_is_refused uses them) handles good
     and bad requests and an S3 response that stalls mid-stream; then its log, /metrics and every result and dead
@@ -84,20 +86,36 @@ def test_no_secret_in_logs_metrics_or_answers(kafka_broker: KafkaServer, topics:
         client.upload_file(str(clip), bucket, "mid/stalled.mp4")
         client.put_object(Bucket=bucket, Key="corrupt.mp4", Body=clip.read_bytes()[:3000])
         client.put_object(Bucket=bucket, Key="text.mp4", Body=b"no video here\n" * 50)
-        worker = WorkerProcess(tmp_path, kafka_broker, s3, topics, unique_group_id, seg_num="2",
-                               s3_endpoint_url=proxy.endpoint_url, s3_read_timeout_s="1",
-                               retry_backoff_base_s="0.5", retry_backoff_max_s="1",
-                               security_protocol="PLAINTEXT", sasl_mechanism="PLAIN", sasl_username="svc-videotag",
-                               sasl_password=SASL_PASSWORD, ssl_password=SSL_PASSWORD)
+        worker = WorkerProcess(
+            tmp_path,
+            kafka_broker,
+            s3,
+            topics,
+            unique_group_id,
+            seg_num="2",
+            s3_endpoint_url=proxy.endpoint_url,
+            s3_read_timeout_s="1",
+            retry_backoff_base_s="0.5",
+            retry_backoff_max_s="1",
+            security_protocol="PLAINTEXT",
+            sasl_mechanism="PLAIN",
+            sasl_username="svc-videotag",
+            sasl_password=SASL_PASSWORD,
+            ssl_password=SSL_PASSWORD,
+        )
         worker.wait_ready()
         collector = AnswerCollector(kafka_broker.bootstrap_servers, topics)
         proxy.set_rule("/mid/", "midstream")
-        values = {"good": request("good", bucket, "good.mp4"), "corrupt": request("corrupt", bucket, "corrupt.mp4"),
-                  "text": request("text", bucket, "text.mp4"), "missing": request("missing", bucket, "nope.mp4"),
-                  "json": b'{"video_id": "json", "bucket": ', "schema": b'{"video_id": "schema"}',
-                  "stalled": request("stalled", bucket, "mid/stalled.mp4")}
-        produce(kafka_broker.bootstrap_servers, topics.input, list(values.values()),
-                keys=[k.encode() for k in values])
+        values = {
+            "good": request("good", bucket, "good.mp4"),
+            "corrupt": request("corrupt", bucket, "corrupt.mp4"),
+            "text": request("text", bucket, "text.mp4"),
+            "missing": request("missing", bucket, "nope.mp4"),
+            "json": b'{"video_id": "json", "bucket": ',
+            "schema": b'{"video_id": "schema"}',
+            "stalled": request("stalled", bucket, "mid/stalled.mp4"),
+        }
+        produce(kafka_broker.bootstrap_servers, topics.input, list(values.values()), keys=[k.encode() for k in values])
         # While the body stalls, the partial download sits in the temp dir: private to the worker's user.
         modes = set()
         deadline = time.monotonic() + 30
@@ -122,8 +140,10 @@ def test_no_secret_in_logs_metrics_or_answers(kafka_broker: KafkaServer, topics:
             collector.close()
         proxy.close()
         s3.stop()
-    print(f"\nsecurity: {len(answers)} answers, mid-stream timeouts {timeouts:.0f}, temp file modes "
-          f"{sorted(oct(m) for m in modes)}, log {len(log)} chars")
+    print(
+        f"\nsecurity: {len(answers)} answers, mid-stream timeouts {timeouts:.0f}, temp file modes "
+        f"{sorted(oct(m) for m in modes)}, log {len(log)} chars"
+    )
     assert missing == set()
     assert timeouts >= 1 and modes == {0o600}
     assert "***" in log  # the settings line shows the secrets redacted
@@ -133,8 +153,14 @@ def test_no_secret_in_logs_metrics_or_answers(kafka_broker: KafkaServer, topics:
     for answer in answers:
         _assert_no_secret(f"the answer to {answer.ident}", json.dumps(answer.value, ensure_ascii=False), secrets)
     assert {a.ident: a.kind if a.kind == "result" else a.code for a in answers} == {
-        "good": "result", "stalled": "result", "corrupt": "corrupt_video", "text": "not_a_video",
-        "missing": "no_such_key", "json": "invalid_json", "schema": "schema_violation"}
+        "good": "result",
+        "stalled": "result",
+        "corrupt": "corrupt_video",
+        "text": "not_a_video",
+        "missing": "no_such_key",
+        "json": "invalid_json",
+        "schema": "schema_violation",
+    }
     assert list(worker.temp_dir.iterdir()) == []
 
 
@@ -151,10 +177,14 @@ def test_s3_errors_and_debug_logs_name_no_credentials(tmp_path: Path, caplog: py
         # every logger at DEBUG: botocore's too, which the CLI quiets to WARNING (a CLI test may have run main())
         with caplog.at_level(logging.DEBUG), caplog.at_level(logging.DEBUG, logger="botocore"):
             for access, secret in (("right-access-key", right), ("right-access-key", wrong), ("unknown-key", wrong)):
-                client = boto3.client("s3", endpoint_url=s3.endpoint_url, region_name="us-east-1",
-                                      aws_access_key_id=access, aws_secret_access_key=secret,
-                                      config=botocore.config.Config(retries={"total_max_attempts": 1},
-                                                                    s3={"addressing_style": "path"}))
+                client = boto3.client(
+                    "s3",
+                    endpoint_url=s3.endpoint_url,
+                    region_name="us-east-1",
+                    aws_access_key_id=access,
+                    aws_secret_access_key=secret,
+                    config=botocore.config.Config(retries={"total_max_attempts": 1}, s3={"addressing_style": "path"}),
+                )
                 fetcher = ObjectFetcher(client, str(tmp_path / "tmp"), 1 << 20, TempBudget(1 << 30))
                 if secret == right:
                     with fetcher.fetch("creds", "v.mp4") as (_, size):
@@ -174,6 +204,7 @@ def test_s3_errors_and_debug_logs_name_no_credentials(tmp_path: Path, caplog: py
 
 # temp files ----------------------------------------------------------------------------------------------
 
+
 @contextlib.contextmanager
 def _umask(mask: int) -> Iterator[None]:
     old = os.umask(mask)
@@ -184,8 +215,9 @@ def _umask(mask: int) -> Iterator[None]:
 
 
 @pytest.mark.integration
-def test_temp_files_are_private_and_always_removed(s3_server: S3Server, bucket: str, tmp_path: Path,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_temp_files_are_private_and_always_removed(
+    s3_server: S3Server, bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """0600 even under umask 0, and gone after success, a corrupt video, an exception in the caller, an S3
     stream that stalls mid-body, and a refused oversize object (never written at all)."""
     from models.video import InProcessDecoder
@@ -203,8 +235,7 @@ def test_temp_files_are_private_and_always_removed(s3_server: S3Server, bucket: 
     proxy = StallingProxy(s3_server.port)
     proxy.set_rule("/mid/", "midstream")
     temp = tmp_path / "work"
-    fetcher = ObjectFetcher(make_client(proxy.endpoint_url, "us-east-1", 1, 1), str(temp), 40_000,
-                            TempBudget(1 << 30))
+    fetcher = ObjectFetcher(make_client(proxy.endpoint_url, "us-east-1", 1, 1), str(temp), 40_000, TempBudget(1 << 30))
     seen: dict[str, set[int]] = {}
     try:
         with _umask(0):
@@ -253,6 +284,7 @@ def test_temp_files_are_private_and_always_removed(s3_server: S3Server, bucket: 
 
 # the HTTP endpoints --------------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def health() -> Iterator[tuple[HealthServer, list[bool]]]:
     state = [True]
@@ -284,9 +316,21 @@ def test_only_the_three_endpoints_are_served(health: tuple[HealthServer, list[bo
     assert _http(port, "GET", "/readyz") == (503, b"not ready: broken\n")
     assert _http(port, "HEAD", "/healthz") == (200, b"")
     assert _http(port, "GET", "//metrics")[0] == 200  # http.server folds leading slashes: the same endpoint
-    for path in ["/", "/metrics/", "/Metrics", "/metrics.txt", "/healthz/../metrics", "/%2e%2e/etc/passwd",
-                 "/../../etc/passwd", "/debug/pprof", "/favicon.ico", "/admin", "/.env", "/readyz/x",
-                 "http://127.0.0.1/metrics/x"]:
+    for path in [
+        "/",
+        "/metrics/",
+        "/Metrics",
+        "/metrics.txt",
+        "/healthz/../metrics",
+        "/%2e%2e/etc/passwd",
+        "/../../etc/passwd",
+        "/debug/pprof",
+        "/favicon.ico",
+        "/admin",
+        "/.env",
+        "/readyz/x",
+        "http://127.0.0.1/metrics/x",
+    ]:
         assert _http(port, "GET", path) == (404, b"not found\n"), path
     for method in ["POST", "PUT", "DELETE", "PATCH"]:
         for path in ["/metrics", "/healthz", "/readyz", "/other"]:
@@ -314,17 +358,40 @@ def test_endpoints_bind_to_the_chosen_address(bind: str, other: str) -> None:
 
 # Kafka security settings and secrets ---------------------------------------------------------------------
 
+
 def test_security_options_pass_every_setting() -> None:
     assert security_options(Settings()) == {"security_protocol": "PLAINTEXT"}
-    settings = Settings(security_protocol="SASL_SSL", ssl_cafile="/ca.pem", ssl_certfile="/c.pem", ssl_keyfile="/c.key",
-                        ssl_password="kp", ssl_check_hostname=False, sasl_mechanism="SCRAM-SHA-512",
-                        sasl_username="u", sasl_password="p")
+    settings = Settings(
+        security_protocol="SASL_SSL",
+        ssl_cafile="/ca.pem",
+        ssl_certfile="/c.pem",
+        ssl_keyfile="/c.key",
+        ssl_password="kp",
+        ssl_check_hostname=False,
+        sasl_mechanism="SCRAM-SHA-512",
+        sasl_username="u",
+        sasl_password="p",
+    )
     assert security_options(settings) == {
-        "security_protocol": "SASL_SSL", "ssl_cafile": "/ca.pem", "ssl_certfile": "/c.pem", "ssl_keyfile": "/c.key",
-        "ssl_password": "kp", "ssl_check_hostname": False, "sasl_mechanism": "SCRAM-SHA-512",
-        "sasl_plain_username": "u", "sasl_plain_password": "p"}
-    plain_sasl = security_options(Settings(security_protocol="SASL_PLAINTEXT", sasl_mechanism="PLAIN",
-                                         sasl_username="u", sasl_password="p", ssl_cafile="/ca.pem"))
+        "security_protocol": "SASL_SSL",
+        "ssl_cafile": "/ca.pem",
+        "ssl_certfile": "/c.pem",
+        "ssl_keyfile": "/c.key",
+        "ssl_password": "kp",
+        "ssl_check_hostname": False,
+        "sasl_mechanism": "SCRAM-SHA-512",
+        "sasl_plain_username": "u",
+        "sasl_plain_password": "p",
+    }
+    plain_sasl = security_options(
+        Settings(
+            security_protocol="SASL_PLAINTEXT",
+            sasl_mechanism="PLAIN",
+            sasl_username="u",
+            sasl_password="p",
+            ssl_cafile="/ca.pem",
+        )
+    )
     assert "ssl_cafile" not in plain_sasl and plain_sasl["sasl_plain_password"] == "p"
     assert "sasl_plain_password" not in security_options(Settings(security_protocol="SSL", sasl_password="p"))
     # kafka-python accepts every option it is given (it raises on unknown ones).
@@ -345,8 +412,14 @@ def test_settings_repr_hides_the_secrets() -> None:
 
 @pytest.mark.integration
 def test_no_kafka_secret_when_a_login_or_an_acl_is_refused(
-        spawn: SpawnWorker, secure_kafka: ApacheKafka, secure_topics: Topics, pki: dict[str, str],
-        s3_server: S3Server, bucket: str, tmp_path: Path) -> None:
+    spawn: SpawnWorker,
+    secure_kafka: ApacheKafka,
+    secure_topics: Topics,
+    pki: dict[str, str],
+    s3_server: S3Server,
+    bucket: str,
+    tmp_path: Path,
+) -> None:
     """A worker logging in with SCRAM over TLS, with a client key unlocked by its ssl_password, goes through a
     refused login (its password is not yet the user's), a refused ACL (WRITE on its DLQ topic) and normal work;
     meanwhile `videotag enqueue --log-level DEBUG` is refused a PLAIN login. The planted SASL and SSL passwords
@@ -357,21 +430,44 @@ def test_no_kafka_secret_when_a_login_or_an_acl_is_refused(
     access = worker_access(secure_topics, group)
     grant(secure_kafka, f"User:{user}", access[:3])  # not WRITE on the DLQ topic
     s3_server.client().upload_file(str(tiny_clips(tmp_path)[0]), bucket, "good.mp4")
-    produce(secure_kafka.bootstrap_servers, secure_topics.input,
-            [request("good", bucket, "good.mp4"), b'{"video_id": "bad"}'], keys=[b"good", b"bad"])
+    produce(
+        secure_kafka.bootstrap_servers,
+        secure_topics.input,
+        [request("good", bucket, "good.mp4"), b'{"video_id": "bad"}'],
+        keys=[b"good", b"bad"],
+    )
     plain_user = next(iter(PLAIN_USERS))
     enqueue = subprocess.Popen(
         [sys.executable, "-m", "worker.cli", "--log-level", "DEBUG", "enqueue", "s3://b/k.mp4"],
-        env={**os.environ, "VIDEOTAG_BOOTSTRAP_SERVERS": secure_kafka.address("SASL"),
-             "VIDEOTAG_SECURITY_PROTOCOL": "SASL_SSL", "VIDEOTAG_SSL_CAFILE": pki["ca"],
-             "VIDEOTAG_SASL_MECHANISM": "PLAIN", "VIDEOTAG_SASL_USERNAME": plain_user,
-             "VIDEOTAG_SASL_PASSWORD": SASL_PASSWORD},
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    worker = spawn(secure_kafka, s3_server, secure_topics, group, seg_num="2",
-                   bootstrap_servers=secure_kafka.address("SASL"), security_protocol="SASL_SSL",
-                   ssl_cafile=pki["ca"], ssl_certfile=pki["client_cert"], ssl_keyfile=pki["client_key"],
-                   ssl_password=SSL_PASSWORD, sasl_mechanism="SCRAM-SHA-512", sasl_username=user,
-                   sasl_password=SASL_PASSWORD)
+        env={
+            **os.environ,
+            "VIDEOTAG_BOOTSTRAP_SERVERS": secure_kafka.address("SASL"),
+            "VIDEOTAG_SECURITY_PROTOCOL": "SASL_SSL",
+            "VIDEOTAG_SSL_CAFILE": pki["ca"],
+            "VIDEOTAG_SASL_MECHANISM": "PLAIN",
+            "VIDEOTAG_SASL_USERNAME": plain_user,
+            "VIDEOTAG_SASL_PASSWORD": SASL_PASSWORD,
+        },
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    worker = spawn(
+        secure_kafka,
+        s3_server,
+        secure_topics,
+        group,
+        seg_num="2",
+        bootstrap_servers=secure_kafka.address("SASL"),
+        security_protocol="SASL_SSL",
+        ssl_cafile=pki["ca"],
+        ssl_certfile=pki["client_cert"],
+        ssl_keyfile=pki["client_key"],
+        ssl_password=SSL_PASSWORD,
+        sasl_mechanism="SCRAM-SHA-512",
+        sasl_username=user,
+        sasl_password=SASL_PASSWORD,
+    )
     collector = AnswerCollector(secure_kafka.bootstrap_servers, secure_topics)
     try:
         refused = worker.wait_readyz("503", "check sasl_mechanism, sasl_username and sasl_password")
@@ -387,11 +483,15 @@ def test_no_kafka_secret_when_a_login_or_an_acl_is_refused(
         collector.close()
         if enqueue.poll() is None:
             enqueue.kill()
-    print(f"\nrefused login: {refused}\nrefused ACL: {denied}\nenqueue (exit {enqueue.returncode}): "
-          f"{enqueue_err.splitlines()[-1] if enqueue_err else ''}; DEBUG output {len(enqueue_err)} chars")
+    print(
+        f"\nrefused login: {refused}\nrefused ACL: {denied}\nenqueue (exit {enqueue.returncode}): "
+        f"{enqueue_err.splitlines()[-1] if enqueue_err else ''}; DEBUG output {len(enqueue_err)} chars"
+    )
     assert missing == set(), log[-3000:]
     assert {a.ident: a.kind if a.kind == "result" else a.code for a in answers} == {
-        "good": "result", "bad": "schema_violation"}
+        "good": "result",
+        "bad": "schema_violation",
+    }
     assert enqueue.returncode == 1 and "videotag enqueue: Kafka at" in enqueue_err
     # At DEBUG, kafka-python's own warnings are let through, never its DEBUG dumps of the requests it sends.
     assert " kafka.net." in enqueue_err and "kafka.protocol.parser" not in enqueue_err
@@ -405,6 +505,7 @@ def test_no_kafka_secret_when_a_login_or_an_acl_is_refused(
 
 
 # container images ----------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", ["Dockerfile", "Dockerfile.gpu"])
 def test_images_run_as_a_non_root_user(name: str) -> None:

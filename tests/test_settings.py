@@ -25,8 +25,13 @@ def test_precedence_defaults_file_env_flags(tmp_path):
 
 @pytest.mark.parametrize(
     ("text", "env"),
-    [("nonsense_key: 1\n", {}), ("- a list\n", {}), ("", {"VIDEOTAG_MAX_INFLIGHT": "two"}),
-     ("", {"VIDEOTAG_ALLOW_RANDOM_WEIGHTS": "maybe"}), ("seg_num: 2.5\n", {})],
+    [
+        ("nonsense_key: 1\n", {}),
+        ("- a list\n", {}),
+        ("", {"VIDEOTAG_MAX_INFLIGHT": "two"}),
+        ("", {"VIDEOTAG_ALLOW_RANDOM_WEIGHTS": "maybe"}),
+        ("seg_num: 2.5\n", {}),
+    ],
 )
 def test_bad_settings_are_refused(tmp_path, text, env):
     config = tmp_path / "w.yaml"
@@ -49,17 +54,20 @@ def test_pod_name_is_the_static_member_id_unless_one_is_set() -> None:
     assert load_settings(env=explicit).group_instance_id == "node-a"
 
 
-@pytest.mark.parametrize(("values", "named"), [
-    ({"publish_timeout_s": 30, "delivery_timeout_ms": 120000}, "publish_timeout_s"),
-    ({"delivery_timeout_ms": 1000, "publish_timeout_s": 2}, "delivery_timeout_ms (1000)"),
-    ({"heartbeat_interval_ms": 20000}, "heartbeat_interval_ms"),
-    ({"session_timeout_ms": 400000}, "max_poll_interval_ms"),
-    ({"decode_timeout_s": 1000}, "decode_timeout_s"),
-    ({"termination_grace_s": 60}, "termination_grace_s"),
-    ({"partition_assignment_strategy": "cooperative"}, "partition_assignment_strategy"),
-    ({"decoder_max_memory_bytes": 256 * 1024**2}, "decoder_max_memory_bytes"),
-    ({"decoder_max_cpu_s": 0}, "decoder_max_cpu_s"),
-])
+@pytest.mark.parametrize(
+    ("values", "named"),
+    [
+        ({"publish_timeout_s": 30, "delivery_timeout_ms": 120000}, "publish_timeout_s"),
+        ({"delivery_timeout_ms": 1000, "publish_timeout_s": 2}, "delivery_timeout_ms (1000)"),
+        ({"heartbeat_interval_ms": 20000}, "heartbeat_interval_ms"),
+        ({"session_timeout_ms": 400000}, "max_poll_interval_ms"),
+        ({"decode_timeout_s": 1000}, "decode_timeout_s"),
+        ({"termination_grace_s": 60}, "termination_grace_s"),
+        ({"partition_assignment_strategy": "cooperative"}, "partition_assignment_strategy"),
+        ({"decoder_max_memory_bytes": 256 * 1024**2}, "decoder_max_memory_bytes"),
+        ({"decoder_max_cpu_s": 0}, "decoder_max_cpu_s"),
+    ],
+)
 def test_timeouts_that_disagree_are_refused_naming_the_setting(values: dict, named: str) -> None:
     with pytest.raises(SettingsError, match=re.escape(named)):
         load_settings(env={}, overrides=values)
@@ -70,10 +78,16 @@ def test_the_shipped_defaults_and_a_chart_grace_period_agree() -> None:
     assert load_settings(env={}, overrides={"termination_grace_s": 150}).termination_grace_s == 150
 
 
-@pytest.mark.parametrize(("text", "env"), [("s3_event_video_id: bucket/key\n", {}),
-                                           ("", {"VIDEOTAG_S3_EVENT_VIDEO_ID": "Key"}),
-                                           ("max_event_records: 0\n", {}),
-                                           ("allowed_buckets: ' , '\n", {}), ("allowed_buckets: []\n", {})])
+@pytest.mark.parametrize(
+    ("text", "env"),
+    [
+        ("s3_event_video_id: bucket/key\n", {}),
+        ("", {"VIDEOTAG_S3_EVENT_VIDEO_ID": "Key"}),
+        ("max_event_records: 0\n", {}),
+        ("allowed_buckets: ' , '\n", {}),
+        ("allowed_buckets: []\n", {}),
+    ],
+)
 def test_event_settings_are_checked_at_load(tmp_path, text, env):
     config = tmp_path / "w.yaml"
     config.write_text(text)
@@ -104,9 +118,20 @@ def test_the_decoder_limit_settings_default_to_the_decoder_s_own_defaults() -> N
 
 def test_every_fixed_choice_setting_is_a_literal() -> None:
     """The settings compared against string constants in the code are all typed with their choices."""
-    assert {"device", "engine", "precision", "preprocess", "layers", "delivery", "security_protocol",
-            "sasl_mechanism", "log_level", "log_format", "partition_assignment_strategy",
-            "s3_event_video_id"} == set(CHOICES)
+    assert {
+        "device",
+        "engine",
+        "precision",
+        "preprocess",
+        "layers",
+        "delivery",
+        "security_protocol",
+        "sasl_mechanism",
+        "log_level",
+        "log_format",
+        "partition_assignment_strategy",
+        "s3_event_video_id",
+    } == set(CHOICES)
     assert CHOICES["precision"] == typing.get_args(Precision) == ("fp32", "bf16", "fp16", "int8")
     assert CHOICES["layers"] == (50, 101) and FIELD_TYPES["layers"] is int
 
@@ -163,9 +188,15 @@ def test_settings_are_frozen() -> None:
     assert dataclasses.replace(settings, seg_num=8).seg_num == 8 and settings.seg_num == 300
 
 
-@pytest.mark.parametrize("argv", [["--log-level", "DEBUG", "worker"], ["worker", "--log-level", "DEBUG"],
-                                  ["worker", "--log-level", "debug"], ["--log-level", "INFO", "worker",
-                                                                       "--log-level", "DEBUG"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--log-level", "DEBUG", "worker"],
+        ["worker", "--log-level", "DEBUG"],
+        ["worker", "--log-level", "debug"],
+        ["--log-level", "INFO", "worker", "--log-level", "DEBUG"],
+    ],
+)
 def test_log_level_before_or_after_the_command(argv: list[str]) -> None:
     from worker.cli import _settings, build_parser
 
@@ -190,8 +221,7 @@ def _configs(tmp_path: Path, **tsn: object) -> Path:
     target = tmp_path / "configs"
     shutil.copytree(ROOT / "configs", target)
     path = target / "tsn.yaml"
-    path.write_text(path.read_text(encoding="utf-8") + "".join(f"{k}: {v}\n" for k, v in tsn.items()),
-                    encoding="utf-8")
+    path.write_text(path.read_text(encoding="utf-8") + "".join(f"{k}: {v}\n" for k, v in tsn.items()), encoding="utf-8")
     return target
 
 
@@ -201,9 +231,11 @@ def test_the_model_defaults_are_the_config_files(monkeypatch) -> None:
     tsn = yaml.safe_load((ROOT / "configs" / "tsn.yaml").read_text(encoding="utf-8"))
     lstm = yaml.safe_load((ROOT / "configs" / "attention_lstm.yaml").read_text(encoding="utf-8"))
     settings = load_settings(env={})
-    assert (settings.layers, settings.seg_num, settings.batch_size, settings.max_width, settings.max_height,
-            settings.topk) == (tsn["layers"], tsn["seg_num"], tsn["batch_size"], tsn["max_width"],
-                               tsn["max_height"], lstm["topk"]) == (101, 300, 32, 7680, 4320, 20)
+    assert (
+        (settings.layers, settings.seg_num, settings.batch_size, settings.max_width, settings.max_height, settings.topk)
+        == (tsn["layers"], tsn["seg_num"], tsn["batch_size"], tsn["max_width"], tsn["max_height"], lstm["topk"])
+        == (101, 300, 32, 7680, 4320, 20)
+    )
     assert Settings().batch_size == 32
 
 
@@ -215,8 +247,9 @@ def test_editing_a_config_file_changes_what_runs(tmp_path, monkeypatch) -> None:
 
     require_shared()
     monkeypatch.setenv(CONFIG_DIR_ENV, str(_configs(tmp_path, seg_num=6, batch_size=4)))
-    settings = load_settings(env={}, overrides={"engine": "simulated", "allow_random_weights": True,
-                                                "label_file": str(LABELS)})
+    settings = load_settings(
+        env={}, overrides={"engine": "simulated", "allow_random_weights": True, "label_file": str(LABELS)}
+    )
     assert (settings.seg_num, settings.batch_size) == (6, 4)
     tagger = load_tagger(settings)
     assert (tagger.extractor_config.seg_num, tagger.batch_size) == (6, 4)
@@ -228,8 +261,9 @@ def test_a_bad_value_in_a_config_file_names_the_file(tmp_path, monkeypatch) -> N
 
     configs = _configs(tmp_path, layers=77)
     monkeypatch.setenv(CONFIG_DIR_ENV, str(configs))
-    with pytest.raises(SettingsError, match=re.escape(f"'layers': 77 is not one of 50, 101 (from "
-                                                      f"{configs / 'tsn.yaml'})")):
+    with pytest.raises(
+        SettingsError, match=re.escape(f"'layers': 77 is not one of 50, 101 (from {configs / 'tsn.yaml'})")
+    ):
         load_settings(env={})
 
 
@@ -237,6 +271,12 @@ def test_the_model_process_reads_the_same_config_directory() -> None:
     from models.config import CONFIG_DIR_ENV
     from worker.model_process import model_environment
 
-    child = model_environment({CONFIG_DIR_ENV: "/etc/videotag/configs", "VIDEOTAG_SASL_PASSWORD": "p",
-                               "AWS_SECRET_ACCESS_KEY": "s", "OMP_NUM_THREADS": "2"})
+    child = model_environment(
+        {
+            CONFIG_DIR_ENV: "/etc/videotag/configs",
+            "VIDEOTAG_SASL_PASSWORD": "p",
+            "AWS_SECRET_ACCESS_KEY": "s",
+            "OMP_NUM_THREADS": "2",
+        }
+    )
     assert child == {CONFIG_DIR_ENV: "/etc/videotag/configs", "OMP_NUM_THREADS": "2"}

@@ -64,8 +64,15 @@ def test_simulated_chain_needs_no_extractor_weights_and_tags(tmp_path: Path) -> 
     require_shared()
     from models.config import ExtractorConfig
 
-    tagger = build_tagger(tmp_path / "no-such-tsn", tmp_path / "no-such-lstm", LABELS, ExtractorConfig(seg_num=6),
-                          engine="simulated", simulated_ms_per_frame=2.0, allow_random_weights=True)
+    tagger = build_tagger(
+        tmp_path / "no-such-tsn",
+        tmp_path / "no-such-lstm",
+        LABELS,
+        ExtractorConfig(seg_num=6),
+        engine="simulated",
+        simulated_ms_per_frame=2.0,
+        allow_random_weights=True,
+    )
     assert isinstance(tagger.extractor, SimulatedEngine) and tagger.info["simulated_ms_per_frame"] == 2.0
     result = tagger.tag(VIDEOS / "carphone_pristine.mp4")
     assert result.features.shape == (6, 2048) and not result.features.any()

@@ -31,8 +31,9 @@ from worker.storage import (
 
 
 def _client_error(code: str, status: int) -> botocore.exceptions.ClientError:
-    return botocore.exceptions.ClientError({"Error": {"Code": code}, "ResponseMetadata": {"HTTPStatusCode": status}},
-                                           "GetObject")
+    return botocore.exceptions.ClientError(
+        {"Error": {"Code": code}, "ResponseMetadata": {"HTTPStatusCode": status}}, "GetObject"
+    )
 
 
 class FakeClient:
@@ -102,15 +103,18 @@ def test_answers_are_classified_by_error_code_then_status(code: str, status: int
         (botocore.exceptions.ConnectionClosedError(endpoint_url="http://x"), (ErrorCode.S3_UNAVAILABLE, OUTAGE)),
         (ConnectionResetError(errno.ECONNRESET, "reset"), (ErrorCode.S3_UNAVAILABLE, OUTAGE)),
         (botocore.exceptions.NoCredentialsError(), (ErrorCode.S3_CREDENTIALS, OUTAGE)),
-        (botocore.exceptions.ResponseStreamingError(error="IncompleteRead(5 bytes read)"),
-         (ErrorCode.S3_TRUNCATED, OBJECT)),
+        (
+            botocore.exceptions.ResponseStreamingError(error="IncompleteRead(5 bytes read)"),
+            (ErrorCode.S3_TRUNCATED, OBJECT),
+        ),
         (botocore.exceptions.IncompleteReadError(actual_bytes=5, expected_bytes=10), (ErrorCode.S3_TRUNCATED, OBJECT)),
         (botocore.exceptions.ParamValidationError(report="Invalid bucket name"), (ErrorCode.INVALID_REQUEST, OBJECT)),
         (ZeroDivisionError("a bug"), None),
     ],
 )
-def test_failures_without_an_answer_are_outages_and_a_broken_body_is_the_object(error: Exception,
-                                                                                 expected: tuple | None) -> None:
+def test_failures_without_an_answer_are_outages_and_a_broken_body_is_the_object(
+    error: Exception, expected: tuple | None
+) -> None:
     assert classify_s3_error(error) == expected
 
 
@@ -121,12 +125,17 @@ def test_failures_without_an_answer_are_outages_and_a_broken_body_is_the_object(
         (_client_error("AccessDenied", 403), TransientError, "access_denied", OBJECT),
         (_client_error("InternalError", 500), TransientError, "s3_server_error", OBJECT),
         (_client_error("SlowDown", 503), TransientError, "s3_throttled", OUTAGE),
-        (botocore.exceptions.EndpointConnectionError(endpoint_url="http://x"), TransientError, "s3_unavailable",
-         OUTAGE),
+        (
+            botocore.exceptions.EndpointConnectionError(endpoint_url="http://x"),
+            TransientError,
+            "s3_unavailable",
+            OUTAGE,
+        ),
     ],
 )
-def test_fetch_raises_by_the_kind_of_the_code(tmp_path: Path, error: Exception, kind: type, code: str,
-                                              outage: bool | None) -> None:
+def test_fetch_raises_by_the_kind_of_the_code(
+    tmp_path: Path, error: Exception, kind: type, code: str, outage: bool | None
+) -> None:
     fetcher = ObjectFetcher(FakeClient(error=error), str(tmp_path), 100, TempBudget(1000))
     with pytest.raises(kind) as info, fetcher.fetch("b", "k"):
         pass
@@ -143,8 +152,10 @@ def test_a_body_that_breaks_off_is_a_truncated_object(tmp_path: Path) -> None:
         def get_object(self, Bucket, Key):
             return {"Body": body, "ContentLength": 50}
 
-    with pytest.raises(TransientError) as info, ObjectFetcher(Client(), str(tmp_path), 100, TempBudget(1000)).fetch(
-            "b", "k"):
+    with (
+        pytest.raises(TransientError) as info,
+        ObjectFetcher(Client(), str(tmp_path), 100, TempBudget(1000)).fetch("b", "k"),
+    ):
         pass
     assert (info.value.code, info.value.outage) == (ErrorCode.S3_TRUNCATED, OBJECT)
     assert list(tmp_path.iterdir()) == []
@@ -199,8 +210,10 @@ def test_no_file_descriptor_left_is_systemic(tmp_path: Path, monkeypatch: pytest
         raise OSError(errno.EMFILE, "Too many open files")
 
     monkeypatch.setattr(storage.tempfile, "mkstemp", no_descriptors)
-    with pytest.raises(SystemicError) as info, ObjectFetcher(FakeClient(b"x"), str(tmp_path), 100,
-                                                              TempBudget(100)).fetch("b", "k"):
+    with (
+        pytest.raises(SystemicError) as info,
+        ObjectFetcher(FakeClient(b"x"), str(tmp_path), 100, TempBudget(100)).fetch("b", "k"),
+    ):
         pass
     assert info.value.code == ErrorCode.OUT_OF_FILE_DESCRIPTORS
 
@@ -268,8 +281,9 @@ with ObjectFetcher(Client(), sys.argv[1], 10_000, TempBudget(10_000)).fetch("b",
 
 
 def test_the_file_of_a_worker_killed_mid_video_is_swept(tmp_path: Path) -> None:
-    worker = subprocess.Popen([sys.executable, "-c", KILLED_MID_FETCH, str(tmp_path)], stdout=subprocess.PIPE,
-                              text=True)
+    worker = subprocess.Popen(
+        [sys.executable, "-c", KILLED_MID_FETCH, str(tmp_path)], stdout=subprocess.PIPE, text=True
+    )
     try:
         path = Path(worker.stdout.readline().strip())
         assert path.stat().st_size == 1000

@@ -78,8 +78,9 @@ def test_when_frames_fail_the_second_pass_sends_only_what_the_first_did_not(tmp_
     the second pass sends those not sent yet."""
     video = tmp_path / "v.mp4"
     video.write_bytes(b"x")
-    chunks, sampling = _chunks(stream_video(video, "v.mp4", lambda: _Reader(10, 40), "fake", 8, lambda f: f,
-                                            7680, 4320, chunk_size=3))
+    chunks, sampling = _chunks(
+        stream_video(video, "v.mp4", lambda: _Reader(10, 40), "fake", 8, lambda f: f, 7680, 4320, chunk_size=3)
+    )
     assert [c.ordinals for c in chunks] == [(2, 7), (0, 1, 3), (4, 5, 6)]
     assert sampling.frames == tuple(range(8)) and sampling.frames_decoded == 10
     crops = {o: c for chunk in chunks for o, c in zip(chunk.ordinals, chunk.crops, strict=True)}
@@ -88,13 +89,16 @@ def test_when_frames_fail_the_second_pass_sends_only_what_the_first_did_not(tmp_
 
 # Fake children: the protocol written out, then a death, a hang or garbage -----------------------------------
 
+
 def _child(script: str) -> tuple[str, ...]:
-    prelude = ("import json, os, signal, sys, time\nsys.stdin.buffer.read()\nout = sys.stdout.buffer\n"
-               f"def chunk(ordinals, shape=None):\n"
-               f"    shape = shape or [len(ordinals), {CROP}, {CROP}, 3]\n"
-               "    header = {'status': 'chunk', 'ordinals': ordinals, 'shape': shape}\n"
-               "    out.write(json.dumps(header).encode() + b'\\n')\n"
-               f"    out.write(bytes(len(ordinals) * {CROP * CROP * 3})); out.flush()\n")
+    prelude = (
+        "import json, os, signal, sys, time\nsys.stdin.buffer.read()\nout = sys.stdout.buffer\n"
+        f"def chunk(ordinals, shape=None):\n"
+        f"    shape = shape or [len(ordinals), {CROP}, {CROP}, 3]\n"
+        "    header = {'status': 'chunk', 'ordinals': ordinals, 'shape': shape}\n"
+        "    out.write(json.dumps(header).encode() + b'\\n')\n"
+        f"    out.write(bytes(len(ordinals) * {CROP * CROP * 3})); out.flush()\n"
+    )
     return (sys.executable, "-c", prelude + script)
 
 
@@ -102,8 +106,10 @@ def _fake(script: str, timeout_s: float = 60) -> DecoderProcess:
     return DecoderProcess("faithful", 256, CROP, 7680, 4320, timeout_s, chunk_size=4, command=_child(script))
 
 
-OK_END = ("out.write(json.dumps({'status': 'ok', 'frames_decoded': 2, 'frames_reported': 2, 'width': 4, "
-          "'height': 4, 'fps': 25.0, 'decoder': 'opencv', 'frames': [0, 1], 'order': [0, 1, 1, 0]}).encode() + b'\\n')")
+OK_END = (
+    "out.write(json.dumps({'status': 'ok', 'frames_decoded': 2, 'frames_reported': 2, 'width': 4, "
+    "'height': 4, 'fps': 25.0, 'decoder': 'opencv', 'frames': [0, 1], 'order': [0, 1, 1, 0]}).encode() + b'\\n')"
+)
 
 
 def test_a_well_formed_fake_stream_is_accepted() -> None:
@@ -114,8 +120,9 @@ def test_a_well_formed_fake_stream_is_accepted() -> None:
 
 
 def test_a_child_that_dies_mid_stream_costs_the_video_after_its_first_chunks() -> None:
-    stream = _fake("chunk([0, 1])\nsys.stderr.write('fault in h264\\n'); sys.stderr.flush()\n"
-                   "os.kill(os.getpid(), signal.SIGSEGV)").stream("v.mp4", 4, "crafted.mp4")
+    stream = _fake(
+        "chunk([0, 1])\nsys.stderr.write('fault in h264\\n'); sys.stderr.flush()\nos.kill(os.getpid(), signal.SIGSEGV)"
+    ).stream("v.mp4", 4, "crafted.mp4")
     assert next(stream).ordinals == (0, 1)  # what came before the crash was already on its way to the network
     with pytest.raises(InputError) as caught:
         next(stream)
@@ -124,8 +131,10 @@ def test_a_child_that_dies_mid_stream_costs_the_video_after_its_first_chunks() -
 
 
 def test_a_child_cut_off_inside_a_chunk_is_a_crash() -> None:
-    stream = _fake("out.write(json.dumps({'status': 'chunk', 'ordinals': [0], 'shape': [1, 8, 8, 3]}).encode()"
-                   " + b'\\n' + bytes(10)); out.flush(); os.kill(os.getpid(), signal.SIGSEGV)").stream("v.mp4", 4)
+    stream = _fake(
+        "out.write(json.dumps({'status': 'chunk', 'ordinals': [0], 'shape': [1, 8, 8, 3]}).encode()"
+        " + b'\\n' + bytes(10)); out.flush(); os.kill(os.getpid(), signal.SIGSEGV)"
+    ).stream("v.mp4", 4)
     with pytest.raises(InputError) as caught:
         next(stream)
     assert caught.value.code == ErrorCode.DECODER_CRASHED
@@ -133,8 +142,9 @@ def test_a_child_cut_off_inside_a_chunk_is_a_crash() -> None:
 
 def test_a_child_that_hangs_mid_stream_times_out_and_is_killed() -> None:
     started = time.monotonic()
-    stream = _fake("chunk([0, 1])\nprint('stalled', file=sys.stderr, flush=True)\ntime.sleep(600)",
-                   timeout_s=1.5).stream("v.mp4", 4, "stalled.mp4")
+    stream = _fake(
+        "chunk([0, 1])\nprint('stalled', file=sys.stderr, flush=True)\ntime.sleep(600)", timeout_s=1.5
+    ).stream("v.mp4", 4, "stalled.mp4")
     assert next(stream).ordinals == (0, 1)
     with pytest.raises(InputError) as caught:
         next(stream)
@@ -152,16 +162,19 @@ def _sleepers() -> list[str]:
     return found
 
 
-@pytest.mark.parametrize(("script", "why"), [
-    ("out.write(b'Segmentation fault (core dumped)\\n'); out.flush()", "not a JSON header"),
-    ("chunk([0, 1], shape=[2, 4096, 4096, 3])", "a chunk of shape"),  # a huge claim: refused, not allocated
-    ("chunk([0, 1], shape=[3, 8, 8, 3])", "a chunk of shape"),  # more crops than ordinals
-    ("chunk([0, 1, 2, 3, 4])", "a chunk of shape"),  # over the chunk size asked for
-    ("chunk(['a', 'b'])", "without its frame ordinals"),
-    ("chunk([0, 1])\nchunk([1, 2])", "sent twice"),
-    ("out.write(b'{' * 200000); out.flush()", "too long"),
-    (f"chunk([0])\n{OK_END}", "do not match the frames sent"),  # frame 1 never sent
-])
+@pytest.mark.parametrize(
+    ("script", "why"),
+    [
+        ("out.write(b'Segmentation fault (core dumped)\\n'); out.flush()", "not a JSON header"),
+        ("chunk([0, 1], shape=[2, 4096, 4096, 3])", "a chunk of shape"),  # a huge claim: refused, not allocated
+        ("chunk([0, 1], shape=[3, 8, 8, 3])", "a chunk of shape"),  # more crops than ordinals
+        ("chunk([0, 1, 2, 3, 4])", "a chunk of shape"),  # over the chunk size asked for
+        ("chunk(['a', 'b'])", "without its frame ordinals"),
+        ("chunk([0, 1])\nchunk([1, 2])", "sent twice"),
+        ("out.write(b'{' * 200000); out.flush()", "too long"),
+        (f"chunk([0])\n{OK_END}", "do not match the frames sent"),  # frame 1 never sent
+    ],
+)
 def test_garbage_on_the_pipe_is_a_crash_and_never_trusted(script: str, why: str) -> None:
     stream = _fake(f"{script}\ntime.sleep(5)").stream("v.mp4", 4, "odd.mp4")
     with pytest.raises(InputError) as caught:
@@ -179,6 +192,7 @@ def test_closing_a_stream_early_stops_its_decoder(clip: Path) -> None:
 
 # The tagger: chunks go to the extractor as they come, with the same features --------------------------------
 
+
 @pytest.fixture(scope="module")
 def small_tagger():
     """ResNet-50 (seed-0 weights), dygraph fp32, batch 4: a 12-frame video is 3 chunks."""
@@ -186,8 +200,9 @@ def small_tagger():
     from models.tagger import build_tagger
 
     weights = generated_weights(0, 50)
-    return build_tagger(weights / "tsn", weights / "attention_lstm", LABELS,
-                        ExtractorConfig(layers=50, seg_num=SEG_NUM), batch_size=4)
+    return build_tagger(
+        weights / "tsn", weights / "attention_lstm", LABELS, ExtractorConfig(layers=50, seg_num=SEG_NUM), batch_size=4
+    )
 
 
 def test_streamed_features_are_the_whole_video_path_s(small_tagger) -> None:
@@ -213,14 +228,16 @@ def test_a_network_failure_mid_stream_stops_the_decoder(small_tagger, clip: Path
         calls.append(len(batch))
         raise RuntimeError("the network failed")
 
-    tagger = replace(small_tagger, extractor=failing,
-                     sampler=_fake("chunk([0, 1, 2, 3])\nchunk([4, 5])\ntime.sleep(600)  # stalled"))
+    tagger = replace(
+        small_tagger, extractor=failing, sampler=_fake("chunk([0, 1, 2, 3])\nchunk([4, 5])\ntime.sleep(600)  # stalled")
+    )
     with pytest.raises(RuntimeError, match="the network failed"):
         tagger.tag(clip, seg_num=4)
     assert calls == [4] and not _sleepers()
 
 
 # `videotag tag`: the first video decodes while the networks load ---------------------------------------------
+
 
 class _Watched:
     """A sampler that says when its first chunk was decoded."""

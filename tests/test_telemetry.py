@@ -38,8 +38,11 @@ def exported() -> Iterator[tuple[Telemetry, InMemorySpanExporter]]:
 def _ids(span: ReadableSpan) -> tuple[str, str, str]:
     """(trace id, span id, parent span id) as hex."""
     assert span.parent is not None
-    return (format(span.context.trace_id, "032x"), format(span.context.span_id, "016x"),
-            format(span.parent.span_id, "016x"))
+    return (
+        format(span.context.trace_id, "032x"),
+        format(span.context.span_id, "016x"),
+        format(span.parent.span_id, "016x"),
+    )
 
 
 def test_a_span_per_stage_end_to_end_as_children_of_the_request(exported) -> None:
@@ -54,15 +57,20 @@ def test_a_span_per_stage_end_to_end_as_children_of_the_request(exported) -> Non
         assert span.parent.is_remote and dict(span.attributes) == ATTRIBUTES
     assert len({s.context.span_id for s in spans}) == 4
     assert [(s.start_time, s.end_time) for s in spans] == [
-        (1_000_000_000, 1_020_000_000), (1_020_000_000, 1_920_000_000), (1_920_000_000, 5_920_000_000),
-        (5_920_000_000, 6_000_000_000)]
+        (1_000_000_000, 1_020_000_000),
+        (1_020_000_000, 1_920_000_000),
+        (1_920_000_000, 5_920_000_000),
+        (5_920_000_000, 6_000_000_000),
+    ]
 
 
 def test_store_features_is_a_stage_when_it_ran(exported) -> None:
     tel, exporter = exported
     tel.stages(TRACE, 0, {"store_features": 5.0, "fetch": 1.0}, ATTRIBUTES)  # laid out in the order they run
-    assert [(s.name, s.start_time) for s in exporter.get_finished_spans()] == [("fetch", 0),
-                                                                               ("store_features", 1_000_000)]
+    assert [(s.name, s.start_time) for s in exporter.get_finished_spans()] == [
+        ("fetch", 0),
+        ("store_features", 1_000_000),
+    ]
 
 
 def test_the_publish_span_is_the_one_the_header_names(exported) -> None:
@@ -92,10 +100,12 @@ def test_an_unsampled_trace_records_nothing_but_still_gets_a_span_id(exported) -
 
 
 def test_without_the_setting_nothing_of_opentelemetry_is_imported() -> None:
-    code = ("import sys; from worker.worker import Worker; from worker.settings import Settings; "
-            "w = Worker(Settings()); "
-            "assert type(w.telemetry).__name__ == 'NoTelemetry', w.telemetry; "
-            "print(sorted(m for m in sys.modules if m.startswith('opentelemetry')))")
+    code = (
+        "import sys; from worker.worker import Worker; from worker.settings import Settings; "
+        "w = Worker(Settings()); "
+        "assert type(w.telemetry).__name__ == 'NoTelemetry', w.telemetry; "
+        "print(sorted(m for m in sys.modules if m.startswith('opentelemetry')))"
+    )
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "[]"

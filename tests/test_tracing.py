@@ -18,14 +18,29 @@ def test_parses_the_spec_example() -> None:
     assert tracing.parse_traceparent(f"00-{TRACE}-{SPAN}-00") == TraceContext(TRACE, SPAN, 0)
 
 
-@pytest.mark.parametrize("value", [
-    None, b"", "", "garbage", f"00-{TRACE}-{SPAN}", f"00-{TRACE}-{SPAN}-01-extra",  # 00 has exactly four fields
-    f"ff-{TRACE}-{SPAN}-01",  # version ff is invalid
-    f"0-{TRACE}-{SPAN}-01", f"00-{'0' * 32}-{SPAN}-01", f"00-{TRACE}-{'0' * 16}-01",  # all-zero ids
-    f"00-{TRACE.upper()}-{SPAN}-01",  # the spec's ids are lowercase
-    f"00-{TRACE[:-1]}-{SPAN}-01", f"00-{TRACE}-{SPAN}0-01", f"00-{TRACE}-{SPAN}-1", f"00-{TRACE}-{SPAN}-zz",
-    f"00-{TRACE[:-1]}g-{SPAN}-01", b"\xff\xfe", "00-" + "é" * 32 + f"-{SPAN}-01",
-])
+@pytest.mark.parametrize(
+    "value",
+    [
+        None,
+        b"",
+        "",
+        "garbage",
+        f"00-{TRACE}-{SPAN}",
+        f"00-{TRACE}-{SPAN}-01-extra",  # 00 has exactly four fields
+        f"ff-{TRACE}-{SPAN}-01",  # version ff is invalid
+        f"0-{TRACE}-{SPAN}-01",
+        f"00-{'0' * 32}-{SPAN}-01",
+        f"00-{TRACE}-{'0' * 16}-01",  # all-zero ids
+        f"00-{TRACE.upper()}-{SPAN}-01",  # the spec's ids are lowercase
+        f"00-{TRACE[:-1]}-{SPAN}-01",
+        f"00-{TRACE}-{SPAN}0-01",
+        f"00-{TRACE}-{SPAN}-1",
+        f"00-{TRACE}-{SPAN}-zz",
+        f"00-{TRACE[:-1]}g-{SPAN}-01",
+        b"\xff\xfe",
+        "00-" + "é" * 32 + f"-{SPAN}-01",
+    ],
+)
 def test_rejects_what_is_not_a_traceparent(value: str | bytes | None) -> None:
     assert tracing.parse_traceparent(value) is None
 

@@ -74,16 +74,22 @@ def test_dataset_csv(tmp_path: Path) -> None:
     csv.write_text("path,labels\nclips/a.mp4, cat ; dog\n/abs/b.mp4,\n\nc.mp4,dog\n", encoding="utf-8")
     examples = read_dataset(csv, ["dog", "cat", "bird"])
     assert [(e.path, e.classes) for e in examples] == [
-        (tmp_path / "data" / "clips" / "a.mp4", (0, 1)), (Path("/abs/b.mp4"), ()), (tmp_path / "data" / "c.mp4", (0,))]
+        (tmp_path / "data" / "clips" / "a.mp4", (0, 1)),
+        (Path("/abs/b.mp4"), ()),
+        (tmp_path / "data" / "c.mp4", (0,)),
+    ]
     # A name the label file holds twice (label_3396.txt has some) marks both classes.
     assert read_dataset(csv, ["dog", "cat", "dog"])[2].classes == (0, 2)
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    ("file,labels\na.mp4,cat\n", "header path,labels"),
-    ("path,labels\na.mp4,cat;kitten\n", r"train.csv:2: labels not in the label file: kitten"),
-    ("path,labels\n", "no videos"),
-])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("file,labels\na.mp4,cat\n", "header path,labels"),
+        ("path,labels\na.mp4,cat;kitten\n", r"train.csv:2: labels not in the label file: kitten"),
+        ("path,labels\n", "no videos"),
+    ],
+)
 def test_bad_dataset_csv(tmp_path: Path, text: str, message: str) -> None:
     csv = tmp_path / "train.csv"
     csv.write_text(text, encoding="utf-8")
@@ -103,7 +109,12 @@ def test_a_new_heads_class_names_are_unique(tmp_path: Path) -> None:
 
 def test_output_names_never_collide() -> None:
     assert output_names(["a/x.mp4", "b/x.mp4", "x.mkv", "y.mp4", "x-2.mp4"]) == [
-        "x.npy", "x-2.npy", "x-3.npy", "y.npy", "x-2-2.npy"]
+        "x.npy",
+        "x-2.npy",
+        "x-3.npy",
+        "y.npy",
+        "x-2-2.npy",
+    ]
 
 
 class Tty(io.StringIO):
@@ -123,8 +134,17 @@ def test_progress_bar_only_for_a_terminal() -> None:
 def test_train_refuses_a_dataset_it_cannot_use_before_loading_anything(tmp_path: Path) -> None:
     (tmp_path / "labels.txt").write_text("cat\ndog\n", encoding="utf-8")
     (tmp_path / "train.csv").write_text("path,labels\na.mp4,cat\nb.mp4,cow\n", encoding="utf-8")
-    proc = run_cli("train", "--data", str(tmp_path / "train.csv"), "--label-file", str(tmp_path / "labels.txt"),
-                   "--out", str(tmp_path / "out"), "--extractor-weights", str(tmp_path / "no-weights"))
+    proc = run_cli(
+        "train",
+        "--data",
+        str(tmp_path / "train.csv"),
+        "--label-file",
+        str(tmp_path / "labels.txt"),
+        "--out",
+        str(tmp_path / "out"),
+        "--extractor-weights",
+        str(tmp_path / "no-weights"),
+    )
     assert proc.returncode == 1, proc.stderr
     assert "train.csv:3: labels not in the label file: cow" in proc.stderr
     assert not (tmp_path / "out").exists()

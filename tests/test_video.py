@@ -116,8 +116,10 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"long": long_clip, "truncated": truncated}
 
 
-@pytest.mark.parametrize(("video", "frames", "size", "fps"),
-                         [("bikes.mp4", 250, (640, 272), 25.0), ("carphone_pristine.mp4", 120, (176, 144), 29.97)])
+@pytest.mark.parametrize(
+    ("video", "frames", "size", "fps"),
+    [("bikes.mp4", 250, (640, 272), 25.0), ("carphone_pristine.mp4", 120, (176, 144), 29.97)],
+)
 def test_read_sample_videos(video: str, frames: int, size: tuple[int, int], fps: float) -> None:
     require_shared()
     path = VIDEOS / video
@@ -160,8 +162,9 @@ def test_streaming_reader_equals_naive_reader_on_long_clip(clips: dict[str, Path
 
 
 @pytest.mark.parametrize("seg_num", [8, 300])
-def test_streaming_reader_when_fewer_frames_decode_than_declared(clips: dict[str, Path], seg_num: int,
-                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_streaming_reader_when_fewer_frames_decode_than_declared(
+    clips: dict[str, Path], seg_num: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     passes = []
     decode_picks = sampling_module._decode_picks
     signature = inspect.signature(decode_picks)
@@ -201,8 +204,12 @@ def test_second_pass_logic_with_a_fake_capture(monkeypatch: pytest.MonkeyPatch, 
             return True
 
         def get(self, prop: int) -> float:
-            return {cv2.CAP_PROP_FRAME_WIDTH: 320.0, cv2.CAP_PROP_FRAME_HEIGHT: 240.0,
-                    cv2.CAP_PROP_FRAME_COUNT: 40.0, cv2.CAP_PROP_FPS: 25.0}.get(prop, 0.0)
+            return {
+                cv2.CAP_PROP_FRAME_WIDTH: 320.0,
+                cv2.CAP_PROP_FRAME_HEIGHT: 240.0,
+                cv2.CAP_PROP_FRAME_COUNT: 40.0,
+                cv2.CAP_PROP_FPS: 25.0,
+            }.get(prop, 0.0)
 
         def grab(self) -> bool:
             call = self.calls
@@ -330,8 +337,11 @@ def test_normalise_matches_spec_arithmetic() -> None:
 
 def _smooth_image(width: int, height: int) -> np.ndarray:
     y, x = np.mgrid[0:height, 0:width].astype(np.float64)
-    channels = [127 + 100 * np.sin(x / width * 3 + y / height), 127 + 100 * np.cos(x / width * 2 - y / height * 2),
-                128 * x / width + 100 * y / height]
+    channels = [
+        127 + 100 * np.sin(x / width * 3 + y / height),
+        127 + 100 * np.cos(x / width * 2 - y / height * 2),
+        128 * x / width + 100 * y / height,
+    ]
     return np.stack(channels, axis=-1).clip(0, 255).astype(np.uint8)
 
 

@@ -72,8 +72,9 @@ def test_loader_accepts_prefix_file_and_directory(tmp_path: Path, form: str) -> 
     folder = tmp_path / "w" / ("inner" if form == "nested directory" else "")
     params = dump(folder / "tsn.pdparams", state)
     dump(folder / "attention_lstm.pdparams", tiny_state(1))  # another stem alongside: must not be picked
-    location = {"prefix": folder / "tsn", "pdparams": params, "directory": folder,
-                "nested directory": tmp_path / "w"}[form]
+    location = {"prefix": folder / "tsn", "pdparams": params, "directory": folder, "nested directory": tmp_path / "w"}[
+        form
+    ]
     model = Tiny()
     assert load_into(model, location, "tsn") == params
     assert_loaded(model, state)
@@ -121,8 +122,10 @@ def test_missing_tensor_without_pdopt_is_an_error(tmp_path: Path) -> None:
 
 def test_kinetics_classifier_is_ignored(tmp_path: Path) -> None:
     state = tiny_state()
-    dump(tmp_path / "tsn.pdparams", {**state, "fc_0.w_0": np.zeros((2048, 400), np.float32),
-                                     "fc_0.b_0": np.zeros((400,), np.float32)})
+    dump(
+        tmp_path / "tsn.pdparams",
+        {**state, "fc_0.w_0": np.zeros((2048, 400), np.float32), "fc_0.b_0": np.zeros((400,), np.float32)},
+    )
     model = Tiny()
     load_into(model, tmp_path, "tsn")
     assert_loaded(model, state)
@@ -259,12 +262,20 @@ def test_resnet101_names_and_shapes_match_the_generated_file() -> None:
 def test_config_defaults_are_the_original_release() -> None:
     """configs/tsn.yaml and configs/attention_lstm.yaml, read at run time, hold the spec's values."""
     assert dataclasses.asdict(ExtractorConfig()) == {
-        "layers": 101, "seg_num": 300, "short_size": 256, "target_size": 224,
-        "image_mean": (0.485, 0.456, 0.406), "image_std": (0.229, 0.224, 0.225),
+        "layers": 101,
+        "seg_num": 300,
+        "short_size": 256,
+        "target_size": 224,
+        "image_mean": (0.485, 0.456, 0.406),
+        "image_std": (0.229, 0.224, 0.225),
     }
     assert dataclasses.asdict(PredictorConfig()) == {
-        "feature_size": 2048, "embedding_size": 1024, "lstm_size": 512, "num_classes": 3396,
-        "dropout_rate": 0.5, "topk": 20,
+        "feature_size": 2048,
+        "embedding_size": 1024,
+        "lstm_size": 512,
+        "num_classes": 3396,
+        "dropout_rate": 0.5,
+        "topk": 20,
     }
 
 
@@ -277,19 +288,25 @@ def _config_dir(tmp_path: Path, tsn: str) -> Path:
 
 def test_an_edited_config_changes_the_networks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     text = (ROOT / "configs" / "tsn.yaml").read_text(encoding="utf-8")
-    monkeypatch.setenv(CONFIG_DIR_ENV, str(_config_dir(tmp_path, text.replace("image_mean: [0.485, 0.456, 0.406]",
-                                                                               "image_mean: [0.5, 0.5, 0.5]"))))
+    monkeypatch.setenv(
+        CONFIG_DIR_ENV,
+        str(_config_dir(tmp_path, text.replace("image_mean: [0.485, 0.456, 0.406]", "image_mean: [0.5, 0.5, 0.5]"))),
+    )
     assert ExtractorConfig().image_mean == (0.5, 0.5, 0.5) and ExtractorConfig().seg_num == 300
 
 
-@pytest.mark.parametrize(("tsn", "message"), [
-    ("layers: 50\nseg_nmu: 8\n", "unknown keys ['seg_nmu']"),
-    ("layers: 50\n", "no 'seg_num'"),
-    ("layers: [50\n", "cannot read it"),
-    ("- layers\n", "expected a mapping"),
-])
-def test_a_bad_config_is_a_config_error_naming_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tsn: str,
-                                                        message: str) -> None:
+@pytest.mark.parametrize(
+    ("tsn", "message"),
+    [
+        ("layers: 50\nseg_nmu: 8\n", "unknown keys ['seg_nmu']"),
+        ("layers: 50\n", "no 'seg_num'"),
+        ("layers: [50\n", "cannot read it"),
+        ("- layers\n", "expected a mapping"),
+    ],
+)
+def test_a_bad_config_is_a_config_error_naming_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tsn: str, message: str
+) -> None:
     monkeypatch.setenv(CONFIG_DIR_ENV, str(_config_dir(tmp_path, tsn)))
     with pytest.raises(ConfigError, match=re.escape(message)) as error:
         ExtractorConfig()

@@ -33,8 +33,14 @@ class Marks:
         deaths = {o: n for o, n in self.deaths.items() if o >= committed}
         running = [] if graceful else sorted(o for o in self.running if o >= committed)
         keep = sorted(set(deaths) | set(running))[:MAX_MARKS]
-        return json.dumps({"v": VERSION, "deaths": {str(o): deaths[o] for o in keep if o in deaths},
-                           "running": [o for o in running if o in keep]}, separators=(",", ":"))
+        return json.dumps(
+            {
+                "v": VERSION,
+                "deaths": {str(o): deaths[o] for o in keep if o in deaths},
+                "running": [o for o in running if o in keep],
+            },
+            separators=(",", ":"),
+        )
 
     def finished(self, offset: int) -> None:
         self.running.discard(offset)

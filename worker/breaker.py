@@ -73,8 +73,7 @@ class Breaker:
                 make_clip(clip)
                 self._self_test(clip)
             except Exception as exc:
-                log.error("self-test failed: the worker cannot tag a known-good clip (%s: %s)", type(exc).__name__,
-                          exc)
+                log.error("self-test failed: the worker cannot tag a known-good clip (%s: %s)", type(exc).__name__, exc)
                 return f"self-test failed: {type(exc).__name__}: {str(exc)[:200]}"
         log.warning("self-test passed: the failing inputs were bad; carrying on")
         return None

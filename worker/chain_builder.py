@@ -64,8 +64,10 @@ def load_tagger(settings: Settings, with_heads: bool = True) -> VideoTagger:
         int8_calibration=settings.int8_calibration,
     )
     if tagger.info["weights"] == RANDOM_WEIGHTS:
-        log.warning("RUNNING WITH RANDOM, UNTRAINED WEIGHTS: the tags are meaningless (demo only). "
-                    "Get the real weights with `videotag weights download`.")
+        log.warning(
+            "RUNNING WITH RANDOM, UNTRAINED WEIGHTS: the tags are meaningless (demo only). "
+            "Get the real weights with `videotag weights download`."
+        )
     return tagger
 
 
@@ -109,12 +111,24 @@ def decoding(settings: Settings) -> Sampler:
     hanging decoder costs one video, not the caller), else in this process."""
     cfg = ExtractorConfig(layers=settings.layers, seg_num=settings.seg_num)
     if settings.decode_timeout_s > 0:
-        return DecoderProcess(settings.preprocess, cfg.short_size, cfg.target_size, settings.max_width,
-                              settings.max_height, settings.decode_timeout_s,
-                              DecoderLimits(settings.decoder_max_memory_bytes, settings.decoder_max_cpu_s),
-                              chunk_size=settings.batch_size)
-    return InProcessDecoder(settings.preprocess, cfg.short_size, cfg.target_size, settings.max_width,
-                            settings.max_height, chunk_size=settings.batch_size)
+        return DecoderProcess(
+            settings.preprocess,
+            cfg.short_size,
+            cfg.target_size,
+            settings.max_width,
+            settings.max_height,
+            settings.decode_timeout_s,
+            DecoderLimits(settings.decoder_max_memory_bytes, settings.decoder_max_cpu_s),
+            chunk_size=settings.batch_size,
+        )
+    return InProcessDecoder(
+        settings.preprocess,
+        cfg.short_size,
+        cfg.target_size,
+        settings.max_width,
+        settings.max_height,
+        chunk_size=settings.batch_size,
+    )
 
 
 def _nothing() -> None:

@@ -60,21 +60,66 @@ def _add_common_options(parser: argparse.ArgumentParser) -> None:
     """Options taken before the command and after it alike (`videotag --log-level DEBUG worker` and `videotag
     worker --log-level DEBUG`): added to the top parser and to every command's. SUPPRESS as the default, so that a
     command's parser, which parses after the top one, does not overwrite a value given before the command."""
-    parser.add_argument("--log-level", type=str.upper, choices=CHOICES["log_level"], default=argparse.SUPPRESS,
-                        help="logging level for stderr (default INFO); DEBUG also shows a configuration "
-                        "error's traceback")
+    parser.add_argument(
+        "--log-level",
+        type=str.upper,
+        choices=CHOICES["log_level"],
+        default=argparse.SUPPRESS,
+        help="logging level for stderr (default INFO); DEBUG also shows a configuration error's traceback",
+    )
 
 
-MODEL_SETTINGS = ["extractor_weights", "predictor_weights", "label_file", "predictors", "seg_num", "topk", "device",
-                  "layers",
-                  "preprocess", "engine", "precision", "batch_size", "allow_random_weights", "model_cache_dir",
-                  "cpu_threads", "tensorrt", "simulated_ms_per_frame", "int8_calibration"]
+MODEL_SETTINGS = [
+    "extractor_weights",
+    "predictor_weights",
+    "label_file",
+    "predictors",
+    "seg_num",
+    "topk",
+    "device",
+    "layers",
+    "preprocess",
+    "engine",
+    "precision",
+    "batch_size",
+    "allow_random_weights",
+    "model_cache_dir",
+    "cpu_threads",
+    "tensorrt",
+    "simulated_ms_per_frame",
+    "int8_calibration",
+]
 # features, train, eval: the extractor only (each head comes from the command's own arguments)
-EXTRACTOR_SETTINGS = ["extractor_weights", "seg_num", "layers", "preprocess", "engine", "precision", "device",
-                      "batch_size", "model_cache_dir", "cpu_threads", "tensorrt", "int8_calibration"]
-WORKER_SETTINGS = ["bootstrap_servers", "group_id", "input_topic", "output_topic", "dlq_topic", "s3_endpoint_url",
-                   "metrics_port", "metrics_host", "max_inflight", "drain_grace_s", "temp_dir", "features_output",
-                   "log_format", "otel_exporter_otlp_endpoint"]
+EXTRACTOR_SETTINGS = [
+    "extractor_weights",
+    "seg_num",
+    "layers",
+    "preprocess",
+    "engine",
+    "precision",
+    "device",
+    "batch_size",
+    "model_cache_dir",
+    "cpu_threads",
+    "tensorrt",
+    "int8_calibration",
+]
+WORKER_SETTINGS = [
+    "bootstrap_servers",
+    "group_id",
+    "input_topic",
+    "output_topic",
+    "dlq_topic",
+    "s3_endpoint_url",
+    "metrics_port",
+    "metrics_host",
+    "max_inflight",
+    "drain_grace_s",
+    "temp_dir",
+    "features_output",
+    "log_format",
+    "otel_exporter_otlp_endpoint",
+]
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -106,9 +151,14 @@ def _tag(args: argparse.Namespace, paths: list[str], save_dir: str | None, sheet
     # the networks load in the model process while the first video decodes (worker/commands/tag.py)
     chain, first = start_tagging(settings, paths, lambda s: build_chain(s, "process"), decoding(settings))
     try:
-        failures = tag_files(chain.tagger, paths, Path(save_dir) if save_dir else None,
-                             sheets=(writer, sheets) if writer is not None and sheets is not None else None,
-                             quiet=args.quiet, first=first)
+        failures = tag_files(
+            chain.tagger,
+            paths,
+            Path(save_dir) if save_dir else None,
+            sheets=(writer, sheets) if writer is not None and sheets is not None else None,
+            quiet=args.quiet,
+            first=first,
+        )
     finally:
         chain.close()
     return EXIT_FAILED if failures else EXIT_OK
@@ -154,27 +204,48 @@ def cmd_train(args: argparse.Namespace) -> int:
     from models.training import TrainOptions
     from worker.commands.train import train
 
-    options = TrainOptions(epochs=args.epochs, patience=args.patience, learning_rate=args.learning_rate,
-                           seed=args.seed)
-    code, metrics = _on_dataset(args, lambda: train(
-        Path(args.data), Path(args.label_path), Path(args.out), _settings(args), options,
-        Path(args.val) if args.val else None, args.from_predictor, Path(args.feature_cache), args.quiet))
+    options = TrainOptions(epochs=args.epochs, patience=args.patience, learning_rate=args.learning_rate, seed=args.seed)
+    code, metrics = _on_dataset(
+        args,
+        lambda: train(
+            Path(args.data),
+            Path(args.label_path),
+            Path(args.out),
+            _settings(args),
+            options,
+            Path(args.val) if args.val else None,
+            args.from_predictor,
+            Path(args.feature_cache),
+            args.quiet,
+        ),
+    )
     if metrics is None:
         return code
     val = metrics["validation"]
-    print(f"{args.out}: {len(metrics['classes'])} classes, {metrics['data']['videos']} videos; validation GAP "
-          f"{val['gap']:.3f}, Hit@1 {val['hit_at_1']:.3f} at epoch {metrics['best_epoch']} of "
-          f"{metrics['epochs_run']} ({metrics['seconds']['features']:.0f} s features, "
-          f"{metrics['seconds']['training']:.0f} s training)", file=sys.stderr)
+    print(
+        f"{args.out}: {len(metrics['classes'])} classes, {metrics['data']['videos']} videos; validation GAP "
+        f"{val['gap']:.3f}, Hit@1 {val['hit_at_1']:.3f} at epoch {metrics['best_epoch']} of "
+        f"{metrics['epochs_run']} ({metrics['seconds']['features']:.0f} s features, "
+        f"{metrics['seconds']['training']:.0f} s training)",
+        file=sys.stderr,
+    )
     return EXIT_OK
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from worker.commands.train import evaluate_head
 
-    code, metrics = _on_dataset(args, lambda: evaluate_head(
-        Path(args.data), Path(args.label_path), args.head_weights, _settings(args), Path(args.feature_cache),
-        args.quiet))
+    code, metrics = _on_dataset(
+        args,
+        lambda: evaluate_head(
+            Path(args.data),
+            Path(args.label_path),
+            args.head_weights,
+            _settings(args),
+            Path(args.feature_cache),
+            args.quiet,
+        ),
+    )
     if metrics is not None:
         print(json.dumps(metrics, ensure_ascii=False, indent=1))
     return code
@@ -216,8 +287,10 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     sources = [bool(targets), args.from_dlq, bool(args.from_s3), bool(args.from_manifest)]
     if sum(sources) != 1:
-        print("videotag enqueue: give one of KEY ... (or s3://BUCKET/KEY ...), --from-dlq, --from-s3, "
-              "--from-manifest", file=sys.stderr)
+        print(
+            "videotag enqueue: give one of KEY ... (or s3://BUCKET/KEY ...), --from-dlq, --from-s3, --from-manifest",
+            file=sys.stderr,
+        )
         return EXIT_USAGE
     if args.from_s3 or args.from_manifest:
         return _backfill(args, settings)
@@ -241,11 +314,16 @@ def _backfill(args: argparse.Namespace, settings: Settings) -> int:
     from worker.kafka_clients import BrokerUnreachable
 
     try:
-        options = Options(source=args.from_s3 or args.from_manifest, manifest=bool(args.from_manifest),
-                          since=parse_since(args.since) if args.since else None,
-                          rate=parse_rate(args.rate) if args.rate else None, dry_run=args.dry_run,
-                          start_after=args.start_after, marker=Path(args.marker) if args.marker else None,
-                          quiet=args.quiet)
+        options = Options(
+            source=args.from_s3 or args.from_manifest,
+            manifest=bool(args.from_manifest),
+            since=parse_since(args.since) if args.since else None,
+            rate=parse_rate(args.rate) if args.rate else None,
+            dry_run=args.dry_run,
+            start_after=args.start_after,
+            marker=Path(args.marker) if args.marker else None,
+            quiet=args.quiet,
+        )
         if not options.source.startswith("s3://"):
             raise BackfillError(f"{options.source}: expected s3://BUCKET/...")
     except BackfillError as exc:
@@ -257,18 +335,26 @@ def _backfill(args: argparse.Namespace, settings: Settings) -> int:
         print(f"videotag enqueue: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
-        print(f"videotag enqueue: {options.source}: {exc}"
-              + (f" (resume: the same command, --marker {args.marker})" if args.marker else ""), file=sys.stderr)
+        print(
+            f"videotag enqueue: {options.source}: {exc}"
+            + (f" (resume: the same command, --marker {args.marker})" if args.marker else ""),
+            file=sys.stderr,
+        )
         return EXIT_FAILED
     if stats.resumed_from == "complete":
-        print(f"videotag enqueue: {args.marker} says this backfill finished; nothing sent (delete it to run again)",
-              file=sys.stderr)
+        print(
+            f"videotag enqueue: {args.marker} says this backfill finished; nothing sent (delete it to run again)",
+            file=sys.stderr,
+        )
         return EXIT_OK
     verb = "would enqueue" if options.dry_run else f"enqueued to {settings.input_topic}"
-    print(f"{verb} {stats.enqueued} of {stats.listed} objects ({stats.pages} "
-          f"{'data files' if options.manifest else 'pages'}; skipped: {stats.not_video} not videos, "
-          f"{stats.too_old} older than --since, {stats.not_current} not current)"
-          + (f"; resumed after {stats.resumed_from}" if stats.resumed_from is not None else ""), file=sys.stderr)
+    print(
+        f"{verb} {stats.enqueued} of {stats.listed} objects ({stats.pages} "
+        f"{'data files' if options.manifest else 'pages'}; skipped: {stats.not_video} not videos, "
+        f"{stats.too_old} older than --since, {stats.not_current} not current)"
+        + (f"; resumed after {stats.resumed_from}" if stats.resumed_from is not None else ""),
+        file=sys.stderr,
+    )
     return EXIT_OK
 
 
@@ -284,9 +370,11 @@ def cmd_skip(args: argparse.Namespace) -> int:
     except (SkipRefused, BrokerUnreachable) as exc:
         print(f"videotag skip: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    print(f"skipped offset {args.offset} of {args.topic or settings.input_topic}[{args.partition}] for group "
-          f"{settings.group_id}; the message is in {settings.dlq_topic} (replay: videotag enqueue --from-dlq)",
-          file=sys.stderr)
+    print(
+        f"skipped offset {args.offset} of {args.topic or settings.input_topic}[{args.partition}] for group "
+        f"{settings.group_id}; the message is in {settings.dlq_topic} (replay: videotag enqueue --from-dlq)",
+        file=sys.stderr,
+    )
     return EXIT_OK
 
 
@@ -313,8 +401,11 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     except (CodedError, CalibrationError, OSError) as exc:
         print(f"videotag calibrate: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    print(f"calibration set of {frames} frames from {len(paths)} videos in {out}; "
-          f"tag with --precision int8 --int8-calibration {out}", file=sys.stderr)
+    print(
+        f"calibration set of {frames} frames from {len(paths)} videos in {out}; "
+        f"tag with --precision int8 --int8-calibration {out}",
+        file=sys.stderr,
+    )
     return EXIT_OK
 
 
@@ -326,8 +417,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def _own_label_options(parser: argparse.ArgumentParser) -> None:
     """What features, train and eval share: the extractor's settings, the feature cache, --quiet."""
-    parser.add_argument("--feature-cache", default=".cache/videotag/features",
-                        help="features already extracted, by file content and extractor (default %(default)s)")
+    parser.add_argument(
+        "--feature-cache",
+        default=".cache/videotag/features",
+        help="features already extracted, by file content and extractor (default %(default)s)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar (none either when stderr is no tty)")
     parser.add_argument("--config", help="settings YAML (as for the worker)")
     add_setting_flags(parser, EXTRACTOR_SETTINGS, underscore_aliases=True)
@@ -335,8 +429,11 @@ def _own_label_options(parser: argparse.ArgumentParser) -> None:
 
 def _sheet_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tiles", type=int, help="sampled frames shown, evenly spread (default 40)")
-    parser.add_argument("--font", help="a font file with Chinese glyphs (default: the videotag[preview] extra's "
-                        "Noto Sans SC, else a system CJK font)")
+    parser.add_argument(
+        "--font",
+        help="a font file with Chinese glyphs (default: the videotag[preview] extra's "
+        "Noto Sans SC, else a system CJK font)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -346,8 +443,9 @@ def build_parser() -> argparse.ArgumentParser:
     tag = commands.add_parser("tag", help="tag local video files; one JSON line per video on stdout")
     tag.add_argument("videos", nargs="*", metavar="VIDEO")
     tag.add_argument("--filelist", help="file with one video path per line")
-    tag.add_argument("--save-dir", "--save_dir", dest="save_dir",
-                     help="also write result<N>.json per video in the original format")
+    tag.add_argument(
+        "--save-dir", "--save_dir", dest="save_dir", help="also write result<N>.json per video in the original format"
+    )
     tag.add_argument("--preview-dir", metavar="DIR", help="also write a contact sheet <name>.png per video")
     _sheet_options(tag)
     tag.add_argument("--quiet", action="store_true", help="no progress on stderr (a bar only on a terminal)")
@@ -355,8 +453,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_setting_flags(tag, MODEL_SETTINGS, underscore_aliases=True)
     tag.set_defaults(func=cmd_tag)
 
-    preview = commands.add_parser("preview", help="tag a video and draw a contact sheet: its sampled frames, "
-                                  "top tags, size, duration, frame counts, timings")
+    preview = commands.add_parser(
+        "preview",
+        help="tag a video and draw a contact sheet: its sampled frames, "
+        "top tags, size, duration, frame counts, timings",
+    )
     preview.add_argument("video", metavar="VIDEO")
     preview.add_argument("--out", required=True, help="the sheet (PNG; the format follows the extension)")
     _sheet_options(preview)
@@ -375,24 +476,36 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train a head on your own labels (docs/own-labels.md)")
     train.add_argument("--data", required=True, help="CSV with the header path,labels (labels ;-separated)")
     train.add_argument("--label-file", dest="label_path", required=True, help="your class names, one per line")
-    train.add_argument("--out", required=True,
-                       help="directory for attention_lstm.pdparams, labels.txt, metrics.json, MODEL_CARD.md")
+    train.add_argument(
+        "--out", required=True, help="directory for attention_lstm.pdparams, labels.txt, metrics.json, MODEL_CARD.md"
+    )
     train.add_argument("--val", help="validation CSV (default: 20%% of --data per class held out)")
     train.add_argument("--epochs", type=int, default=30, help="at most this many epochs (default 30)")
-    train.add_argument("--patience", type=int, default=5,
-                       help="stop after this many epochs without a better validation GAP (default 5)")
+    train.add_argument(
+        "--patience",
+        type=int,
+        default=5,
+        help="stop after this many epochs without a better validation GAP (default 5)",
+    )
     train.add_argument("--learning-rate", type=float, default=1e-4, help="Adam learning rate (default 1e-4)")
     train.add_argument("--seed", type=int, default=0, help="validation split, initialisation, shuffling, dropout")
-    train.add_argument("--from-predictor", metavar="WEIGHTS",
-                       help="start all layers but the output layer from this predictor (e.g. weights/attention_lstm)")
+    train.add_argument(
+        "--from-predictor",
+        metavar="WEIGHTS",
+        help="start all layers but the output layer from this predictor (e.g. weights/attention_lstm)",
+    )
     _own_label_options(train)
     train.set_defaults(func=cmd_train)
 
     evaluation = commands.add_parser("eval", help="GAP, Hit@1, mAP and per-class AP of a head on a dataset CSV")
     evaluation.add_argument("--data", required=True, help="CSV with the header path,labels")
     evaluation.add_argument("--label-file", dest="label_path", required=True, help="the head's label file")
-    evaluation.add_argument("--predictor-weights", dest="head_weights", required=True,
-                            help="the head's weights: prefix, .pdparams file or directory")
+    evaluation.add_argument(
+        "--predictor-weights",
+        dest="head_weights",
+        required=True,
+        help="the head's weights: prefix, .pdparams file or directory",
+    )
     _own_label_options(evaluation)
     evaluation.set_defaults(func=cmd_eval)
 
@@ -416,22 +529,28 @@ def build_parser() -> argparse.ArgumentParser:
     enq.add_argument("--topic", dest="input_topic", help="topic to send to (default: the input topic)")
     enq.add_argument("--from-dlq", action="store_true", help="replay every DLQ record's original message")
     enq.add_argument("--from-s3", metavar="s3://BUCKET/PREFIX", help="backfill: every video object under the prefix")
-    enq.add_argument("--from-manifest", metavar="s3://BUCKET/.../manifest.json",
-                     help="backfill: every video object of an S3 Inventory report (CSV)")
+    enq.add_argument(
+        "--from-manifest",
+        metavar="s3://BUCKET/.../manifest.json",
+        help="backfill: every video object of an S3 Inventory report (CSV)",
+    )
     enq.add_argument("--since", metavar="DATE", help="backfill: only objects last modified at or after DATE (UTC)")
     enq.add_argument("--rate", metavar="N/s", help="backfill: at most N requests per second")
     enq.add_argument("--dry-run", action="store_true", help="backfill: print the requests, send nothing")
     enq.add_argument("--start-after", metavar="KEY", help="--from-s3: begin after this key")
-    enq.add_argument("--marker", metavar="FILE",
-                     help="backfill: record progress here; a rerun resumes from it (docs/deployment.md)")
+    enq.add_argument(
+        "--marker", metavar="FILE", help="backfill: record progress here; a rerun resumes from it (docs/deployment.md)"
+    )
     enq.add_argument("--quiet", action="store_true", help="no progress bar (none either when stderr is no tty)")
     enq.add_argument("--config", help="settings YAML (Kafka connection and security)")
-    add_setting_flags(enq, ["bootstrap_servers", "dlq_topic", "security_protocol", "ssl_cafile", "s3_endpoint_url",
-                            "s3_region"])
+    add_setting_flags(
+        enq, ["bootstrap_servers", "dlq_topic", "security_protocol", "ssl_cafile", "s3_endpoint_url", "s3_region"]
+    )
     enq.set_defaults(func=cmd_enqueue)
 
-    skip = commands.add_parser("skip", help="move the group past one message (dead-lettered, replayable); "
-                               "stop the workers first")
+    skip = commands.add_parser(
+        "skip", help="move the group past one message (dead-lettered, replayable); stop the workers first"
+    )
     skip.add_argument("--topic", help="input topic (default: the input topic setting)")
     skip.add_argument("--partition", type=int, required=True)
     skip.add_argument("--offset", type=int, required=True, help="must be the group's committed offset")
@@ -444,8 +563,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_setting_flags(demo, [*MODEL_SETTINGS, "max_inflight"])
     demo.set_defaults(func=cmd_demo)
 
-    calib = commands.add_parser("calibrate", help="make the INT8 calibration set (--precision int8) from videos "
-                                "like those you tag")
+    calib = commands.add_parser(
+        "calibrate", help="make the INT8 calibration set (--precision int8) from videos like those you tag"
+    )
     calib.add_argument("videos", nargs="*", metavar="VIDEO")
     calib.add_argument("--filelist", help="file with one video path per line")
     calib.add_argument("--out", help="where to write it (default: the setting int8_calibration)")
@@ -454,22 +574,41 @@ def build_parser() -> argparse.ArgumentParser:
     add_setting_flags(calib, ["seg_num", "preprocess", "int8_calibration"])
     calib.set_defaults(func=cmd_calibrate)
 
-    bench = commands.add_parser("bench", help="throughput, stage latencies, memory and top-20 agreement against the "
-                                "original-style baseline, in one run")
+    bench = commands.add_parser(
+        "bench",
+        help="throughput, stage latencies, memory and top-20 agreement against the original-style baseline, in one run",
+    )
     bench.add_argument("--videos", nargs="+", metavar="DIR_OR_FILE", help="videos, or directories of videos")
     bench.add_argument("--repeat", type=int, default=1, help="pipeline passes over the videos (default 1)")
     bench.add_argument("--skip-baseline", action="store_true", help="no baseline (and no ratio or agreement)")
-    bench.add_argument("--skip-cold-start", action="store_true",
-                       help="no cold `videotag tag` run (first-result and per-video seconds as a CLI user sees them)")
-    bench.add_argument("--cold-precisions", nargs="+", metavar="PRECISION", choices=CHOICES["precision"],
-                       help="cold `videotag tag` runs in these precisions too (e.g. fp32 bf16), side by side")
+    bench.add_argument(
+        "--skip-cold-start",
+        action="store_true",
+        help="no cold `videotag tag` run (first-result and per-video seconds as a CLI user sees them)",
+    )
+    bench.add_argument(
+        "--cold-precisions",
+        nargs="+",
+        metavar="PRECISION",
+        choices=CHOICES["precision"],
+        help="cold `videotag tag` runs in these precisions too (e.g. fp32 bf16), side by side",
+    )
     bench.add_argument("--ceiling-seconds", type=float, default=20.0, help="time spent measuring the ceiling")
     bench.add_argument("--plot", metavar="PNG", help="plot throughput and stage latencies (needs matplotlib)")
     bench.add_argument("--json", dest="json_out", metavar="FILE", help="also write the figures as JSON")
-    bench.add_argument("--long-video", type=float, metavar="SECONDS",
-                       help="memory check instead: pipeline peak RSS on a generated 1080p clip of this length")
-    bench.add_argument("--baseline-clip", type=float, default=10.0, metavar="SECONDS",
-                       help="with --long-video: length of the 1080p clip for the baseline's RSS growth")
+    bench.add_argument(
+        "--long-video",
+        type=float,
+        metavar="SECONDS",
+        help="memory check instead: pipeline peak RSS on a generated 1080p clip of this length",
+    )
+    bench.add_argument(
+        "--baseline-clip",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="with --long-video: length of the 1080p clip for the baseline's RSS growth",
+    )
     bench.add_argument("--config", help="settings YAML (as for the worker)")
     add_setting_flags(bench, [*MODEL_SETTINGS, "max_inflight"])
     bench.set_defaults(func=cmd_bench)

@@ -49,8 +49,9 @@ class Footprint:
 def estimate(settings: Settings) -> Footprint:
     heads = max(1, len(settings.predictors))
     model = MODEL_BYTES.get(settings.engine, MODEL_BYTES["dygraph"]) + (heads - 1) * HEAD_BYTES
-    per_video = (settings.seg_num * CROP_BYTES * CROP_COPIES + settings.batch_size * FRAME_FLOAT_BYTES
-                 + DECODER_PROCESS_BYTES)
+    per_video = (
+        settings.seg_num * CROP_BYTES * CROP_COPIES + settings.batch_size * FRAME_FLOAT_BYTES + DECODER_PROCESS_BYTES
+    )
     return Footprint(model, per_video, settings.max_inflight)
 
 
@@ -63,10 +64,12 @@ def fit_problem(settings: Settings, limit: int | None) -> str | None:
         return None
     fits = need.fitting(limit)
     advice = f"lower max_inflight to {fits}" if fits else "lower seg_num"
-    return (f"max_inflight {settings.max_inflight} does not fit the memory limit: about {need.total / MIB:.0f} MiB "
-            f"(model {need.model / MIB:.0f} MiB + {settings.max_inflight} × {need.per_video / MIB:.0f} MiB per "
-            f"video at seg_num {settings.seg_num}) > {FIT_SHARE:.0%} of the {limit / MIB:.0f} MiB cgroup limit; "
-            f"{advice} or raise the limit (docs/performance.md, Memory per video)")
+    return (
+        f"max_inflight {settings.max_inflight} does not fit the memory limit: about {need.total / MIB:.0f} MiB "
+        f"(model {need.model / MIB:.0f} MiB + {settings.max_inflight} × {need.per_video / MIB:.0f} MiB per "
+        f"video at seg_num {settings.seg_num}) > {FIT_SHARE:.0%} of the {limit / MIB:.0f} MiB cgroup limit; "
+        f"{advice} or raise the limit (docs/performance.md, Memory per video)"
+    )
 
 
 def check_fit(settings: Settings, limit: int | None = None) -> None:

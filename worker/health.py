@@ -100,8 +100,16 @@ class _BoundedServer(ThreadingHTTPServer):
 class HealthServer:
     """Serves the endpoints from a daemon thread; `port` is the bound port (pass 0 for a free one)."""
 
-    def __init__(self, metrics: Metrics, host: str, port: int, ready: Check, healthy: Check = _alive,
-                 request_timeout_s: float = REQUEST_TIMEOUT_S, max_connections: int = MAX_CONNECTIONS) -> None:
+    def __init__(
+        self,
+        metrics: Metrics,
+        host: str,
+        port: int,
+        ready: Check,
+        healthy: Check = _alive,
+        request_timeout_s: float = REQUEST_TIMEOUT_S,
+        max_connections: int = MAX_CONNECTIONS,
+    ) -> None:
         self.metrics = metrics
         self.ready = ready
         self.healthy = healthy

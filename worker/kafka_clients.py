@@ -64,12 +64,19 @@ def security_options(settings: Settings) -> dict[str, Any]:
     """kafka-python client options for TLS and SASL, shared by every client the project creates."""
     options: dict[str, Any] = {"security_protocol": settings.security_protocol}
     if "SSL" in settings.security_protocol:
-        options |= {"ssl_cafile": settings.ssl_cafile, "ssl_certfile": settings.ssl_certfile,
-                    "ssl_keyfile": settings.ssl_keyfile, "ssl_password": settings.ssl_password,
-                    "ssl_check_hostname": settings.ssl_check_hostname}
+        options |= {
+            "ssl_cafile": settings.ssl_cafile,
+            "ssl_certfile": settings.ssl_certfile,
+            "ssl_keyfile": settings.ssl_keyfile,
+            "ssl_password": settings.ssl_password,
+            "ssl_check_hostname": settings.ssl_check_hostname,
+        }
     if "SASL" in settings.security_protocol:
-        options |= {"sasl_mechanism": settings.sasl_mechanism, "sasl_plain_username": settings.sasl_username,
-                    "sasl_plain_password": settings.sasl_password}
+        options |= {
+            "sasl_mechanism": settings.sasl_mechanism,
+            "sasl_plain_username": settings.sasl_username,
+            "sasl_plain_password": settings.sasl_password,
+        }
     return options
 
 
@@ -79,8 +86,12 @@ def rebalance_protocol(strategy: str) -> Literal["eager", "cooperative"]:
 
 
 def _common(settings: Settings) -> dict[str, Any]:
-    return {"bootstrap_servers": settings.bootstrap_servers, "client_id": settings.client_id,
-            "bootstrap_timeout_ms": BOOTSTRAP_TIMEOUT_MS, **security_options(settings)}
+    return {
+        "bootstrap_servers": settings.bootstrap_servers,
+        "client_id": settings.client_id,
+        "bootstrap_timeout_ms": BOOTSTRAP_TIMEOUT_MS,
+        **security_options(settings),
+    }
 
 
 class _ConnectionFailures(logging.Handler):
@@ -133,11 +144,15 @@ def bootstrap_failure(servers: str, error: BaseException, failures: list[BaseExc
     if refused is not None:
         return f"Kafka at {servers} refused the SASL login ({reason}): {check_sasl}"
     if "SSL" in reason:
-        return f"TLS with Kafka at {servers} failed ({reason}): check ssl_cafile, ssl_certfile, ssl_keyfile, " \
-               "ssl_password and that the broker's port speaks TLS"
+        return (
+            f"TLS with Kafka at {servers} failed ({reason}): check ssl_cafile, ssl_certfile, ssl_keyfile, "
+            "ssl_password and that the broker's port speaks TLS"
+        )
     if sasl and "socket disconnected" in reason:
-        return f"Kafka at {servers} closed the connection ({reason}), as it does when it refuses a SASL login: " \
-               f"{check_sasl}"
+        return (
+            f"Kafka at {servers} closed the connection ({reason}), as it does when it refuses a SASL login: "
+            f"{check_sasl}"
+        )
     return f"no Kafka broker answered at {servers} ({reason})"
 
 
@@ -147,16 +162,22 @@ def _connect(kind: type, *args: Any, **options: Any) -> Any:
             return kind(*args, **options)
         except (KafkaTimeoutError, KafkaConnectionError) as exc:  # kafka-python 3: "Unable to bootstrap from ..."
             sasl = "SASL" in options.get("security_protocol", "")
-            raise BrokerUnreachable(bootstrap_failure(options["bootstrap_servers"], exc, failures.errors, sasl)) \
-                from exc
+            raise BrokerUnreachable(
+                bootstrap_failure(options["bootstrap_servers"], exc, failures.errors, sasl)
+            ) from exc
 
 
 def group_consumer(settings: Settings, max_poll_records: int) -> KafkaConsumer:
     """The worker's consumer: manual commits, the group's timeouts and assignor, static membership when set."""
     return _connect(
-        KafkaConsumer, group_id=settings.group_id, group_instance_id=settings.group_instance_id,
-        enable_auto_commit=False, auto_offset_reset="earliest", max_poll_records=max_poll_records,
-        session_timeout_ms=settings.session_timeout_ms, heartbeat_interval_ms=settings.heartbeat_interval_ms,
+        KafkaConsumer,
+        group_id=settings.group_id,
+        group_instance_id=settings.group_instance_id,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_poll_records=max_poll_records,
+        session_timeout_ms=settings.session_timeout_ms,
+        heartbeat_interval_ms=settings.heartbeat_interval_ms,
         max_poll_interval_ms=settings.max_poll_interval_ms,
         partition_assignment_strategy=(ASSIGNORS[settings.partition_assignment_strategy],),
         **_common(settings),
@@ -171,8 +192,14 @@ def group_reader(settings: Settings) -> KafkaConsumer:
 
 def reader(settings: Settings, *topics: str) -> KafkaConsumer:
     """A consumer outside any group that reads `topics` from the start (DLQ replay, demo output)."""
-    return _connect(KafkaConsumer, *topics, group_id=None, auto_offset_reset="earliest", enable_auto_commit=False,
-                    **_common(settings))
+    return _connect(
+        KafkaConsumer,
+        *topics,
+        group_id=None,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        **_common(settings),
+    )
 
 
 def release_parked_records(consumer: KafkaConsumer) -> None:
@@ -193,10 +220,19 @@ def producer(settings: Settings, transactional_id: str | None = None) -> KafkaPr
     """Idempotent, acks=all; a record is retried by the producer itself for up to `delivery_timeout_ms`. With a
     `transactional_id`, a transactional producer whose open transaction the broker aborts after
     `transaction_timeout_ms` if it dies with one."""
-    transactional = {"transactional_id": transactional_id,
-                     "transaction_timeout_ms": settings.transaction_timeout_ms} if transactional_id else {}
-    return _connect(KafkaProducer, acks="all", linger_ms=LINGER_MS, delivery_timeout_ms=settings.delivery_timeout_ms,
-                    **transactional, **_common(settings))
+    transactional = (
+        {"transactional_id": transactional_id, "transaction_timeout_ms": settings.transaction_timeout_ms}
+        if transactional_id
+        else {}
+    )
+    return _connect(
+        KafkaProducer,
+        acks="all",
+        linger_ms=LINGER_MS,
+        delivery_timeout_ms=settings.delivery_timeout_ms,
+        **transactional,
+        **_common(settings),
+    )
 
 
 def admin(settings: Settings) -> KafkaAdminClient:
@@ -216,7 +252,10 @@ def producer_broken(client: KafkaProducer, error: BaseException | None = None) -
     if manager is not None and manager.has_fatal_error():
         return True
     return isinstance(error, KafkaError) and type(error).__name__ in {
-        "IllegalStateError", "ProducerFencedError", "OutOfOrderSequenceNumberError", "UnknownProducerIdError",
+        "IllegalStateError",
+        "ProducerFencedError",
+        "OutOfOrderSequenceNumberError",
+        "UnknownProducerIdError",
         "InvalidProducerEpochError",
     }
 
@@ -239,16 +278,23 @@ def required_access(settings: Settings) -> tuple[Access, ...]:
     """Every ACL a worker needs, and no more: READ on its input topics, its retry topic and its group (consume,
     commit), WRITE on its output, DLQ and retry topics (publish; with WRITE on any topic the broker also grants the
     idempotent producer its id). Each implies DESCRIBE on its resource."""
-    needed = tuple(Access("TOPIC", topic, "READ", "retry topic" if topic == settings.retry_topic else "input topic")
-                   for topic in settings.lanes())
-    needed += (Access("GROUP", settings.group_id, "READ", "consumer group"),
-               Access("TOPIC", settings.output_topic, "WRITE", "output topic"),
-               Access("TOPIC", settings.dlq_topic, "WRITE", "DLQ topic"))
+    needed = tuple(
+        Access("TOPIC", topic, "READ", "retry topic" if topic == settings.retry_topic else "input topic")
+        for topic in settings.lanes()
+    )
+    needed += (
+        Access("GROUP", settings.group_id, "READ", "consumer group"),
+        Access("TOPIC", settings.output_topic, "WRITE", "output topic"),
+        Access("TOPIC", settings.dlq_topic, "WRITE", "DLQ topic"),
+    )
     if settings.retry_topic:
         needed += (Access("TOPIC", settings.retry_topic, "WRITE", "retry topic"),)
     if settings.delivery == "exactly_once":  # every id a worker of this group may take starts so (transactions.py)
-        needed += (Access("TRANSACTIONAL_ID", f"videotag-{settings.group_id}-", "WRITE",
-                          "transactional ids: a PREFIXED pattern"),)
+        needed += (
+            Access(
+                "TRANSACTIONAL_ID", f"videotag-{settings.group_id}-", "WRITE", "transactional ids: a PREFIXED pattern"
+            ),
+        )
     return needed
 
 
@@ -268,8 +314,11 @@ def authorization_problem(error: BaseException, settings: Settings) -> str | Non
     needed = required_access(settings)
     if isinstance(error, TopicAuthorizationFailedError):
         topics = _named(error)
-        denied = [str(a) for a in needed if a.resource == "TOPIC" and a.name in topics] or \
-            [f"access to topic {t!r}" for t in sorted(topics)] or ["access to a topic"]
+        denied = (
+            [str(a) for a in needed if a.resource == "TOPIC" and a.name in topics]
+            or [f"access to topic {t!r}" for t in sorted(topics)]
+            or ["access to a topic"]
+        )
     elif isinstance(error, GroupAuthorizationFailedError):
         denied = [str(a) for a in needed if a.resource == "GROUP"]
     elif isinstance(error, ClusterAuthorizationFailedError):
@@ -294,7 +343,8 @@ def remove_static_member(settings: Settings) -> str:
     client = admin(settings)
     try:
         results = client.remove_group_members(
-            settings.group_id, [MemberToRemove(group_instance_id=settings.group_instance_id, reason="shutdown")])
+            settings.group_id, [MemberToRemove(group_instance_id=settings.group_instance_id, reason="shutdown")]
+        )
     finally:
         client.close()
     outcome = next(iter(results.values()), None) if results else None
@@ -310,8 +360,9 @@ class Preflight:
     created: tuple[str, ...] = ()
 
 
-def topic_problems(settings: Settings, described: Mapping[str, Mapping[str, Any]],
-                   max_message_bytes: Mapping[str, int]) -> list[str]:
+def topic_problems(
+    settings: Settings, described: Mapping[str, Mapping[str, Any]], max_message_bytes: Mapping[str, int]
+) -> list[str]:
     """The pure part of the preflight, from our topics as the broker describes them to this worker's principal
     (kafka-python's `describe_topics`, by name): a missing topic, one the principal may not use as the worker
     needs (its ACLs), an output or DLQ topic too small for our records. A broker that reports no authorized
@@ -321,15 +372,20 @@ def topic_problems(settings: Settings, described: Mapping[str, Mapping[str, Any]
         code = described.get(topic, {}).get("error_code", UnknownTopicOrPartitionError.errno)
         if code == UnknownTopicOrPartitionError.errno:
             problems.append(f"topic {topic!r} does not exist")
-    denied = [str(access) for access in required_access(settings)
-              if access.resource == "TOPIC" and not _allows(described.get(access.name, {}), access.operation)]
+    denied = [
+        str(access)
+        for access in required_access(settings)
+        if access.resource == "TOPIC" and not _allows(described.get(access.name, {}), access.operation)
+    ]
     if denied:
         problems.append(_denial(denied))
     for topic in _written(settings):
         limit = max_message_bytes.get(topic)
         if limit is not None and limit < REQUIRED_MAX_MESSAGE_BYTES:
-            problems.append(f"topic {topic!r} has max.message.bytes={limit}, below what our largest record needs "
-                            f"({REQUIRED_MAX_MESSAGE_BYTES}): raise it to at least that")
+            problems.append(
+                f"topic {topic!r} has max.message.bytes={limit}, below what our largest record needs "
+                f"({REQUIRED_MAX_MESSAGE_BYTES}): raise it to at least that"
+            )
     return problems
 
 
@@ -358,8 +414,9 @@ def preflight(settings: Settings) -> Preflight:
         created: list[str] = []
         if missing and settings.create_topics:
             partitions = dict.fromkeys(settings.lanes(), settings.create_topics_partitions)
-            client.create_topics({t: {"num_partitions": partitions.get(t, 1), "replication_factor": -1}
-                                  for t in missing})
+            client.create_topics(
+                {t: {"num_partitions": partitions.get(t, 1), "replication_factor": -1} for t in missing}
+            )
             described |= _describe(client, missing)
             created = missing
         limits = _max_message_bytes(client, [t for t in _written(settings) if described[t]["error_code"] == 0])
@@ -382,11 +439,16 @@ def _max_message_bytes(client: KafkaAdminClient, topics: list[str]) -> dict[str,
     if not topics:
         return {}
     try:
-        found = client.describe_configs([ConfigResource("TOPIC", t, {"max.message.bytes": None}) for t in topics],
-                                        config_filter="all")
+        found = client.describe_configs(
+            [ConfigResource("TOPIC", t, {"max.message.bytes": None}) for t in topics], config_filter="all"
+        )
     except KafkaError as exc:
-        log.warning("cannot read max.message.bytes of %s (%s): the record size check is skipped", topics,
-                    type(exc).__name__)
+        log.warning(
+            "cannot read max.message.bytes of %s (%s): the record size check is skipped", topics, type(exc).__name__
+        )
         return {}
-    return {name: int(configs["max.message.bytes"]["value"])
-            for name, configs in found.get("topic", {}).items() if "max.message.bytes" in configs}
+    return {
+        name: int(configs["max.message.bytes"]["value"])
+        for name, configs in found.get("topic", {}).items()
+        if "max.message.bytes" in configs
+    }

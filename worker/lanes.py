@@ -56,7 +56,7 @@ def paused_lanes(lanes: list[str], busy: Iterable[str]) -> set[str]:
     busy = set(busy)
     for i, lane in enumerate(lanes):
         if lane in busy:
-            return set(lanes[i + 1:])
+            return set(lanes[i + 1 :])
     return set()
 
 
@@ -78,9 +78,15 @@ class RetryState:
     last_error: str = ""
 
     def headers(self) -> list[tuple[str, bytes]]:
-        values = {ATTEMPTS: str(self.attempts), BUDGET_SPENT: f"{self.budget_spent_s:.3f}", DUE: str(self.due_ms),
-                  ORIGIN_TOPIC: self.origin_topic, ORIGIN_PARTITION: str(self.origin_partition),
-                  ORIGIN_OFFSET: str(self.origin_offset), LAST_ERROR: self.last_error[:LAST_ERROR_MAX_CHARS]}
+        values = {
+            ATTEMPTS: str(self.attempts),
+            BUDGET_SPENT: f"{self.budget_spent_s:.3f}",
+            DUE: str(self.due_ms),
+            ORIGIN_TOPIC: self.origin_topic,
+            ORIGIN_PARTITION: str(self.origin_partition),
+            ORIGIN_OFFSET: str(self.origin_offset),
+            LAST_ERROR: self.last_error[:LAST_ERROR_MAX_CHARS],
+        }
         return [(name, value.encode("utf-8")) for name, value in values.items()]
 
 
@@ -89,19 +95,32 @@ def parse_retry(headers: Iterable[tuple[str, bytes | None]] | None, now_ms: int,
     further away than the whole budget (no worker would have set it): the record is then a fresh request."""
     found: Mapping[str, bytes | None] = dict(headers or [])
     try:
+
         def text(name: str) -> str:
             raw = found[name]
             if raw is None:
                 raise ValueError(name)
             return raw.decode("utf-8")
 
-        state = RetryState(int(text(ATTEMPTS)), float(text(BUDGET_SPENT)), int(text(DUE)), text(ORIGIN_TOPIC),
-                           int(text(ORIGIN_PARTITION)), int(text(ORIGIN_OFFSET)),
-                           text(LAST_ERROR) if LAST_ERROR in found and found[LAST_ERROR] is not None else "")
+        state = RetryState(
+            int(text(ATTEMPTS)),
+            float(text(BUDGET_SPENT)),
+            int(text(DUE)),
+            text(ORIGIN_TOPIC),
+            int(text(ORIGIN_PARTITION)),
+            int(text(ORIGIN_OFFSET)),
+            text(LAST_ERROR) if LAST_ERROR in found and found[LAST_ERROR] is not None else "",
+        )
     except (KeyError, ValueError, UnicodeDecodeError):
         return None
-    if state.attempts < 1 or not 0 <= state.budget_spent_s < float("inf") or state.origin_partition < 0 or \
-            state.origin_offset < 0 or not state.origin_topic or state.due_ms - now_ms > budget_s * 1000:
+    if (
+        state.attempts < 1
+        or not 0 <= state.budget_spent_s < float("inf")
+        or state.origin_partition < 0
+        or state.origin_offset < 0
+        or not state.origin_topic
+        or state.due_ms - now_ms > budget_s * 1000
+    ):
         return None
     return state
 

@@ -38,8 +38,7 @@ _GLOG = re.compile(r"^([IWEF])\d{4} ")
 _GLOG_LEVELS = {"I": logging.INFO, "W": logging.WARNING, "E": logging.ERROR, "F": logging.CRITICAL}
 _NATIVE_LINE_MAX = 16 * 1024  # a line longer than this (no newline in sight) is logged in pieces
 
-_context: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("videotag_log_context",
-                                                                                   default=None)
+_context: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("videotag_log_context", default=None)
 _handler: logging.Handler | None = None  # the one this module installed on the root logger
 _native: _NativeCapture | None = None
 
@@ -59,7 +58,8 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")
+            "time": datetime.fromtimestamp(record.created, UTC)
+            .isoformat(timespec="milliseconds")
             .replace("+00:00", "Z"),
             "level": record.levelname,
             "logger": record.name,
@@ -118,10 +118,13 @@ def _log_uncaught_in_thread(args: threading.ExceptHookArgs) -> None:
     if args.exc_type is SystemExit:
         return
     name = args.thread.name if args.thread is not None else "?"
-    logging.getLogger("uncaught").critical("uncaught %s in thread %s: %s", args.exc_type.__name__, name,
-                                           args.exc_value,
-                                           exc_info=(args.exc_type, args.exc_value or args.exc_type(),
-                                                     args.exc_traceback))
+    logging.getLogger("uncaught").critical(
+        "uncaught %s in thread %s: %s",
+        args.exc_type.__name__,
+        name,
+        args.exc_value,
+        exc_info=(args.exc_type, args.exc_value or args.exc_type(), args.exc_traceback),
+    )
 
 
 def native_level(line: str) -> int:
@@ -141,8 +144,9 @@ class _NativeCapture:
         read_end, write_end = os.pipe()
         os.dup2(write_end, 2)
         os.close(write_end)
-        self.stderr: IO[str] = open(original, "w", buffering=1, encoding="utf-8", errors="replace",  # noqa: SIM115
-                                    closefd=True)
+        self.stderr: IO[str] = open(  # noqa: SIM115
+            original, "w", buffering=1, encoding="utf-8", errors="replace", closefd=True
+        )
         self._reader = open(read_end, "rb", buffering=0, closefd=True)  # noqa: SIM115
         self._logger = logging.getLogger(NATIVE_LOGGER)
         threading.Thread(target=self._pump, name="native-stderr", daemon=True).start()

@@ -86,8 +86,9 @@ def _s3_event_requests(document: dict[str, Any], video_id_from: str, max_records
     if not isinstance(records, list) or not records:
         raise InputError(ErrorCode.SCHEMA_VIOLATION, "S3 event without Records")
     if len(records) > max_records:
-        raise InputError(ErrorCode.TOO_MANY_RECORDS,
-                         f"S3 event with {len(records)} records, the limit is {max_records}")
+        raise InputError(
+            ErrorCode.TOO_MANY_RECORDS, f"S3 event with {len(records)} records, the limit is {max_records}"
+        )
     requests = []
     for i, record in enumerate(records):
         try:
@@ -112,8 +113,9 @@ def _eventbridge_requests(document: dict[str, Any], video_id_from: str) -> list[
         bucket = document["detail"]["bucket"]["name"]
         key = document["detail"]["object"]["key"]  # not URL-encoded, unlike S3 notifications
     except (KeyError, TypeError) as exc:
-        raise InputError(ErrorCode.SCHEMA_VIOLATION,
-                         f"EventBridge event without detail.bucket.name and detail.object.key ({exc!r})") from exc
+        raise InputError(
+            ErrorCode.SCHEMA_VIOLATION, f"EventBridge event without detail.bucket.name and detail.object.key ({exc!r})"
+        ) from exc
     if not isinstance(bucket, str) or not isinstance(key, str) or not bucket or not key:
         raise InputError(ErrorCode.SCHEMA_VIOLATION, "EventBridge event: bucket name and object key must be strings")
     return [VideoRequest(video_id=_video_id(bucket, key, video_id_from), bucket=bucket, key=key)]
@@ -157,14 +159,18 @@ def _vet(request: VideoRequest) -> None:
     if _nesting(request.attributes) > MAX_ATTRIBUTES_DEPTH:
         raise InputError(ErrorCode.INVALID_JSON, f"attributes nested deeper than {MAX_ATTRIBUTES_DEPTH} levels")
     try:
-        json.dumps([request.video_id, request.bucket, request.key, request.trace_id, request.submitted_at],
-                   ensure_ascii=False).encode("utf-8")
+        json.dumps(
+            [request.video_id, request.bucket, request.key, request.trace_id, request.submitted_at], ensure_ascii=False
+        ).encode("utf-8")
         size = len(json.dumps(request.attributes, ensure_ascii=False).encode("utf-8"))
     except UnicodeEncodeError as exc:
         raise InputError(ErrorCode.SCHEMA_VIOLATION, "a string holds a lone surrogate (not Unicode text)") from exc
     if size > MAX_ATTRIBUTES_BYTES:
-        raise InputError(ErrorCode.SCHEMA_VIOLATION, f"attributes of {size} bytes serialised, the limit is "
-                                           f"{MAX_ATTRIBUTES_BYTES} (they are echoed into the result)")
+        raise InputError(
+            ErrorCode.SCHEMA_VIOLATION,
+            f"attributes of {size} bytes serialised, the limit is "
+            f"{MAX_ATTRIBUTES_BYTES} (they are echoed into the result)",
+        )
 
 
 def _not_json(constant: str) -> Any:
@@ -178,8 +184,12 @@ def _loads(text: str) -> Any:
         raise InputError(ErrorCode.INVALID_JSON, f"not UTF-8 JSON: {str(exc)[:200]}") from exc
 
 
-def parse_request(value: bytes | None, video_id_from: str = "key", max_records: int = MAX_EVENT_RECORDS,
-                  allowed_buckets: frozenset[str] | None = None) -> list[VideoRequest]:
+def parse_request(
+    value: bytes | None,
+    video_id_from: str = "key",
+    max_records: int = MAX_EVENT_RECORDS,
+    allowed_buckets: frozenset[str] | None = None,
+) -> list[VideoRequest]:
     """The videos a message asks for (an event may name several, or none worth tagging).
 
     Raises InputError (permanent: goes to the DLQ) for anything that is not a valid request, an event with
@@ -188,8 +198,9 @@ def parse_request(value: bytes | None, video_id_from: str = "key", max_records: 
     if value is None:
         raise InputError(ErrorCode.INVALID_JSON, "message has no value (tombstone)")
     if len(value) > MAX_MESSAGE_BYTES:
-        raise InputError(ErrorCode.MESSAGE_TOO_LARGE,
-                         f"message of {len(value)} bytes, the limit is {MAX_MESSAGE_BYTES}")
+        raise InputError(
+            ErrorCode.MESSAGE_TOO_LARGE, f"message of {len(value)} bytes, the limit is {MAX_MESSAGE_BYTES}"
+        )
     try:
         requests = _requests(_loads(value.decode("utf-8")), video_id_from, max_records)
     except UnicodeDecodeError as exc:
@@ -215,14 +226,16 @@ def _requests(document: Any, video_id_from: str, max_records: int, wrapped: bool
         return _eventbridge_requests(document, video_id_from)
     if problem := _violation("request", document):
         raise InputError(ErrorCode.SCHEMA_VIOLATION, problem)
-    return [VideoRequest(
-        video_id=document["video_id"],
-        bucket=document["bucket"],
-        key=document["key"],
-        trace_id=document.get("trace_id"),
-        submitted_at=document.get("submitted_at"),
-        attributes=document.get("attributes", {}),
-    )]
+    return [
+        VideoRequest(
+            video_id=document["video_id"],
+            bucket=document["bucket"],
+            key=document["key"],
+            trace_id=document.get("trace_id"),
+            submitted_at=document.get("submitted_at"),
+            attributes=document.get("attributes", {}),
+        )
+    ]
 
 
 def now_rfc3339() -> str:
@@ -230,16 +243,20 @@ def now_rfc3339() -> str:
 
 
 def request_message(bucket: str, key: str, video_id: str | None = None, **extra: Any) -> dict[str, Any]:
-    message = {"video_id": video_id or key, "bucket": bucket, "key": key,
-               "submitted_at": now_rfc3339(), **extra}
+    message = {"video_id": video_id or key, "bucket": bucket, "key": key, "submitted_at": now_rfc3339(), **extra}
     if problem := _violation("request", message):
         raise ValueError(f"invalid request: {problem}")
     return message
 
 
-def result_message(request: VideoRequest, heads: dict[str, list[Any]], model: dict[str, Any],
-                   timings_ms: dict[str, float], frames: Frames, features_uri: str | None = None
-                   ) -> dict[str, Any]:
+def result_message(
+    request: VideoRequest,
+    heads: dict[str, list[Any]],
+    model: dict[str, Any],
+    timings_ms: dict[str, float],
+    frames: Frames,
+    features_uri: str | None = None,
+) -> dict[str, Any]:
     """`heads`: each head's tags, in order; `tags` repeats the first head's (the field consumers always read)."""
     message: dict[str, Any] = {"video_id": request.video_id, "bucket": request.bucket, "key": request.key}
     if request.trace_id:
@@ -260,16 +277,28 @@ def result_message(request: VideoRequest, heads: dict[str, list[Any]], model: di
     return message
 
 
-def dlq_message(value: bytes | None, error: InputError, attempts: int, video_id: str | None,
-                topic: str, partition: int, offset: int, key: bytes | None) -> dict[str, Any]:
+def dlq_message(
+    value: bytes | None,
+    error: InputError,
+    attempts: int,
+    video_id: str | None,
+    topic: str,
+    partition: int,
+    offset: int,
+    key: bytes | None,
+) -> dict[str, Any]:
     """The original message kept whole (text when it is UTF-8, else base64) so it can be replayed."""
     raw = value or b""
     try:
         original: dict[str, Any] = {"encoding": "text", "value": raw.decode("utf-8")}
     except UnicodeDecodeError:
         original = {"encoding": "base64", "value": base64.b64encode(raw).decode("ascii")}
-    original |= {"topic": topic, "partition": partition, "offset": offset,
-                 "key": key.decode("utf-8", "replace") if key is not None else None}
+    original |= {
+        "topic": topic,
+        "partition": partition,
+        "offset": offset,
+        "key": key.decode("utf-8", "replace") if key is not None else None,
+    }
     return {
         "video_id": video_id,
         "original": original,

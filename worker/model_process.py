@@ -70,10 +70,29 @@ MAX_ARRAY_BYTES = 2 * 1024**3
 MAX_DIMS = 8
 DTYPES: dict[str, np.dtype] = {"float32": np.dtype("<f4"), "float64": np.dtype("<f8")}
 # What the child is told of the settings: the model's (never a Kafka or S3 one, so no secret).
-MODEL_SETTINGS = ("extractor_weights", "predictor_weights", "label_file", "predictors", "allow_random_weights",
-                  "layers", "seg_num", "topk", "device", "engine", "precision", "preprocess", "batch_size",
-                  "cpu_threads", "tensorrt", "model_cache_dir", "max_width", "max_height", "log_level",
-                  "simulated_ms_per_frame", "int8_calibration")
+MODEL_SETTINGS = (
+    "extractor_weights",
+    "predictor_weights",
+    "label_file",
+    "predictors",
+    "allow_random_weights",
+    "layers",
+    "seg_num",
+    "topk",
+    "device",
+    "engine",
+    "precision",
+    "preprocess",
+    "batch_size",
+    "cpu_threads",
+    "tensorrt",
+    "model_cache_dir",
+    "max_width",
+    "max_height",
+    "log_level",
+    "simulated_ms_per_frame",
+    "int8_calibration",
+)
 _ENV_DROPPED = ("AWS_", "VIDEOTAG_")
 
 
@@ -130,8 +149,11 @@ def _array_spec(header: dict[str, Any]) -> tuple[np.dtype, tuple[int, ...]]:
     name, shape = header.get("dtype"), header.get("shape")
     if not isinstance(name, str) or name not in DTYPES:
         raise FramingError(f"dtype {name!r} is not one of {sorted(DTYPES)}")
-    if not isinstance(shape, list) or len(shape) > MAX_DIMS or \
-            not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+    if (
+        not isinstance(shape, list)
+        or len(shape) > MAX_DIMS
+        or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
+    ):
         raise FramingError(f"shape {shape!r} is not a list of at most {MAX_DIMS} sizes")
     dtype = DTYPES[name]
     count = 1
@@ -175,8 +197,7 @@ class RemoteEngine:
 class ModelProcess:
     """The worker's handle on its model process: starts it, sends requests, restarts it when it dies."""
 
-    def __init__(self, settings: Settings, metrics: Metrics | None = None,
-                 command: tuple[str, ...] = COMMAND) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics | None = None, command: tuple[str, ...] = COMMAND) -> None:
         self.settings = settings
         self.metrics = metrics
         self.command = command
@@ -241,13 +262,31 @@ class ModelProcess:
 
         d = self.description
         config: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in d["extractor_config"].items()}
-        heads = tuple(Head(h["name"], RemoteEngine(self, f"head:{h['name']}"), h["labels"],
-                           TagControl(np.array(h["control"]["floors"], dtype=np.float64),
-                                      tuple(h["control"]["names"]), tuple(h["control"]["groups"])),
-                           h["topk"], h["weights"]) for h in d["heads"])
-        return VideoTagger(ExtractorConfig(**config), RemoteEngine(self, "extractor"), heads,
-                           preprocess=d["preprocess"], batch_size=d["batch_size"], max_width=d["max_width"],
-                           max_height=d["max_height"], info=d["info"])
+        heads = tuple(
+            Head(
+                h["name"],
+                RemoteEngine(self, f"head:{h['name']}"),
+                h["labels"],
+                TagControl(
+                    np.array(h["control"]["floors"], dtype=np.float64),
+                    tuple(h["control"]["names"]),
+                    tuple(h["control"]["groups"]),
+                ),
+                h["topk"],
+                h["weights"],
+            )
+            for h in d["heads"]
+        )
+        return VideoTagger(
+            ExtractorConfig(**config),
+            RemoteEngine(self, "extractor"),
+            heads,
+            preprocess=d["preprocess"],
+            batch_size=d["batch_size"],
+            max_width=d["max_width"],
+            max_height=d["max_height"],
+            info=d["info"],
+        )
 
     # requests --------------------------------------------------------------------------------------------
 
@@ -274,8 +313,9 @@ class ModelProcess:
             with self._lock:
                 owned = self._pending.pop(request_id, None) is not None
             if owned:
-                future.set_exception(SystemicError(ErrorCode.MODEL_PROCESS_DIED,
-                                                   f"the model process died while sent a batch ({exc})"))
+                future.set_exception(
+                    SystemicError(ErrorCode.MODEL_PROCESS_DIED, f"the model process died while sent a batch ({exc})")
+                )
         return future
 
     # the child ---------------------------------------------------------------------------------------------
@@ -298,17 +338,21 @@ class ModelProcess:
         self._read_replies(child, generation)
 
     def _launch(self) -> tuple[subprocess.Popen[bytes], int, dict[str, Any]]:
-        child = subprocess.Popen(self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                 env=model_environment(os.environ))
+        child = subprocess.Popen(
+            self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=model_environment(os.environ)
+        )
         assert child.stdin is not None and child.stdout is not None
         try:
-            write_message(child.stdin, {"op": "start", "parent": os.getpid(),
-                                        "settings": model_settings(self.settings)})
+            write_message(
+                child.stdin, {"op": "start", "parent": os.getpid(), "settings": model_settings(self.settings)}
+            )
             header, _ = read_message(child.stdout)
         except (EOFError, FramingError, OSError) as exc:
             _end(child)
-            raise SystemicError(ErrorCode.MODEL_PROCESS_DIED, f"the model process died while loading "
-                                                              f"({exit_reason(child.returncode)}; {exc})") from None
+            raise SystemicError(
+                ErrorCode.MODEL_PROCESS_DIED,
+                f"the model process died while loading ({exit_reason(child.returncode)}; {exc})",
+            ) from None
         if header.get("status") != "ready":
             _end(child)
             if header.get("status") == "config_error":
@@ -316,8 +360,11 @@ class ModelProcess:
             raise SystemicError(ErrorCode.MODEL_PROCESS_DIED, f"the model process answered {header.get('status')!r}")
         if self.description and _chain_of(header) != _chain_of(self.description):
             _end(child)  # the worker tags with the first one's labels and publishes its info
-            raise SystemicError(ErrorCode.MODEL_PROCESS_DIED, "the restarted model process loaded another chain "
-                                                              "(weights or labels changed on disk): restart the worker")
+            raise SystemicError(
+                ErrorCode.MODEL_PROCESS_DIED,
+                "the restarted model process loaded another chain "
+                "(weights or labels changed on disk): restart the worker",
+            )
         with self._lock:
             if self._closed.is_set():  # closed while it loaded
                 _end(child)
@@ -362,8 +409,7 @@ class ModelProcess:
                 how += f", after a malformed reply: {cause}"
             self._reason = f"model process died ({how}); restarting it"
         self._set_up(False)
-        log.error("model process %d died (%s) with %d batches in flight: restarting it", child.pid, how,
-                  len(pending))
+        log.error("model process %d died (%s) with %d batches in flight: restarting it", child.pid, how, len(pending))
         self._fail(pending, f"the model process died ({how})")
         threading.Thread(target=self._restart, name="model-restart", daemon=True).start()
 
@@ -428,8 +474,9 @@ def model_settings(settings: Settings) -> dict[str, Any]:
 def model_environment(parent: Mapping[str, str]) -> dict[str, str]:
     """The child's environment: the worker's (Paddle's and CUDA's variables count) without credentials or settings
     (it is told those it needs), but with the directory of the hyper-parameter files, which both must read alike."""
-    return {name: value for name, value in parent.items()
-            if name == CONFIG_DIR_ENV or not name.startswith(_ENV_DROPPED)}
+    return {
+        name: value for name, value in parent.items() if name == CONFIG_DIR_ENV or not name.startswith(_ENV_DROPPED)
+    }
 
 
 def config_error(header: Mapping[str, Any]) -> Exception:
@@ -439,8 +486,12 @@ def config_error(header: Mapping[str, Any]) -> Exception:
     from models.weights import WeightsError
     from worker.settings import SettingsError
 
-    kinds: dict[str, type[Exception]] = {"WeightsError": WeightsError, "LabelsError": LabelsError,
-                                         "SettingsError": SettingsError, "EngineOptionsError": EngineOptionsError}
+    kinds: dict[str, type[Exception]] = {
+        "WeightsError": WeightsError,
+        "LabelsError": LabelsError,
+        "SettingsError": SettingsError,
+        "EngineOptionsError": EngineOptionsError,
+    }
     return kinds.get(str(header.get("error")), ConfigError)(str(header.get("message")))
 
 
@@ -449,13 +500,30 @@ def config_error(header: Mapping[str, Any]) -> Exception:
 
 def describe(tagger: VideoTagger) -> dict[str, Any]:
     """What the worker needs of the loaded chain to tag without the networks (the `ready` message)."""
-    return {"status": "ready", "pid": os.getpid(), "info": tagger.info,
-            "extractor_config": dataclasses.asdict(tagger.extractor_config),
-            "preprocess": tagger.preprocess, "batch_size": tagger.batch_size, "max_width": tagger.max_width,
-            "max_height": tagger.max_height,
-            "heads": [{"name": head.name, "labels": head.labels, "topk": head.topk, "weights": head.weights,
-                       "control": {"floors": head.control.floors.tolist(), "names": list(head.control.names),
-                                   "groups": list(head.control.groups)}} for head in tagger.heads]}
+    return {
+        "status": "ready",
+        "pid": os.getpid(),
+        "info": tagger.info,
+        "extractor_config": dataclasses.asdict(tagger.extractor_config),
+        "preprocess": tagger.preprocess,
+        "batch_size": tagger.batch_size,
+        "max_width": tagger.max_width,
+        "max_height": tagger.max_height,
+        "heads": [
+            {
+                "name": head.name,
+                "labels": head.labels,
+                "topk": head.topk,
+                "weights": head.weights,
+                "control": {
+                    "floors": head.control.floors.tolist(),
+                    "names": list(head.control.names),
+                    "groups": list(head.control.groups),
+                },
+            }
+            for head in tagger.heads
+        ],
+    }
 
 
 def serve(tagger: VideoTagger, requests: IO[bytes], replies: IO[bytes], max_batch: int) -> None:
@@ -474,8 +542,12 @@ def serve(tagger: VideoTagger, requests: IO[bytes], replies: IO[bytes], max_batc
         if error is None:
             output = future.result()
         elif isinstance(error, CodedError):
-            header |= {"status": "coded", "error": "systemic" if isinstance(error, SystemicError) else "input",
-                       "code": error.code.value, "message": error.message}
+            header |= {
+                "status": "coded",
+                "error": "systemic" if isinstance(error, SystemicError) else "input",
+                "code": error.code.value,
+                "message": error.message,
+            }
         else:
             header |= {"status": "error", "message": f"{type(error).__name__}: {str(error)[:500]}"}
         with write_lock:
@@ -490,8 +562,10 @@ def serve(tagger: VideoTagger, requests: IO[bytes], replies: IO[bytes], max_batc
         engine = engines.get(str(header.get("engine")))
         if engine is None or batch is None:
             with write_lock:
-                write_message(replies, {"id": request_id, "status": "error",
-                                        "message": f"no engine {header.get('engine')!r} or no batch"})
+                write_message(
+                    replies,
+                    {"id": request_id, "status": "error", "message": f"no engine {header.get('engine')!r} or no batch"},
+                )
             continue
         future = model_thread.submit(engine, batch)
         future.add_done_callback(functools.partial(reply, request_id))
@@ -510,8 +584,11 @@ def main() -> None:
     from worker.settings import load_settings
 
     settings_values = start["settings"]
-    logging.basicConfig(level=str(settings_values.get("log_level", "INFO")).upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s[model %(process)d]: %(message)s")
+    logging.basicConfig(
+        level=str(settings_values.get("log_level", "INFO")).upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s[model %(process)d]: %(message)s",
+    )
     try:
         settings = load_settings(env={}, overrides=settings_values)
         tagger = load_tagger(settings)

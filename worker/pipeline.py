@@ -98,8 +98,12 @@ class ModelThread:
                 if request is None:
                     self._queue.put(None)  # stop after this group
                     break
-                if request.engine is not first.engine or request.batch.shape[1:] != first.batch.shape[1:] \
-                        or request.batch.dtype != first.batch.dtype or rows + len(request.batch) > self.max_batch:
+                if (
+                    request.engine is not first.engine
+                    or request.batch.shape[1:] != first.batch.shape[1:]
+                    or request.batch.dtype != first.batch.dtype
+                    or rows + len(request.batch) > self.max_batch
+                ):
                     self._pending = request
                     break
                 group.append(request)
@@ -118,8 +122,12 @@ def run_group(group: list[_Request]) -> None:
         if len(group) == 1:
             group[0].future.set_exception(exc)
             return
-        log.warning("a merged batch of %d requests failed (%s: %s): running them one by one", len(group),
-                    type(exc).__name__, exc)
+        log.warning(
+            "a merged batch of %d requests failed (%s: %s): running them one by one",
+            len(group),
+            type(exc).__name__,
+            exc,
+        )
         for request in group:
             run_group([request])
         return
@@ -131,5 +139,8 @@ def run_group(group: list[_Request]) -> None:
 
 def replace_engines(tagger: VideoTagger, wrap: Callable[[Engine], Engine]) -> VideoTagger:
     """The same tagger with each network engine (extractor, every head's predictor) passed through `wrap`."""
-    return replace(tagger, extractor=wrap(tagger.extractor),
-                   heads=tuple(replace(head, predictor=wrap(head.predictor)) for head in tagger.heads))
+    return replace(
+        tagger,
+        extractor=wrap(tagger.extractor),
+        heads=tuple(replace(head, predictor=wrap(head.predictor)) for head in tagger.heads),
+    )

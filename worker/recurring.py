@@ -34,8 +34,9 @@ def due(previous: Lasting | None, message: str, now: float, repeat_s: float) -> 
 
 
 class RecurringErrors:
-    def __init__(self, log: logging.Logger, repeat_s: float = REPEAT_S,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, log: logging.Logger, repeat_s: float = REPEAT_S, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._log = log
         self._repeat_s = repeat_s
         self._clock = clock

@@ -181,31 +181,45 @@ def settings_problems(s: Settings) -> list[str]:
         problems.append("setting 'allowed_buckets': names no bucket (unset it to allow any)")
     problems += lane_problems(s.input_topic_names(), s.retry_topic, s.output_topic, s.dlq_topic)
     if s.publish_timeout_s * 1000 <= s.delivery_timeout_ms:
-        problems.append(f"publish_timeout_s ({s.publish_timeout_s:g} s) must exceed delivery_timeout_ms "
-                        f"({s.delivery_timeout_ms} ms): else the worker re-sends a record its producer still retries")
+        problems.append(
+            f"publish_timeout_s ({s.publish_timeout_s:g} s) must exceed delivery_timeout_ms "
+            f"({s.delivery_timeout_ms} ms): else the worker re-sends a record its producer still retries"
+        )
     if s.delivery_timeout_ms < KAFKA_REQUEST_TIMEOUT_MS + 5:
-        problems.append(f"delivery_timeout_ms ({s.delivery_timeout_ms}) must allow one produce request "
-                        f"({KAFKA_REQUEST_TIMEOUT_MS} ms) plus the linger")
+        problems.append(
+            f"delivery_timeout_ms ({s.delivery_timeout_ms}) must allow one produce request "
+            f"({KAFKA_REQUEST_TIMEOUT_MS} ms) plus the linger"
+        )
     if s.heartbeat_interval_ms * 3 > s.session_timeout_ms:
-        problems.append(f"heartbeat_interval_ms ({s.heartbeat_interval_ms}) must be at most a third of "
-                        f"session_timeout_ms ({s.session_timeout_ms}), so that a missed heartbeat is not an eviction")
+        problems.append(
+            f"heartbeat_interval_ms ({s.heartbeat_interval_ms}) must be at most a third of "
+            f"session_timeout_ms ({s.session_timeout_ms}), so that a missed heartbeat is not an eviction"
+        )
     if s.max_poll_interval_ms < s.session_timeout_ms:
-        problems.append(f"max_poll_interval_ms ({s.max_poll_interval_ms}) is the rebalance timeout and must be at "
-                        f"least session_timeout_ms ({s.session_timeout_ms})")
+        problems.append(
+            f"max_poll_interval_ms ({s.max_poll_interval_ms}) is the rebalance timeout and must be at "
+            f"least session_timeout_ms ({s.session_timeout_ms})"
+        )
     if not s.decode_timeout_s <= s.video_timeout_s < s.stuck_after_s:
-        problems.append(f"decode_timeout_s ({s.decode_timeout_s:g}) ≤ video_timeout_s ({s.video_timeout_s:g}) < "
-                        f"stuck_after_s ({s.stuck_after_s:g}) must hold: a video's decode ends within its deadline, "
-                        "and a video past its deadline is cancelled before the worker is called stuck")
+        problems.append(
+            f"decode_timeout_s ({s.decode_timeout_s:g}) ≤ video_timeout_s ({s.video_timeout_s:g}) < "
+            f"stuck_after_s ({s.stuck_after_s:g}) must hold: a video's decode ends within its deadline, "
+            "and a video past its deadline is cancelled before the worker is called stuck"
+        )
     if s.decoder_max_memory_bytes < DECODER_MIN_MEMORY_BYTES:
-        problems.append(f"decoder_max_memory_bytes ({s.decoder_max_memory_bytes}) must be at least "
-                        f"{DECODER_MIN_MEMORY_BYTES}: a decoder process needs about half of that to start")
+        problems.append(
+            f"decoder_max_memory_bytes ({s.decoder_max_memory_bytes}) must be at least "
+            f"{DECODER_MIN_MEMORY_BYTES}: a decoder process needs about half of that to start"
+        )
     if s.simulated_ms_per_frame < 0:
         problems.append("setting 'simulated_ms_per_frame': must be at least 0")
     if s.decoder_max_cpu_s < 1:
         problems.append("setting 'decoder_max_cpu_s': must be at least 1")
     if s.termination_grace_s is not None and s.drain_grace_s + STOP_MARGIN_S > s.termination_grace_s:
-        problems.append(f"drain_grace_s ({s.drain_grace_s:g}) + {STOP_MARGIN_S:g} s to stop must fit in "
-                        f"termination_grace_s ({s.termination_grace_s:g}): else the pod is killed mid-drain")
+        problems.append(
+            f"drain_grace_s ({s.drain_grace_s:g}) + {STOP_MARGIN_S:g} s to stop must fit in "
+            f"termination_grace_s ({s.termination_grace_s:g}): else the pod is killed mid-drain"
+        )
     return problems
 
 
@@ -221,15 +235,18 @@ def _field_hints(cls: type) -> dict[str, Any]:
 
 def _field_types(cls: type) -> dict[str, type]:
     """Field name → its type: the container of `list[X]`, the values' type of a `Literal`."""
-    return {name: type(typing.get_args(hint)[0]) if typing.get_origin(hint) is Literal
-            else typing.get_origin(hint) or hint for name, hint in _field_hints(cls).items()}
+    return {
+        name: type(typing.get_args(hint)[0]) if typing.get_origin(hint) is Literal else typing.get_origin(hint) or hint
+        for name, hint in _field_hints(cls).items()
+    }
 
 
 FIELD_TYPES = _field_types(Settings)
 HEAD_FIELD_TYPES = _field_types(HeadSpec)
 # The fixed-choice settings → their allowed values, in the order their Literal lists them.
-CHOICES: dict[str, tuple[Any, ...]] = {name: typing.get_args(hint) for name, hint in _field_hints(Settings).items()
-                                       if typing.get_origin(hint) is Literal}
+CHOICES: dict[str, tuple[Any, ...]] = {
+    name: typing.get_args(hint) for name, hint in _field_hints(Settings).items() if typing.get_origin(hint) is Literal
+}
 
 
 def split_list(text: str) -> list[str]:
@@ -331,8 +348,9 @@ def load_settings(
 ) -> Settings:
     """Merge the layers in order of precedence: defaults < file < environment < overrides (flags). Each value is
     checked with where it came from (the YAML it defaults from, the file, the variable, the flag)."""
-    values: dict[str, tuple[Any, str]] = {name: (config_value(file, name), str(config_dir() / file))
-                                          for name, file in YAML_DEFAULTS.items()}
+    values: dict[str, tuple[Any, str]] = {
+        name: (config_value(file, name), str(config_dir() / file)) for name, file in YAML_DEFAULTS.items()
+    }
     if path is not None:
         data = _settings_file(Path(path))
         values.update((name, (value, str(path))) for name, value in data.items())

@@ -49,16 +49,30 @@ _ANSWERS: dict[str, tuple[ErrorCode, bool]] = {
     **dict.fromkeys(("NoSuchKey", "NotFound", "NoSuchVersion"), (ErrorCode.NO_SUCH_KEY, False)),
     "NoSuchBucket": (ErrorCode.NO_SUCH_BUCKET, False),
     # Keys and requests the server will never accept (e.g. SeaweedFS: `..` or NUL in a key): retrying cannot help.
-    **dict.fromkeys(("InvalidBucketName", "KeyTooLongError", "InvalidObjectName", "InvalidObjectState",
-                     "InvalidRequest", "InvalidArgument", "InvalidURI"), (ErrorCode.INVALID_REQUEST, False)),
+    **dict.fromkeys(
+        (
+            "InvalidBucketName",
+            "KeyTooLongError",
+            "InvalidObjectName",
+            "InvalidObjectState",
+            "InvalidRequest",
+            "InvalidArgument",
+            "InvalidURI",
+        ),
+        (ErrorCode.INVALID_REQUEST, False),
+    ),
     # AWS also answers AccessDenied for a missing key when the role lacks s3:ListBucket.
     **dict.fromkeys(("AccessDenied", "AllAccessDisabled"), (ErrorCode.ACCESS_DENIED, False)),
     # 400s and 403s about our credentials or clock: every request gets the same answer until they are fixed.
-    **dict.fromkeys(("ExpiredToken", "TokenRefreshRequired", "InvalidToken", "InvalidAccessKeyId",
-                     "SignatureDoesNotMatch"), (ErrorCode.S3_CREDENTIALS, True)),
+    **dict.fromkeys(
+        ("ExpiredToken", "TokenRefreshRequired", "InvalidToken", "InvalidAccessKeyId", "SignatureDoesNotMatch"),
+        (ErrorCode.S3_CREDENTIALS, True),
+    ),
     "RequestTimeTooSkewed": (ErrorCode.S3_CLOCK_SKEW, True),
-    **dict.fromkeys(("SlowDown", "Throttling", "ThrottlingException", "TooManyRequests", "RequestLimitExceeded"),
-                    (ErrorCode.S3_THROTTLED, True)),
+    **dict.fromkeys(
+        ("SlowDown", "Throttling", "ThrottlingException", "TooManyRequests", "RequestLimitExceeded"),
+        (ErrorCode.S3_THROTTLED, True),
+    ),
     # RequestTimeout (a 400): the connection went idle in transit, a network fault.
     **dict.fromkeys(("ServiceUnavailable", "RequestTimeout"), (ErrorCode.S3_UNAVAILABLE, True)),
     "InternalError": (ErrorCode.S3_SERVER_ERROR, False),
@@ -72,8 +86,12 @@ _STATUSES: dict[int, tuple[ErrorCode, bool]] = {
     500: (ErrorCode.S3_SERVER_ERROR, False),
     **dict.fromkeys((502, 503, 504), (ErrorCode.S3_UNAVAILABLE, True)),  # the front says the store is not serving
 }
-_CREDENTIAL_ERRORS = (botocore.exceptions.NoCredentialsError, botocore.exceptions.PartialCredentialsError,
-                      botocore.exceptions.CredentialRetrievalError, botocore.exceptions.TokenRetrievalError)
+_CREDENTIAL_ERRORS = (
+    botocore.exceptions.NoCredentialsError,
+    botocore.exceptions.PartialCredentialsError,
+    botocore.exceptions.CredentialRetrievalError,
+    botocore.exceptions.TokenRetrievalError,
+)
 # The store answered, then the body broke off or came short: this object's transfer, not an outage.
 _TRUNCATED = (botocore.exceptions.ResponseStreamingError, botocore.exceptions.IncompleteReadError)
 
@@ -160,8 +178,9 @@ def _s3_error(exc: Exception, where: str) -> CodedError | None:
         detail = type(exc).__name__
     if code.kind is Kind.PERMANENT:
         return InputError(code, f"{where}: {detail}")
-    return TransientError(code, f"{where}: {detail}", outage,
-                          answered=isinstance(exc, (botocore.exceptions.ClientError, *_TRUNCATED)))
+    return TransientError(
+        code, f"{where}: {detail}", outage, answered=isinstance(exc, (botocore.exceptions.ClientError, *_TRUNCATED))
+    )
 
 
 class TempBudget:
@@ -207,8 +226,9 @@ def put_object(client: S3Client, bucket: str, key: str, body: bytes, metadata: d
         raise TransientError(exc.code, str(exc), outage=False) from exc
 
 
-def make_client(endpoint_url: str | None, region: str | None, connect_timeout: float, read_timeout: float,
-                attempts: int = 1) -> S3Client:
+def make_client(
+    endpoint_url: str | None, region: str | None, connect_timeout: float, read_timeout: float, attempts: int = 1
+) -> S3Client:
     """A boto3 client with the standard credential chain. The worker's retries are its own, so botocore makes
     one attempt; a command without retries of its own (a backfill's listing) asks for botocore's `attempts`."""
     config = botocore.config.Config(

@@ -37,8 +37,9 @@ class NoTelemetry:
     def publish(self, trace: TraceContext, attributes: Mapping[str, Any]) -> Iterator[str]:
         yield new_span_id()
 
-    def stages(self, trace: TraceContext, started_ns: int, timings_ms: Mapping[str, float],
-               attributes: Mapping[str, Any]) -> None:
+    def stages(
+        self, trace: TraceContext, started_ns: int, timings_ms: Mapping[str, float], attributes: Mapping[str, Any]
+    ) -> None:
         return None
 
     def shutdown(self) -> None:
@@ -57,12 +58,17 @@ class Telemetry(NoTelemetry):
 
     def _parent(self, trace: TraceContext) -> Any:
         otel = self._otel
-        parent = otel.SpanContext(trace_id=int(trace.trace_id, 16), span_id=int(trace.parent_span_id, 16),
-                                  is_remote=True, trace_flags=otel.TraceFlags(trace.flags))
+        parent = otel.SpanContext(
+            trace_id=int(trace.trace_id, 16),
+            span_id=int(trace.parent_span_id, 16),
+            is_remote=True,
+            trace_flags=otel.TraceFlags(trace.flags),
+        )
         return otel.set_span_in_context(otel.NonRecordingSpan(parent))
 
-    def stages(self, trace: TraceContext, started_ns: int, timings_ms: Mapping[str, float],
-               attributes: Mapping[str, Any]) -> None:
+    def stages(
+        self, trace: TraceContext, started_ns: int, timings_ms: Mapping[str, float], attributes: Mapping[str, Any]
+    ) -> None:
         """A span per stage in `timings_ms` (those of STAGES, in their order), end to end from `started_ns`."""
         context = self._parent(trace)
         at = started_ns
@@ -78,8 +84,9 @@ class Telemetry(NoTelemetry):
     def publish(self, trace: TraceContext, attributes: Mapping[str, Any]) -> Iterator[str]:
         """The span of publishing one record (from the first try to the broker's acknowledgement; exactly-once:
         until it is held for its transaction); yields its span id, for the record's header."""
-        span = self._tracer.start_span("publish", context=self._parent(trace), kind=self._otel.SpanKind.PRODUCER,
-                                       attributes=dict(attributes))
+        span = self._tracer.start_span(
+            "publish", context=self._parent(trace), kind=self._otel.SpanKind.PRODUCER, attributes=dict(attributes)
+        )
         try:
             yield format(span.get_span_context().span_id, "016x")
         except BaseException as exc:
@@ -109,8 +116,9 @@ def make_telemetry(endpoint: str | None, resource: Mapping[str, str] | None = No
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
     except ImportError as exc:
-        raise SettingsError("setting 'otel_exporter_otlp_endpoint' needs OpenTelemetry: pip install "
-                            f"'videotag[otel]' ({exc})") from exc
+        raise SettingsError(
+            f"setting 'otel_exporter_otlp_endpoint' needs OpenTelemetry: pip install 'videotag[otel]' ({exc})"
+        ) from exc
     provider = TracerProvider(resource=Resource.create({"service.name": SERVICE_NAME, **(resource or {})}))
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=traces_url(endpoint))))
     log.info("exporting spans to %s", traces_url(endpoint))

@@ -107,8 +107,9 @@ def incoming(headers: Iterable[tuple[str, bytes | None]] | None = None, trace_id
     return incoming_all(headers, [trace_id])[0]
 
 
-def incoming_all(headers: Iterable[tuple[str, bytes | None]] | None,
-                 trace_ids: Sequence[str | None]) -> list[TraceContext]:
+def incoming_all(
+    headers: Iterable[tuple[str, bytes | None]] | None, trace_ids: Sequence[str | None]
+) -> list[TraceContext]:
     """The traces of the requests one message holds (an S3 event may hold several; each with its `trace_id`
     field): the message's `traceparent` header for all, else each one's field, else one new trace for them all."""
     parsed = parse_traceparent(header_value(headers))

@@ -48,8 +48,9 @@ class Output:
     headers: list[tuple[str, bytes]] = field(default_factory=list)
 
 
-def transactional_id(settings: Settings, host: str | None = None, pid: int | None = None,
-                     token: str | None = None) -> str:
+def transactional_id(
+    settings: Settings, host: str | None = None, pid: int | None = None, token: str | None = None
+) -> str:
     """Stable for a static member (its restart fences its zombie); otherwise unique to this process, so that two
     workers on one host never fence each other."""
     if settings.group_instance_id:
@@ -71,8 +72,13 @@ class HeldOutputs:
 
     def below(self, commits: dict[Partition, int]) -> list[Output]:
         """The outputs a transaction committing `commits` publishes: every held one below its partition's commit."""
-        return [out for tp, end in commits.items() for offset, outs in sorted(self.held.get(tp, {}).items())
-                if offset < end for out in outs]
+        return [
+            out
+            for tp, end in commits.items()
+            for offset, outs in sorted(self.held.get(tp, {}).items())
+            if offset < end
+            for out in outs
+        ]
 
     def release(self, commits: dict[Partition, int]) -> None:
         for tp, end in commits.items():
@@ -114,8 +120,9 @@ class Transactions:
     def busy(self) -> bool:
         return self._inflight is not None and not self._inflight.done()
 
-    def submit(self, offsets: dict[TopicPartition, OffsetAndMetadata], outputs: list[Output],
-               group_metadata: Any) -> None:
+    def submit(
+        self, offsets: dict[TopicPartition, OffsetAndMetadata], outputs: list[Output], group_metadata: Any
+    ) -> None:
         """Publish `outputs` and commit `offsets` in one transaction, on this object's thread."""
         assert not self.busy and self.producer is not None
         self._inflight = self._thread.submit(self._run, self.producer, offsets, outputs, group_metadata)
@@ -129,8 +136,12 @@ class Transactions:
         return outcome
 
     @staticmethod
-    def _run(producer: KafkaProducer, offsets: dict[TopicPartition, OffsetAndMetadata], outputs: list[Output],
-             group_metadata: Any) -> Outcome:
+    def _run(
+        producer: KafkaProducer,
+        offsets: dict[TopicPartition, OffsetAndMetadata],
+        outputs: list[Output],
+        group_metadata: Any,
+    ) -> Outcome:
         commits = {(tp.topic, tp.partition): meta.offset for tp, meta in offsets.items()}
         try:
             producer.begin_transaction()

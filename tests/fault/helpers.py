@@ -28,8 +28,28 @@ def tiny_clips(directory: Path, seconds: float = 1.0) -> list[Path]:
     clips = []
     for i, source in enumerate(CLIP_SOURCES):
         out = directory / f"tiny-{i}.mp4"
-        subprocess.run([ffmpeg, "-loglevel", "error", "-y", "-f", "lavfi", "-i", source, "-t", str(seconds),
-                        "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", str(out)], check=True)
+        subprocess.run(
+            [
+                ffmpeg,
+                "-loglevel",
+                "error",
+                "-y",
+                "-f",
+                "lavfi",
+                "-i",
+                source,
+                "-t",
+                str(seconds),
+                "-c:v",
+                "libx264",
+                "-preset",
+                "ultrafast",
+                "-pix_fmt",
+                "yuv420p",
+                str(out),
+            ],
+            check=True,
+        )
         clips.append(out)
     return clips
 
@@ -56,8 +76,14 @@ class AnswerCollector:
         self.answers: list[Answer] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest",
-                                       enable_auto_commit=False, request_timeout_ms=10000, **options)
+        self._consumer = KafkaConsumer(
+            bootstrap_servers=bootstrap,
+            group_id=None,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+            request_timeout_ms=10000,
+            **options,
+        )
         self._consumer.assign([TopicPartition(topics.output, 0), TopicPartition(topics.dlq, 0)])
         self._dlq = topics.dlq
         self._thread = threading.Thread(target=self._run, name="answers", daemon=True)
@@ -114,7 +140,7 @@ def sample_metric(text: str, name: str, labels: str = "") -> float:
     prefix = f"{name}{{{labels}}} " if labels else f"{name} "
     for line in text.splitlines():
         if line.startswith(prefix):
-            return float(line[len(prefix):])
+            return float(line[len(prefix) :])
     return 0.0
 
 
@@ -146,12 +172,13 @@ class LoopbackServer:
 
 def _error_answer(status: str, code: str) -> bytes:
     body = f'<?xml version="1.0"?><Error><Code>{code}</Code><Message>injected by the test</Message></Error>'.encode()
-    return (f"HTTP/1.1 {status}\r\nContent-Type: application/xml\r\nContent-Length: {len(body)}\r\n\r\n"
-            .encode() + body)
+    return f"HTTP/1.1 {status}\r\nContent-Type: application/xml\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body
 
 
-ERROR_ANSWERS = {"error500": _error_answer("500 Internal Server Error", "InternalError"),
-                 "error403": _error_answer("403 Forbidden", "AccessDenied")}
+ERROR_ANSWERS = {
+    "error500": _error_answer("500 Internal Server Error", "InternalError"),
+    "error403": _error_answer("403 Forbidden", "AccessDenied"),
+}
 
 
 class StallingProxy(LoopbackServer):
@@ -280,7 +307,7 @@ class _Connection:
                 chunk = view[:allowed]
                 self.client.sendall(chunk)
                 self.sent += len(chunk)
-                view = view[len(chunk):]
+                view = view[len(chunk) :]
             if view:
                 time.sleep(0.25 if mode == "dribble" else 0.05)
         return True

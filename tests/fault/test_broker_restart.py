@@ -28,9 +28,12 @@ def _produce(broker: KafkaServer, topics: Topics, bucket: str, keys: list[str], 
     deadline = time.monotonic() + 60
     while True:  # the broker may still be settling after its restart
         try:
-            produce(broker.bootstrap_servers, topics.input, [request(v, bucket, keys[i % len(keys)])
-                                                             for i, v in enumerate(ids)],
-                    keys=[v.encode() for v in ids])
+            produce(
+                broker.bootstrap_servers,
+                topics.input,
+                [request(v, bucket, keys[i % len(keys)]) for i, v in enumerate(ids)],
+                keys=[v.encode() for v in ids],
+            )
             return
         except Exception:
             if time.monotonic() > deadline:
@@ -74,15 +77,19 @@ def test_broker_restart_loses_nothing(spawn: SpawnWorker, clips: list[Path], tmp
             deadline = time.monotonic() + 90
             while not set(phases[phase]) & set(collector.by_id()) and time.monotonic() < deadline:
                 time.sleep(0.1)
-            figures.append(f"{how}: {answered} answered before, broker down {downtime:.1f} s, first answer to a "
-                           f"request sent after the restart {time.monotonic() - down:.1f} s after it began")
+            figures.append(
+                f"{how}: {answered} answered before, broker down {downtime:.1f} s, first answer to a "
+                f"request sent after the restart {time.monotonic() - down:.1f} s after it began"
+            )
         everything = {v for ids in phases.values() for v in ids}
         missing = collector.wait_for(everything, timeout=150)
         time.sleep(2)
         answers = collector.by_id()
         duplicates = sum(len(v) - 1 for v in answers.values())
-        print(f"\nBROKER RESTART: {'; '.join(figures)}; requests {len(everything)}, lost {len(missing)}, "
-              f"duplicates {duplicates}")
+        print(
+            f"\nBROKER RESTART: {'; '.join(figures)}; requests {len(everything)}, lost {len(missing)}, "
+            f"duplicates {duplicates}"
+        )
         assert missing == set()
         assert all(a.kind == "result" for recs in answers.values() for a in recs)
         assert all(w.process.poll() is None for w in workers), "a worker exited"

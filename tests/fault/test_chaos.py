@@ -58,9 +58,16 @@ def _plan(bucket: str, good_keys: list[str], rng: random.Random) -> list[tuple[s
 
 
 @pytest.mark.parametrize("delivery", ["at_least_once", "exactly_once"])
-def test_chaos_kills_lose_nothing(spawn: SpawnWorker, kafka_broker: KafkaServer, s3_server: S3Server,
-                                  topics: Topics, bucket: str, unique_group_id: str, clips: list[Path],
-                                  delivery: str) -> None:
+def test_chaos_kills_lose_nothing(
+    spawn: SpawnWorker,
+    kafka_broker: KafkaServer,
+    s3_server: S3Server,
+    topics: Topics,
+    bucket: str,
+    unique_group_id: str,
+    clips: list[Path],
+    delivery: str,
+) -> None:
     """Exactly-once: a read_committed reader sees one answer per request, none lost; at-least-once: none lost."""
     seed = int(os.environ.get("CHAOS_SEED") or random.randrange(1 << 30))  # CHAOS_SEED=N replays a plan
     rng = random.Random(seed)
@@ -76,8 +83,15 @@ def test_chaos_kills_lose_nothing(spawn: SpawnWorker, kafka_broker: KafkaServer,
     expected = {ident: outcome for ident, _, outcome in plan}
 
     def start_worker(slot: int) -> WorkerProcess:  # a pod: the restarted container keeps its name
-        return spawn(kafka_broker, s3_server, topics, unique_group_id, env={"POD_NAME": f"chaos-{slot}"},
-                     delivery=delivery, **SETTINGS)
+        return spawn(
+            kafka_broker,
+            s3_server,
+            topics,
+            unique_group_id,
+            env={"POD_NAME": f"chaos-{slot}"},
+            delivery=delivery,
+            **SETTINGS,
+        )
 
     slots = [start_worker(slot) for slot in range(WORKERS)]
     for worker in slots:
@@ -126,8 +140,9 @@ def test_chaos_kills_lose_nothing(spawn: SpawnWorker, kafka_broker: KafkaServer,
         answers = collector.by_id()
         committed = _committed(kafka_broker, topics, unique_group_id)
         # only the chaos loop may end a worker: one that exited by itself (say, on a rebalance) is a bug
-        crashed = {w.metrics_port: (w.process.returncode, w.log()[-2000:])
-                   for w in slots if w.process.poll() is not None}
+        crashed = {
+            w.metrics_port: (w.process.returncode, w.log()[-2000:]) for w in slots if w.process.poll() is not None
+        }
     finally:
         stop.set()
         collector.close()
@@ -140,18 +155,23 @@ def test_chaos_kills_lose_nothing(spawn: SpawnWorker, kafka_broker: KafkaServer,
     mid_video = sum(1 for _, inflight in kills if inflight > 0)
     lost = sorted(missing)
     hidden = [a.received - a.timestamp_ms / 1e3 for recs in answers.values() for a in recs]  # written → readable
-    print(f"\nCHAOS {delivery} seed={seed}: {REQUESTS} requests ({sum(v == 'result' for v in expected.values())} good, "
-          f"{sum(v != 'result' for v in expected.values())} bad) through {WORKERS} workers "
-          f"(seg_num {SETTINGS['seg_num']}); kills {len(kills)} ({mid_video} with videos in flight); "
-          f"answers {sum(len(v) for v in answers.values())}, duplicates {duplicates}, lost {len(lost)}; "
-          f"wait p50 {statistics.median(waits):.1f} s, max {max(waits):.1f} s; written-to-readable p50 "
-          f"{statistics.median(hidden):.2f} s, max {max(hidden):.1f} s; total {elapsed:.0f} s")
+    print(
+        f"\nCHAOS {delivery} seed={seed}: {REQUESTS} requests ({sum(v == 'result' for v in expected.values())} good, "
+        f"{sum(v != 'result' for v in expected.values())} bad) through {WORKERS} workers "
+        f"(seg_num {SETTINGS['seg_num']}); kills {len(kills)} ({mid_video} with videos in flight); "
+        f"answers {sum(len(v) for v in answers.values())}, duplicates {duplicates}, lost {len(lost)}; "
+        f"wait p50 {statistics.median(waits):.1f} s, max {max(waits):.1f} s; written-to-readable p50 "
+        f"{statistics.median(hidden):.2f} s, max {max(hidden):.1f} s; total {elapsed:.0f} s"
+    )
     # For a lost request: committed past its offset means acknowledged without an answer (a real loss);
     # not committed means it is stuck (not yet redelivered, or a wedged group).
     diagnosis = {i: (placed[i], committed.get(placed[i][0])) for i in lost}
     if lost:  # read both topics again from the start: was the answer there and the collector missed it?
-        again = [json.loads(r.value) for t in (topics.output, topics.dlq)
-                 for r in consume_all(kafka_broker.bootstrap_servers, t, 10**6, 15)]
+        again = [
+            json.loads(r.value)
+            for t in (topics.output, topics.dlq)
+            for r in consume_all(kafka_broker.bootstrap_servers, t, 10**6, 15)
+        ]
         found = {i for i in lost for a in again if i in (a.get("video_id"), a.get("original", {}).get("key"))}
         diagnosis["answers found on re-reading"] = sorted(found)
     assert lost == [], f"lost {len(lost)} (partition, offset), committed offset of that partition: {diagnosis}"

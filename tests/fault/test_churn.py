@@ -48,8 +48,14 @@ class Restart:
 
 
 def test_churn_with_shipped_defaults_answers_every_request(
-        spawn: SpawnWorker, kafka_broker: KafkaServer, s3_server: S3Server, topics: Topics, bucket: str,
-        unique_group_id: str, clips: list[Path]) -> None:
+    spawn: SpawnWorker,
+    kafka_broker: KafkaServer,
+    s3_server: S3Server,
+    topics: Topics,
+    bucket: str,
+    unique_group_id: str,
+    clips: list[Path],
+) -> None:
     static = os.environ.get("CHURN_STATIC", "1") != "0"
     seed = int(os.environ.get("CHURN_SEED") or random.randrange(1 << 30))
     rng = random.Random(seed)
@@ -61,8 +67,11 @@ def test_churn_with_shipped_defaults_answers_every_request(
     for i in range(REQUESTS):
         ident = f"churn-{i:03d}"
         bad = i % BAD_EVERY == BAD_EVERY - 1
-        value = json.dumps({"video_id": ident, "bucket": bucket}).encode() if bad else \
-            request(ident, bucket, keys[i % len(keys)])
+        value = (
+            json.dumps({"video_id": ident, "bucket": bucket}).encode()
+            if bad
+            else request(ident, bucket, keys[i % len(keys)])
+        )
         plan.append((ident, value, "schema_violation" if bad else "result"))
 
     def start(slot: int) -> WorkerProcess:
@@ -126,16 +135,21 @@ def test_churn_with_shipped_defaults_answers_every_request(
     kept = [r for r in followed if r.generation_after == r.generation_before]
     assigned = sorted(r.assigned_after for r in restarts if r.assigned_after is not None)
     first = sorted(r.first_result_after for r in restarts if r.first_result_after is not None)
-    print(f"\nCHURN seed={seed} {'static' if static else 'dynamic'} members, shipped defaults: {REQUESTS} requests "
-          f"({REQUESTS // BAD_EVERY} bad), {len(restarts)} kills+restarts; answered {len(answers)}, lost "
-          f"{len(missing)}, duplicates {duplicates}; restarts without a rebalance {len(kept)}/{len(followed)}; "
-          f"restart to assignment p50 {_p50(assigned)} max {_max(assigned)}; restart to first result p50 "
-          f"{_p50(first)} max {_max(first)}; wait p50 {_p50(waits)} max {_max(waits)}; group generation "
-          f"{generation:.0f} before, {sorted(final)} after ({len(restarts)} restarts); total {elapsed:.0f} s")
+    print(
+        f"\nCHURN seed={seed} {'static' if static else 'dynamic'} members, shipped defaults: {REQUESTS} requests "
+        f"({REQUESTS // BAD_EVERY} bad), {len(restarts)} kills+restarts; answered {len(answers)}, lost "
+        f"{len(missing)}, duplicates {duplicates}; restarts without a rebalance {len(kept)}/{len(followed)}; "
+        f"restart to assignment p50 {_p50(assigned)} max {_max(assigned)}; restart to first result p50 "
+        f"{_p50(first)} max {_max(first)}; wait p50 {_p50(waits)} max {_max(waits)}; group generation "
+        f"{generation:.0f} before, {sorted(final)} after ({len(restarts)} restarts); total {elapsed:.0f} s"
+    )
     assert missing == set(), f"unanswered after {elapsed:.0f} s: {sorted(missing)}"
     assert len(restarts) >= 8, f"only {len(restarts)} restarts"
-    wrong = {i: {a.kind if a.kind == "result" else a.code for a in answers[i]} for i, _, want in plan
-             if {a.kind if a.kind == "result" else a.code for a in answers[i]} != {want}}
+    wrong = {
+        i: {a.kind if a.kind == "result" else a.code for a in answers[i]}
+        for i, _, want in plan
+        if {a.kind if a.kind == "result" else a.code for a in answers[i]} != {want}
+    }
     assert wrong == {}, wrong
     if static:
         # A restarted follower rejoins in the same generation. The leader's restart still rebalances: kafka-python

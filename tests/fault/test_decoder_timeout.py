@@ -37,9 +37,15 @@ def _decoders_running(worker_pid: int) -> list[int]:
     return found
 
 
-def test_decode_timeout_dead_letters_and_moves_on(spawn: SpawnWorker, kafka_broker: KafkaServer,
-                                                  s3_server: S3Server, topics: Topics, bucket: str,
-                                                  unique_group_id: str, clips: list[Path]) -> None:
+def test_decode_timeout_dead_letters_and_moves_on(
+    spawn: SpawnWorker,
+    kafka_broker: KafkaServer,
+    s3_server: S3Server,
+    topics: Topics,
+    bucket: str,
+    unique_group_id: str,
+    clips: list[Path],
+) -> None:
     client = s3_server.client()
     client.upload_file(str(clips[0]), bucket, "v/clip.mp4")
     slow = spawn(kafka_broker, s3_server, topics, unique_group_id, decode_timeout_s="0.05", **SETTINGS)
@@ -47,8 +53,12 @@ def test_decode_timeout_dead_letters_and_moves_on(spawn: SpawnWorker, kafka_brok
     collector = AnswerCollector(kafka_broker.bootstrap_servers, topics)
     try:
         timed_out = [f"to-{i}" for i in range(4)]
-        produce(kafka_broker.bootstrap_servers, topics.input, [request(v, bucket, "v/clip.mp4") for v in timed_out],
-                keys=[v.encode() for v in timed_out])
+        produce(
+            kafka_broker.bootstrap_servers,
+            topics.input,
+            [request(v, bucket, "v/clip.mp4") for v in timed_out],
+            keys=[v.encode() for v in timed_out],
+        )
         missing = collector.wait_for(set(timed_out), timeout=60)
         ready = slow.get("/readyz")[0]
         leftover = _decoders_running(slow.process.pid)
@@ -59,15 +69,21 @@ def test_decode_timeout_dead_letters_and_moves_on(spawn: SpawnWorker, kafka_brok
         normal = spawn(kafka_broker, s3_server, topics, unique_group_id, **SETTINGS)
         normal.wait_ready()
         fine = [f"ok-{i}" for i in range(2)]
-        produce(kafka_broker.bootstrap_servers, topics.input, [request(v, bucket, "v/clip.mp4") for v in fine],
-                keys=[v.encode() for v in fine])
+        produce(
+            kafka_broker.bootstrap_servers,
+            topics.input,
+            [request(v, bucket, "v/clip.mp4") for v in fine],
+            keys=[v.encode() for v in fine],
+        )
         missing_fine = collector.wait_for(set(fine), timeout=60)
         time.sleep(1)  # a redelivered timed-out request would show up as a second answer now
         answers = collector.by_id()
     finally:
         collector.close()
-    print(f"\nDECODE TIMEOUT: {codes}; /readyz {ready}; decoder children left {leftover}; "
-          f"then {sorted(a.kind for v in fine for a in answers.get(v, []))}")
+    print(
+        f"\nDECODE TIMEOUT: {codes}; /readyz {ready}; decoder children left {leftover}; "
+        f"then {sorted(a.kind for v in fine for a in answers.get(v, []))}"
+    )
     assert missing == set()
     assert codes == dict.fromkeys(timed_out, "decode_timeout")
     assert failures == len(timed_out)

@@ -19,8 +19,15 @@ from worker.local.stack import KafkaServer, S3Server
 
 pytestmark = pytest.mark.integration
 
-SETTINGS = {"seg_num": "2", "max_inflight": "2", "retry_max_attempts": "3", "retry_backoff_base_s": "0.2",
-            "retry_backoff_max_s": "1", "s3_connect_timeout_s": "1", "s3_read_timeout_s": "2"}
+SETTINGS = {
+    "seg_num": "2",
+    "max_inflight": "2",
+    "retry_max_attempts": "3",
+    "retry_backoff_base_s": "0.2",
+    "retry_backoff_max_s": "1",
+    "s3_connect_timeout_s": "1",
+    "s3_read_timeout_s": "2",
+}
 OUTAGE_S = 15.0  # with 1 s backoffs: about 10 failed attempts per in-flight video, far over 3
 
 
@@ -31,8 +38,14 @@ def _status(worker: WorkerProcess) -> int:
         return 0
 
 
-def test_s3_outage_is_retried_not_dead_lettered(spawn: SpawnWorker, kafka_broker: KafkaServer, topics: Topics,
-                                                unique_group_id: str, clips: list[Path], tmp_path: Path) -> None:
+def test_s3_outage_is_retried_not_dead_lettered(
+    spawn: SpawnWorker,
+    kafka_broker: KafkaServer,
+    topics: Topics,
+    unique_group_id: str,
+    clips: list[Path],
+    tmp_path: Path,
+) -> None:
     s3 = S3Server(tmp_path / "own-s3").start()
     collector = None
     try:
@@ -49,9 +62,12 @@ def test_s3_outage_is_retried_not_dead_lettered(spawn: SpawnWorker, kafka_broker
         collector = AnswerCollector(kafka_broker.bootstrap_servers, topics)
         before = [f"before-{i:02d}" for i in range(12)]
         during = [f"during-{i:02d}" for i in range(12)]
-        produce(kafka_broker.bootstrap_servers, topics.input,
-                [request(v, bucket, keys[i % len(keys)]) for i, v in enumerate(before)],
-                keys=[v.encode() for v in before])
+        produce(
+            kafka_broker.bootstrap_servers,
+            topics.input,
+            [request(v, bucket, keys[i % len(keys)]) for i, v in enumerate(before)],
+            keys=[v.encode() for v in before],
+        )
         deadline = time.monotonic() + 60
         while len(collector.by_id()) < 4 and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -59,9 +75,12 @@ def test_s3_outage_is_retried_not_dead_lettered(spawn: SpawnWorker, kafka_broker
 
         s3.kill()  # a crash: connections refused from now on
         down_at = time.monotonic()
-        produce(kafka_broker.bootstrap_servers, topics.input,
-                [request(v, bucket, keys[i % len(keys)]) for i, v in enumerate(during)],
-                keys=[v.encode() for v in during])
+        produce(
+            kafka_broker.bootstrap_servers,
+            topics.input,
+            [request(v, bucket, keys[i % len(keys)]) for i, v in enumerate(during)],
+            keys=[v.encode() for v in during],
+        )
         answered_at_kill = len(collector.by_id())
         not_ready_after: dict[int, float] = {}
         while time.monotonic() - down_at < OUTAGE_S:
@@ -90,11 +109,13 @@ def test_s3_outage_is_retried_not_dead_lettered(spawn: SpawnWorker, kafka_broker
         answers = collector.by_id()
         dlq = [a for recs in answers.values() for a in recs if a.kind == "dlq"]
         duplicates = sum(len(v) - 1 for v in answers.values())
-        print(f"\nS3 OUTAGE: down {outage_s:.1f} s (SIGKILL; its restart took {up_at - restart_began:.1f} s); "
-              f"/readyz 503 after {sorted(round(v, 1) for v in not_ready_after.values())} s, 200 again "
-              f"{sorted(round(v, 1) for v in ready_again_after.values())} s after S3 was back; "
-              f"s3_unavailable failures {failures}; answered during the outage {answered_during}; "
-              f"requests {len(everything)}, lost {len(missing)}, DLQ {len(dlq)}, duplicates {duplicates}")
+        print(
+            f"\nS3 OUTAGE: down {outage_s:.1f} s (SIGKILL; its restart took {up_at - restart_began:.1f} s); "
+            f"/readyz 503 after {sorted(round(v, 1) for v in not_ready_after.values())} s, 200 again "
+            f"{sorted(round(v, 1) for v in ready_again_after.values())} s after S3 was back; "
+            f"s3_unavailable failures {failures}; answered during the outage {answered_during}; "
+            f"requests {len(everything)}, lost {len(missing)}, DLQ {len(dlq)}, duplicates {duplicates}"
+        )
         assert readyz_during == [503, 503], readyz_during
         assert len(not_ready_after) == len(workers)
         assert all(f >= 3 for f in failures), failures
@@ -107,4 +128,3 @@ def test_s3_outage_is_retried_not_dead_lettered(spawn: SpawnWorker, kafka_broker
         if collector is not None:
             collector.close()
         s3.stop()
-

@@ -23,15 +23,28 @@ from worker.local.stack import KafkaServer, S3Server
 
 pytestmark = pytest.mark.integration
 
-SETTINGS = {"seg_num": "2", "max_inflight": "4", "s3_read_timeout_s": "1", "s3_connect_timeout_s": "1",
-            "retry_max_attempts": "3", "retry_backoff_base_s": "0.2", "retry_backoff_max_s": "1"}
+SETTINGS = {
+    "seg_num": "2",
+    "max_inflight": "4",
+    "s3_read_timeout_s": "1",
+    "s3_connect_timeout_s": "1",
+    "retry_max_attempts": "3",
+    "retry_backoff_base_s": "0.2",
+    "retry_backoff_max_s": "1",
+}
 STALL_S = 15.0
 FAILURES = ("videotag_failures_total", 'reason="s3_unavailable"')
 
 
-def test_stalled_s3_times_out_retries_and_recovers(spawn: SpawnWorker, kafka_broker: KafkaServer,
-                                                   s3_server: S3Server, topics: Topics, bucket: str,
-                                                   unique_group_id: str, clips: list[Path]) -> None:
+def test_stalled_s3_times_out_retries_and_recovers(
+    spawn: SpawnWorker,
+    kafka_broker: KafkaServer,
+    s3_server: S3Server,
+    topics: Topics,
+    bucket: str,
+    unique_group_id: str,
+    clips: list[Path],
+) -> None:
     client = s3_server.client()
     for prefix in ("stall", "mid", "drib", "fast"):
         for clip in clips:
@@ -39,23 +52,29 @@ def test_stalled_s3_times_out_retries_and_recovers(spawn: SpawnWorker, kafka_bro
     proxy = StallingProxy(s3_server.port)
     collector = AnswerCollector(kafka_broker.bootstrap_servers, topics)
     try:
-        worker = spawn(kafka_broker, s3_server, topics, unique_group_id, s3_endpoint_url=proxy.endpoint_url,
-                       **SETTINGS)
+        worker = spawn(kafka_broker, s3_server, topics, unique_group_id, s3_endpoint_url=proxy.endpoint_url, **SETTINGS)
         worker.wait_ready()
         for prefix, mode in (("stall", "stall"), ("mid", "midstream"), ("drib", "dribble")):
             proxy.set_rule(f"/{prefix}/", mode)
         slow = ["stall", "mid", "drib"]
-        produce(kafka_broker.bootstrap_servers, topics.input,
-                [request(v, bucket, f"{v}/{clips[0].name}") for v in slow], keys=[v.encode() for v in slow])
+        produce(
+            kafka_broker.bootstrap_servers,
+            topics.input,
+            [request(v, bucket, f"{v}/{clips[0].name}") for v in slow],
+            keys=[v.encode() for v in slow],
+        )
         stalled_at = time.monotonic()
         deadline = stalled_at + 30
         while worker.metric(*FAILURES) < 2 and time.monotonic() < deadline:
             time.sleep(0.2)
         first_failures = worker.metric(*FAILURES)
         fast = [f"fast-{i}" for i in range(6)]
-        produce(kafka_broker.bootstrap_servers, topics.input,
-                [request(v, bucket, f"fast/{clips[i % len(clips)].name}") for i, v in enumerate(fast)],
-                keys=[v.encode() for v in fast])
+        produce(
+            kafka_broker.bootstrap_servers,
+            topics.input,
+            [request(v, bucket, f"fast/{clips[i % len(clips)].name}") for i, v in enumerate(fast)],
+            keys=[v.encode() for v in fast],
+        )
         missing_fast = collector.wait_for(set(fast), timeout=STALL_S + 30)
         while time.monotonic() - stalled_at < STALL_S:
             time.sleep(0.2)
@@ -72,11 +91,13 @@ def test_stalled_s3_times_out_retries_and_recovers(spawn: SpawnWorker, kafka_bro
         time.sleep(1)
         answers = collector.by_id()
         dlq = [(a.ident, a.code) for recs in answers.values() for a in recs if a.kind == "dlq"]
-        print(f"\nSLOW S3: stalled {STALL_S:.0f} s; s3_unavailable failures {first_failures:.0f} -> "
-              f"{failures_while_stalled:.0f} while stalled; answered while stalled "
-              f"{sorted(answered_while_stalled)}; responses held by the proxy {held} (the dribbled object was "
-              f"requested {dribble_attempts}x); all stalled requests answered "
-              f"{recovered_s:.1f} s after the stall ended; DLQ {len(dlq)}")
+        print(
+            f"\nSLOW S3: stalled {STALL_S:.0f} s; s3_unavailable failures {first_failures:.0f} -> "
+            f"{failures_while_stalled:.0f} while stalled; answered while stalled "
+            f"{sorted(answered_while_stalled)}; responses held by the proxy {held} (the dribbled object was "
+            f"requested {dribble_attempts}x); all stalled requests answered "
+            f"{recovered_s:.1f} s after the stall ended; DLQ {len(dlq)}"
+        )
         assert missing_fast == set(), f"the free slot did not answer {missing_fast} while S3 stalled"
         assert answered_while_stalled.isdisjoint(slow), answered_while_stalled & set(slow)
         assert failures_while_stalled > first_failures >= 2, "the read timeout did not fire repeatedly"

@@ -46,14 +46,27 @@ def _committed(broker: KafkaServer, topic: str, group: str, partitions: int) -> 
         consumer.close()
 
 
-def test_every_output_once_for_a_read_committed_reader(spawn: SpawnWorker, kafka_broker: KafkaServer,
-                                                       s3_server: S3Server, topics: Topics, bucket: str,
-                                                       unique_group_id: str, clips: list[Path]) -> None:
+def test_every_output_once_for_a_read_committed_reader(
+    spawn: SpawnWorker,
+    kafka_broker: KafkaServer,
+    s3_server: S3Server,
+    topics: Topics,
+    bucket: str,
+    unique_group_id: str,
+    clips: list[Path],
+) -> None:
     keys = _upload(s3_server, bucket, clips)
-    event = {"Records": [{"eventName": "ObjectCreated:Put", "s3": {"bucket": {"name": bucket},
-                                                                  "object": {"key": key}}} for key in keys]}
+    event = {
+        "Records": [
+            {"eventName": "ObjectCreated:Put", "s3": {"bucket": {"name": bucket}, "object": {"key": key}}}
+            for key in keys
+        ]
+    }
     values = [request(f"eos-{i}", bucket, keys[i % 3]) for i in range(6)] + [
-        b"{not json", json.dumps(event).encode(), request("eos-missing", bucket, "gone.mp4")]
+        b"{not json",
+        json.dumps(event).encode(),
+        request("eos-missing", bucket, "gone.mp4"),
+    ]
     worker = spawn(kafka_broker, s3_server, topics, unique_group_id, delivery="exactly_once", seg_num="2")
     worker.wait_ready()
     collector = AnswerCollector(kafka_broker.bootstrap_servers, topics, isolation_level="read_committed")
@@ -62,8 +75,7 @@ def test_every_output_once_for_a_read_committed_reader(spawn: SpawnWorker, kafka
         expected = {f"eos-{i}" for i in range(6)} | {"eos-missing", "{not json"} | {f"{k}" for k in keys}
         missing = collector.wait_for(expected, timeout=120)
         deadline = time.monotonic() + 30
-        while _committed(kafka_broker, topics.input, unique_group_id, 3) < len(values) and \
-                time.monotonic() < deadline:
+        while _committed(kafka_broker, topics.input, unique_group_id, 3) < len(values) and time.monotonic() < deadline:
             time.sleep(0.5)
         time.sleep(2)
         answers = collector.by_id()
@@ -76,10 +88,15 @@ def test_every_output_once_for_a_read_committed_reader(spawn: SpawnWorker, kafka
     assert worker.metric("videotag_failures_total", 'reason="transaction_failed"') == 0
 
 
-def test_a_zombie_is_fenced_and_its_open_transaction_aborted(kafka_broker: KafkaServer, topics: Topics,
-                                                             unique_group_id: str) -> None:
-    settings = Settings(bootstrap_servers=kafka_broker.bootstrap_servers, group_id=unique_group_id,
-                        group_instance_id=unique_name("pod"), delivery="exactly_once")
+def test_a_zombie_is_fenced_and_its_open_transaction_aborted(
+    kafka_broker: KafkaServer, topics: Topics, unique_group_id: str
+) -> None:
+    settings = Settings(
+        bootstrap_servers=kafka_broker.bootstrap_servers,
+        group_id=unique_group_id,
+        group_instance_id=unique_name("pod"),
+        delivery="exactly_once",
+    )
     zombie = Transactions(settings, lambda tid: kafka_clients.producer(settings, tid))
     successor = Transactions(settings, lambda tid: kafka_clients.producer(settings, tid))
     zombie.start()
@@ -93,8 +110,13 @@ def test_a_zombie_is_fenced_and_its_open_transaction_aborted(kafka_broker: Kafka
     successor.submit({}, [Output(topics.output, b"successor", b"{}", 0)], unique_group_id)
     outcome = successor.finished(wait=True)
     assert outcome is not None and outcome.error is None
-    reader = KafkaConsumer(topics.output, bootstrap_servers=kafka_broker.bootstrap_servers, group_id=None,
-                           auto_offset_reset="earliest", isolation_level="read_committed")
+    reader = KafkaConsumer(
+        topics.output,
+        bootstrap_servers=kafka_broker.bootstrap_servers,
+        group_id=None,
+        auto_offset_reset="earliest",
+        isolation_level="read_committed",
+    )
     try:
         seen: list[bytes] = []
         deadline = time.monotonic() + 20
@@ -107,9 +129,9 @@ def test_a_zombie_is_fenced_and_its_open_transaction_aborted(kafka_broker: Kafka
     assert seen == [b"successor"]
 
 
-def test_throughput_of_both_delivery_modes_side_by_side(spawn: SpawnWorker, kafka_broker: KafkaServer,
-                                                        s3_server: S3Server, bucket: str,
-                                                        clips: list[Path]) -> None:
+def test_throughput_of_both_delivery_modes_side_by_side(
+    spawn: SpawnWorker, kafka_broker: KafkaServer, s3_server: S3Server, bucket: str, clips: list[Path]
+) -> None:
     keys = _upload(s3_server, bucket, clips)
     requests = 30
     rates = {}
@@ -118,8 +140,9 @@ def test_throughput_of_both_delivery_modes_side_by_side(spawn: SpawnWorker, kafk
         kafka_broker.create_topics([topics.input], partitions=3)
         kafka_broker.create_topics([topics.output, topics.dlq])
         ids = [f"{delivery}-{i}" for i in range(requests)]
-        produce(kafka_broker.bootstrap_servers, topics.input, [request(v, bucket, keys[i % 3])
-                                                               for i, v in enumerate(ids)])
+        produce(
+            kafka_broker.bootstrap_servers, topics.input, [request(v, bucket, keys[i % 3]) for i, v in enumerate(ids)]
+        )
         collector = AnswerCollector(kafka_broker.bootstrap_servers, topics, isolation_level="read_committed")
         try:
             worker = spawn(kafka_broker, s3_server, topics, unique_name("group"), delivery=delivery, seg_num="2")
@@ -134,6 +157,8 @@ def test_throughput_of_both_delivery_modes_side_by_side(spawn: SpawnWorker, kafk
         assert missing == set()
         assert all(len(a) == 1 for a in answers.values())
     ratio = rates["exactly_once"] / rates["at_least_once"]
-    print(f"\nTHROUGHPUT {requests} requests, one worker: at-least-once {rates['at_least_once']:.2f}/s, "
-          f"exactly-once {rates['exactly_once']:.2f}/s (ratio {ratio:.2f})")
+    print(
+        f"\nTHROUGHPUT {requests} requests, one worker: at-least-once {rates['at_least_once']:.2f}/s, "
+        f"exactly-once {rates['exactly_once']:.2f}/s (ratio {ratio:.2f})"
+    )
     assert ratio > 0.5, rates

@@ -25,26 +25,50 @@ pytestmark = pytest.mark.integration
 
 
 def test_a_worker_with_two_heads_publishes_both_and_stores_features(
-        spawn: SpawnWorker, kafka_broker: KafkaBroker, s3_server: S3Server, topics: Topics, bucket: str,
-        unique_group_id: str, tmp_path: Path) -> None:
+    spawn: SpawnWorker,
+    kafka_broker: KafkaBroker,
+    s3_server: S3Server,
+    topics: Topics,
+    bucket: str,
+    unique_group_id: str,
+    tmp_path: Path,
+) -> None:
     head = tmp_path / "head"
     head.mkdir()
     save_params(attention_lstm(num_classes=3), head / "attention_lstm.pdparams")  # a 3-class head, as trained
     (head / "labels.txt").write_text("alpha\nbeta\ngamma\n", encoding="utf-8")
     (head / "deny.txt").write_text("beta\n", encoding="utf-8")
-    predictors = [{"name": "videotag"},
-                  {"name": "mine", "weights": str(head / "attention_lstm"), "labels": str(head / "labels.txt"),
-                   "topk": 3, "deny": str(head / "deny.txt")}]
+    predictors = [
+        {"name": "videotag"},
+        {
+            "name": "mine",
+            "weights": str(head / "attention_lstm"),
+            "labels": str(head / "labels.txt"),
+            "topk": 3,
+            "deny": str(head / "deny.txt"),
+        },
+    ]
     client = s3_server.client()
     clips = make_clips(tmp_path, seconds=1.0)[:2]
     for clip in clips:
         client.upload_file(str(clip), bucket, f"in/{clip.name}")
-    worker = spawn(kafka_broker, s3_server, topics, unique_group_id, predictors=json.dumps(predictors),
-                   features_output=f"s3://{bucket}/features/")
+    worker = spawn(
+        kafka_broker,
+        s3_server,
+        topics,
+        unique_group_id,
+        predictors=json.dumps(predictors),
+        features_output=f"s3://{bucket}/features/",
+    )
     worker.wait_ready()
-    produce(kafka_broker.bootstrap_servers, topics.input,
-            [json.dumps({"video_id": f"v/{clip.stem}", "bucket": bucket, "key": f"in/{clip.name}"}).encode()
-             for clip in clips])
+    produce(
+        kafka_broker.bootstrap_servers,
+        topics.input,
+        [
+            json.dumps({"video_id": f"v/{clip.stem}", "bucket": bucket, "key": f"in/{clip.name}"}).encode()
+            for clip in clips
+        ],
+    )
     results = [json.loads(r.value) for r in consume_all(kafka_broker.bootstrap_servers, topics.output, 2, 120)]
     assert sorted(r["video_id"] for r in results) == sorted(f"v/{clip.stem}" for clip in clips), worker.log()[-3000:]
     for result in results:

@@ -42,8 +42,14 @@ def _committed(broker: KafkaBroker, group_id: str, tp: TopicPartition) -> int | 
         consumer.close()
 
 
-def test_every_input_shape_on_one_partition(spawn: SpawnWorker, kafka_broker: KafkaBroker, s3_server: S3Server,
-                                            bucket: str, unique_group_id: str, tmp_path: Path) -> None:
+def test_every_input_shape_on_one_partition(
+    spawn: SpawnWorker,
+    kafka_broker: KafkaBroker,
+    s3_server: S3Server,
+    bucket: str,
+    unique_group_id: str,
+    tmp_path: Path,
+) -> None:
     topics = Topics(input=unique_name("in"), output=unique_name("out"), dlq=unique_name("dlq"))
     kafka_broker.create_topics([topics.input, topics.output, topics.dlq], partitions=1)
     files = _files(tmp_path)
@@ -52,12 +58,23 @@ def test_every_input_shape_on_one_partition(spawn: SpawnWorker, kafka_broker: Ka
     client.upload_file(str(files["av1.mp4"]), bucket, "in/av1 clip.mp4")  # S3 notifications URL-encode it
     client.upload_file(str(files["audio.m4a"]), bucket, "in/audio.m4a")
     client.upload_file(str(files["h264.mp4"]), bucket, "in/good.mp4")
-    s3_notification = {"Records": [{"eventName": "ObjectCreated:CompleteMultipartUpload",
-                                    "s3": {"bucket": {"name": bucket}, "object": {"key": "in/av1+clip.mp4"}}}]}
+    s3_notification = {
+        "Records": [
+            {
+                "eventName": "ObjectCreated:CompleteMultipartUpload",
+                "s3": {"bucket": {"name": bucket}, "object": {"key": "in/av1+clip.mp4"}},
+            }
+        ]
+    }
     messages = [
         {"Service": "Amazon S3", "Event": "s3:TestEvent", "Time": "2026-11-24T10:00:00.000Z", "Bucket": bucket},
-        {"version": "0", "detail-type": "Object Created", "source": "aws.s3", "resources": [f"arn:aws:s3:::{bucket}"],
-         "detail": {"bucket": {"name": bucket}, "object": {"key": "in/bridge clip.mp4"}}},
+        {
+            "version": "0",
+            "detail-type": "Object Created",
+            "source": "aws.s3",
+            "resources": [f"arn:aws:s3:::{bucket}"],
+            "detail": {"bucket": {"name": bucket}, "object": {"key": "in/bridge clip.mp4"}},
+        },
         {"Type": "Notification", "TopicArn": "arn:aws:sns:us-east-1:1:uploads", "Message": json.dumps(s3_notification)},
         {"video_id": "audio", "bucket": bucket, "key": "in/audio.m4a"},
         {"video_id": "good", "bucket": bucket, "key": "in/good.mp4"},

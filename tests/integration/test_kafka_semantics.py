@@ -33,12 +33,18 @@ class _Assignments(ConsumerRebalanceListener):
 
 
 def _consumer(broker: KafkaServer, group_id: str) -> KafkaConsumer:
-    return KafkaConsumer(bootstrap_servers=broker.bootstrap_servers, group_id=group_id, enable_auto_commit=False,
-                         auto_offset_reset="earliest", max_poll_records=1)
+    return KafkaConsumer(
+        bootstrap_servers=broker.bootstrap_servers,
+        group_id=group_id,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_poll_records=1,
+    )
 
 
 def test_a_partition_kept_across_a_rebalance_keeps_its_fetch_position(
-        kafka_broker: KafkaServer, topics: Topics, unique_group_id: str) -> None:
+    kafka_broker: KafkaServer, topics: Topics, unique_group_id: str
+) -> None:
     producer = KafkaProducer(bootstrap_servers=kafka_broker.bootstrap_servers, acks="all")
     for partition in range(3):
         for i in range(PER_PARTITION):

@@ -42,8 +42,9 @@ def _until(condition, timeout: float, step: float = 0.1) -> bool:
     return False
 
 
-def test_fresh_requests_overtake_a_backlog_of_thousands(spawn: SpawnWorker, kafka_broker: KafkaServer,
-                                                        s3_server: S3Server, bucket: str, clips: list[Path]) -> None:
+def test_fresh_requests_overtake_a_backlog_of_thousands(
+    spawn: SpawnWorker, kafka_broker: KafkaServer, s3_server: S3Server, bucket: str, clips: list[Path]
+) -> None:
     fresh, backfill = unique_name("fresh"), unique_name("backfill")
     topics = Topics(fresh, unique_name("out"), unique_name("dlq"))
     kafka_broker.create_topics([fresh, backfill, topics.output, topics.dlq], partitions=1)
@@ -52,8 +53,12 @@ def test_fresh_requests_overtake_a_backlog_of_thousands(spawn: SpawnWorker, kafk
     # A backfill of objects deleted since (each answered no_such_key, quickly): thousands of requests go through
     # the worker within the test's time; the fresh requests are real uploads, tagged.
     backlog = [f"old-{i:04d}" for i in range(BACKLOG)]
-    produce(kafka_broker.bootstrap_servers, backfill, [request(v, bucket, f"deleted/{v}.mp4") for v in backlog],
-            keys=[v.encode() for v in backlog])
+    produce(
+        kafka_broker.bootstrap_servers,
+        backfill,
+        [request(v, bucket, f"deleted/{v}.mp4") for v in backlog],
+        keys=[v.encode() for v in backlog],
+    )
     group = unique_name("group")
     collector = AnswerCollector(kafka_broker.bootstrap_servers, topics)
     try:
@@ -65,9 +70,12 @@ def test_fresh_requests_overtake_a_backlog_of_thousands(spawn: SpawnWorker, kafk
         ids = [f"fresh-{i}" for i in range(FRESH)]
         answered_before = sum(1 for v in backlog if v in collector.by_id())
         produced_at = time.monotonic()
-        produce(kafka_broker.bootstrap_servers, fresh,
-                [request(v, bucket, f"clip-{i % len(clips)}.mp4") for i, v in enumerate(ids)],
-                keys=[v.encode() for v in ids])
+        produce(
+            kafka_broker.bootstrap_servers,
+            fresh,
+            [request(v, bucket, f"clip-{i % len(clips)}.mp4") for i, v in enumerate(ids)],
+            keys=[v.encode() for v in ids],
+        )
         assert collector.wait_for(set(ids), timeout=120) == set(), worker.log()[-3000:]
         overtook_s = time.monotonic() - produced_at
         answered = collector.by_id()
@@ -91,18 +99,20 @@ def test_fresh_requests_overtake_a_backlog_of_thousands(spawn: SpawnWorker, kafk
         assert all(answers[v][0].code == "no_such_key" for v in backlog[:done])
         assert all(len(answers[v]) == 1 for v in ids)
         assert committed(kafka_broker.bootstrap_servers, group, fresh) == FRESH + 1
-        print(f"\nLANES: {FRESH} fresh requests produced behind a backlog of {BACKLOG} ({answered_before} answered) "
-              f"were all answered in {overtook_s:.1f} s, while {during} of the backlog went through; "
-              f"{BACKLOG - backlog_then} of it was still waiting; it went on: {done} committed "
-              f"{time.monotonic() - produced_at:.1f} s after")
+        print(
+            f"\nLANES: {FRESH} fresh requests produced behind a backlog of {BACKLOG} ({answered_before} answered) "
+            f"were all answered in {overtook_s:.1f} s, while {during} of the backlog went through; "
+            f"{BACKLOG - backlog_then} of it was still waiting; it went on: {done} committed "
+            f"{time.monotonic() - produced_at:.1f} s after"
+        )
     finally:
         collector.close()
 
 
 @pytest.mark.parametrize("mode", ["in_place", "retry_topic", "retry_topic_exactly_once"])
 def test_a_forbidden_object_holds_its_partition_back_only_when_retried_in_place(
-        mode: str, spawn: SpawnWorker, kafka_broker: KafkaServer, s3_server: S3Server, bucket: str,
-        clips: list[Path]) -> None:
+    mode: str, spawn: SpawnWorker, kafka_broker: KafkaServer, s3_server: S3Server, bucket: str, clips: list[Path]
+) -> None:
     topics = Topics(unique_name("in"), unique_name("out"), unique_name("dlq"))
     retry = unique_name("retry")
     kafka_broker.create_topics([topics.input, topics.output, topics.dlq, retry], partitions=1)
@@ -122,18 +132,26 @@ def test_a_forbidden_object_holds_its_partition_back_only_when_retried_in_place(
     if exactly_once:
         settings["delivery"] = "exactly_once"
     group = unique_name("group")
-    collector = AnswerCollector(kafka_broker.bootstrap_servers, topics,
-                                **({"isolation_level": "read_committed"} if exactly_once else {}))
+    collector = AnswerCollector(
+        kafka_broker.bootstrap_servers, topics, **({"isolation_level": "read_committed"} if exactly_once else {})
+    )
     try:
         worker = spawn(kafka_broker, s3_server, topics, group, **settings)
         worker.wait_ready()
         # A first video warms the model, so that the good ones below take about the same time in every mode.
-        produce(kafka_broker.bootstrap_servers, topics.input, [request("warm-up", bucket, "ok/good-0.mp4")],
-                keys=[b"warm-up"])
+        produce(
+            kafka_broker.bootstrap_servers,
+            topics.input,
+            [request("warm-up", bucket, "ok/good-0.mp4")],
+            keys=[b"warm-up"],
+        )
         assert collector.wait_for({"warm-up"}, timeout=120) == set(), worker.log()[-3000:]
         names = ["forbidden", "flaky", *goods]  # offsets 1 to 5
-        values = [request("forbidden", bucket, "forbidden/clip.mp4"), request("flaky", bucket, "flaky/clip.mp4"),
-                  *[request(name, bucket, f"ok/{name}.mp4") for name in goods]]
+        values = [
+            request("forbidden", bucket, "forbidden/clip.mp4"),
+            request("flaky", bucket, "flaky/clip.mp4"),
+            *[request(name, bucket, f"ok/{name}.mp4") for name in goods],
+        ]
         t0 = time.monotonic()
         produce(kafka_broker.bootstrap_servers, topics.input, values, keys=[n.encode() for n in names])
         goods_committed = healed = None
@@ -157,7 +175,8 @@ def test_a_forbidden_object_holds_its_partition_back_only_when_retried_in_place(
         attempts = denied.value["attempts"]
         assert attempts >= 3 and f"gave up after {attempts} attempts" in denied.value["error"]["message"]
         assert [a.kind for a in answers["flaky"]] == ["result"] and all(
-            [a.kind for a in answers[n]] == ["result"] for n in goods)
+            [a.kind for a in answers[n]] == ["result"] for n in goods
+        )
         assert _until(lambda: committed(kafka_broker.bootstrap_servers, group, topics.input) == len(names) + 1, 30)
         retried = worker.metric("videotag_retries_published_total", 'reason="access_denied"')
         if mode == "in_place":
@@ -169,14 +188,21 @@ def test_a_forbidden_object_holds_its_partition_back_only_when_retried_in_place(
             # Committed as soon as the good ones were tagged; the forbidden one went round the retry topic, every
             # attempt but the last one a record there (read_committed: only the committed ones).
             assert goods_committed < dlq_at - BUDGET_S / 2, (goods_committed, dlq_at)
-            records = consume_all(kafka_broker.bootstrap_servers, retry, expected=attempts + 1, timeout=20,
-                                  isolation_level="read_committed")
+            records = consume_all(
+                kafka_broker.bootstrap_servers,
+                retry,
+                expected=attempts + 1,
+                timeout=20,
+                isolation_level="read_committed",
+            )
             assert len([r for r in records if r.key == b"forbidden"]) == attempts - 1 == retried
             flaky = [r for r in records if r.key == b"flaky"]
             assert 1 <= len(flaky) == worker.metric("videotag_retries_published_total", 'reason="s3_server_error"')
             assert dict(flaky[0].headers)["videotag-retry-origin-offset"] == b"2"
-        print(f"\nRETRY {mode}: good results {results_at:.1f} s, committed past them {goods_committed:.1f} s; "
-              f"403 dead-lettered {dlq_at:.1f} s after {attempts} attempts; 500 healed at {healed:.1f} s")
+        print(
+            f"\nRETRY {mode}: good results {results_at:.1f} s, committed past them {goods_committed:.1f} s; "
+            f"403 dead-lettered {dlq_at:.1f} s after {attempts} attempts; 500 healed at {healed:.1f} s"
+        )
     finally:
         collector.close()
         proxy.close()

@@ -162,8 +162,11 @@ def test_s3_kill_and_restart_keeps_objects_and_credentials(tmp_path: Path) -> No
         assert server.endpoint_url == endpoint
         assert server.client().get_object(Bucket="frames", Key="k")["Body"].read() == b"survives a crash"
         wrong = boto3.client(
-            "s3", endpoint_url=endpoint, region_name="us-east-1",
-            aws_access_key_id="videotag", aws_secret_access_key="wrong",
+            "s3",
+            endpoint_url=endpoint,
+            region_name="us-east-1",
+            aws_access_key_id="videotag",
+            aws_secret_access_key="wrong",
             config=Config(s3={"addressing_style": "path"}),
         )
         with pytest.raises(ClientError) as denied:
@@ -218,7 +221,11 @@ def test_the_demo_runs_end_to_end() -> None:
     import subprocess
     import sys
 
-    run = subprocess.run([sys.executable, "-m", "worker.cli", "demo", "--layers", "50", "--engine", "dygraph",
-                          "--seg-num", "4"], capture_output=True, text=True, timeout=600)
+    run = subprocess.run(
+        [sys.executable, "-m", "worker.cli", "demo", "--layers", "50", "--engine", "dygraph", "--seg-num", "4"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
     assert "tagged" in run.stdout and "dead-lettered of 5" in run.stdout, run.stdout[-2000:]

@@ -29,11 +29,13 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 
 
 @pytest.fixture
-def pod(spawn: SpawnWorker, kafka_broker: KafkaServer, s3_server: S3Server, topics: Topics,
-        unique_group_id: str) -> Callable[..., WorkerProcess]:
+def pod(
+    spawn: SpawnWorker, kafka_broker: KafkaServer, s3_server: S3Server, topics: Topics, unique_group_id: str
+) -> Callable[..., WorkerProcess]:
     """pod(name, **settings) → a worker as the chart runs it (POD_NAME set: a static member)."""
-    return lambda name, **settings: spawn(kafka_broker, s3_server, topics, unique_group_id,
-                                          env={"POD_NAME": name} if name else None, **FAST, **settings)
+    return lambda name, **settings: spawn(
+        kafka_broker, s3_server, topics, unique_group_id, env={"POD_NAME": name} if name else None, **FAST, **settings
+    )
 
 
 def _held(worker: WorkerProcess) -> float:
@@ -70,8 +72,9 @@ def test_a_stopping_static_member_hands_over_at_once_unless_it_keeps_its_partiti
     wait_for_assignment([keeper, staying, restarting], partitions=3)
     restarting.signal(signal.SIGTERM)
     assert restarting.wait(60) == 0
-    assert _until(lambda: _held(keeper) + _held(staying) == 3, timeout=10) is None, \
+    assert _until(lambda: _held(keeper) + _held(staying) == 3, timeout=10) is None, (
         "a member that keeps its partitions for its restart lost them at once"
+    )
     back = pod("pod-c", leave_group_on_stop="false")
     back.wait_ready()
     assert _until(lambda: _held(back) == 1, timeout=30) is not None
@@ -80,7 +83,8 @@ def test_a_stopping_static_member_hands_over_at_once_unless_it_keeps_its_partiti
 
 
 def test_a_cooperative_rebalance_that_only_takes_partitions_away_keeps_the_worker_going(
-        pod, kafka_broker: KafkaServer, s3_server: S3Server, topics: Topics, bucket: str, clips: list[Path]) -> None:
+    pod, kafka_broker: KafkaServer, s3_server: S3Server, topics: Topics, bucket: str, clips: list[Path]
+) -> None:
     keys = []
     for clip in clips:
         s3_server.client().upload_file(str(clip), bucket, clip.name)
@@ -93,8 +97,12 @@ def test_a_cooperative_rebalance_that_only_takes_partitions_away_keeps_the_worke
         ids = [f"coop-{i}" for i in range(12)]
 
         def send(batch: list[str]) -> None:
-            produce(kafka_broker.bootstrap_servers, topics.input,
-                    [request(v, bucket, keys[i % 3]) for i, v in enumerate(batch)], keys=[v.encode() for v in batch])
+            produce(
+                kafka_broker.bootstrap_servers,
+                topics.input,
+                [request(v, bucket, keys[i % 3]) for i, v in enumerate(batch)],
+                keys=[v.encode() for v in batch],
+            )
 
         send(ids[:6])
         second = pod(None, partition_assignment_strategy="cooperative-sticky")
@@ -111,8 +119,14 @@ def test_a_cooperative_rebalance_that_only_takes_partitions_away_keeps_the_worke
 
 
 def test_a_worker_started_before_its_broker_waits_not_ready_then_consumes(
-        spawn: SpawnWorker, kafka_broker: KafkaServer, s3_server: S3Server, topics: Topics, bucket: str,
-        unique_group_id: str, clips: list[Path]) -> None:
+    spawn: SpawnWorker,
+    kafka_broker: KafkaServer,
+    s3_server: S3Server,
+    topics: Topics,
+    bucket: str,
+    unique_group_id: str,
+    clips: list[Path],
+) -> None:
     waiting = spawn(_Nowhere(f"127.0.0.1:{free_port()}"), s3_server, topics, unique_group_id, **FAST)
     status = _until(lambda: waiting.readyz().startswith("503 not ready: no Kafka broker answered"), timeout=90)
     assert status is not None, waiting.log()[-1500:]
@@ -141,4 +155,3 @@ class _Nowhere:
     """A broker address nothing listens on."""
 
     bootstrap_servers: str
-

@@ -24,8 +24,11 @@ from worker.local.stack import KafkaServer, S3Server
 pytestmark = pytest.mark.integration
 
 ADMIN = ("admin-key", "admin-secret-9c1e")
-READER = {"name": "reader", "credentials": [{"accessKey": "reader-key", "secretKey": "reader-secret-5d2a"}],
-          "actions": ["Read:videos", "List:videos"]}
+READER = {
+    "name": "reader",
+    "credentials": [{"accessKey": "reader-key", "secretKey": "reader-secret-5d2a"}],
+    "actions": ["Read:videos", "List:videos"],
+}
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +67,8 @@ def _until(condition, timeout: float) -> bool:
 
 
 def test_forbidden_object_store_outage_and_huge_attributes_on_one_partition(
-        spawn: SpawnWorker, kafka_broker: KafkaServer, clips: list[Path], tmp_path: Path) -> None:
+    spawn: SpawnWorker, kafka_broker: KafkaServer, clips: list[Path], tmp_path: Path
+) -> None:
     s3 = S3Server(tmp_path / "s3", access_key=ADMIN[0], secret_key=ADMIN[1], identities=[READER]).start()
     try:
         for bucket in ("videos", "private"):
@@ -78,14 +82,20 @@ def test_forbidden_object_store_outage_and_huge_attributes_on_one_partition(
         collector = AnswerCollector(kafka_broker.bootstrap_servers, topics)
         try:
             s3.stop()  # down for everyone
-            values = [request("forbidden", "private", "clip.mp4"), request("outage", "videos", "clip.mp4"),
-                      json.dumps({"video_id": "huge", "bucket": "videos", "key": "clip.mp4",
-                                  "attributes": {"note": "x" * 900_000}}).encode(),
-                      request("good", "videos", "later.mp4")]
-            produce(kafka_broker.bootstrap_servers, topics.input, values, keys=[b"forbidden", b"outage", b"huge",
-                                                                                b"good"])
-            assert _until(lambda: "object store unreachable" in worker.get("/readyz")[1], timeout=30), \
-                worker.get("/readyz")
+            values = [
+                request("forbidden", "private", "clip.mp4"),
+                request("outage", "videos", "clip.mp4"),
+                json.dumps(
+                    {"video_id": "huge", "bucket": "videos", "key": "clip.mp4", "attributes": {"note": "x" * 900_000}}
+                ).encode(),
+                request("good", "videos", "later.mp4"),
+            ]
+            produce(
+                kafka_broker.bootstrap_servers, topics.input, values, keys=[b"forbidden", b"outage", b"huge", b"good"]
+            )
+            assert _until(lambda: "object store unreachable" in worker.get("/readyz")[1], timeout=30), worker.get(
+                "/readyz"
+            )
             time.sleep(8)  # an outage of any length spends no budget: 8 s here, with a 20 s budget
             s3.start()
             missing = collector.wait_for({"forbidden", "outage", "huge", "good"}, timeout=120)
@@ -94,8 +104,12 @@ def test_forbidden_object_store_outage_and_huge_attributes_on_one_partition(
             collector.close()
         assert missing == set()
         outcome = {i: [a.kind if a.kind == "result" else a.code for a in recs] for i, recs in answers.items()}
-        assert outcome == {"forbidden": ["access_denied"], "outage": ["result"], "huge": ["schema_violation"],
-                           "good": ["result"]}
+        assert outcome == {
+            "forbidden": ["access_denied"],
+            "outage": ["result"],
+            "huge": ["schema_violation"],
+            "good": ["result"],
+        }
         forbidden = answers["forbidden"][0].value["error"]["message"]
         assert "AccessDenied" in forbidden or "403" in forbidden
         assert _until(lambda: _committed(kafka_broker, topics, group) == 4, timeout=30)
@@ -108,17 +122,22 @@ def test_forbidden_object_store_outage_and_huge_attributes_on_one_partition(
         s3.stop()
 
 
-def _reader_worker(spawn: SpawnWorker, broker: KafkaServer, s3: S3Server, topics: Topics,
-                   group: str) -> WorkerProcess:
+def _reader_worker(spawn: SpawnWorker, broker: KafkaServer, s3: S3Server, topics: Topics, group: str) -> WorkerProcess:
     """Shipped defaults, but a 20 s retry budget: this test is about what happens when it runs out."""
     credentials = READER["credentials"][0]
-    return spawn(broker, s3, topics, group, env={"AWS_ACCESS_KEY_ID": credentials["accessKey"],
-                                                 "AWS_SECRET_ACCESS_KEY": credentials["secretKey"]},
-                 retry_budget_s="20")
+    return spawn(
+        broker,
+        s3,
+        topics,
+        group,
+        env={"AWS_ACCESS_KEY_ID": credentials["accessKey"], "AWS_SECRET_ACCESS_KEY": credentials["secretKey"]},
+        retry_budget_s="20",
+    )
 
 
 def test_a_message_that_kills_every_worker_is_dead_lettered_and_an_operator_can_skip_one(
-        spawn: SpawnWorker, kafka_broker: KafkaServer, s3_server: S3Server, bucket: str, clips: list[Path]) -> None:
+    spawn: SpawnWorker, kafka_broker: KafkaServer, s3_server: S3Server, bucket: str, clips: list[Path]
+) -> None:
     topics = _one_partition(kafka_broker)
     group = unique_name("group")
     s3_server.client().upload_file(str(clips[0]), bucket, "clip.mp4")
@@ -127,8 +146,7 @@ def test_a_message_that_kills_every_worker_is_dead_lettered_and_an_operator_can_
     pod = {"POD_NAME": "poison-pod"}  # restarted in its pod, as the chart runs it: it rejoins at once
     for death in range(3):  # three workers die holding it (as if the video killed them: an OOM kill, say)
         worker = spawn(kafka_broker, s3_server, topics, group, env=pod, **slow)
-        assert _until(lambda w=worker: _inflight(w) >= 1, timeout=90), \
-            f"death {death}: {worker.log()[-1500:]}"
+        assert _until(lambda w=worker: _inflight(w) >= 1, timeout=90), f"death {death}: {worker.log()[-1500:]}"
         worker.process.kill()
         worker.wait(10)
     survivor = spawn(kafka_broker, s3_server, topics, group, env=pod, **slow)
@@ -141,19 +159,57 @@ def test_a_message_that_kills_every_worker_is_dead_lettered_and_an_operator_can_
 
         survivor.signal(signal.SIGTERM)  # the operator stops the workers, then skips the next message
         assert survivor.wait(30) == 0
-        produce(kafka_broker.bootstrap_servers, topics.input, [request("skip-me", bucket, "clip.mp4")],
-                keys=[b"skip-me"])
-        run = subprocess.run([sys.executable, "-m", "worker.cli", "skip", "--bootstrap-servers",
-                              kafka_broker.bootstrap_servers, "--group-id", group, "--dlq-topic", topics.dlq,
-                              "--topic", topics.input, "--partition", "0", "--offset", "1"],
-                             capture_output=True, text=True, timeout=120)
+        produce(
+            kafka_broker.bootstrap_servers, topics.input, [request("skip-me", bucket, "clip.mp4")], keys=[b"skip-me"]
+        )
+        run = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "worker.cli",
+                "skip",
+                "--bootstrap-servers",
+                kafka_broker.bootstrap_servers,
+                "--group-id",
+                group,
+                "--dlq-topic",
+                topics.dlq,
+                "--topic",
+                topics.input,
+                "--partition",
+                "0",
+                "--offset",
+                "1",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert run.returncode == 0, run.stderr
         assert collector.wait_for({"skip-me"}, timeout=30) == set()
         assert collector.by_id()["skip-me"][0].code == "skipped_by_operator"
         assert _committed(kafka_broker, topics, group) == 2
-        again = subprocess.run([sys.executable, "-m", "worker.cli", "skip", "--bootstrap-servers",
-                                kafka_broker.bootstrap_servers, "--group-id", group, "--topic", topics.input,
-                                "--partition", "0", "--offset", "1"], capture_output=True, text=True, timeout=120)
+        again = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "worker.cli",
+                "skip",
+                "--bootstrap-servers",
+                kafka_broker.bootstrap_servers,
+                "--group-id",
+                group,
+                "--topic",
+                topics.input,
+                "--partition",
+                "0",
+                "--offset",
+                "1",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert again.returncode == 1 and "is at offset 2" in again.stderr  # nothing moves twice
     finally:
         collector.close()

@@ -31,12 +31,14 @@ POLL_GAP_S = 0.05
 
 
 def test_metrics_answer_fast_and_kafka_never_stalls_while_two_300_frame_videos_are_extracted(
-        spawn, kafka_broker, s3_server, topics, bucket, unique_group_id, tmp_path: Path):
+    spawn, kafka_broker, s3_server, topics, bucket, unique_group_id, tmp_path: Path
+):
     client = s3_server.client()
     for name in ("a.mp4", "b.mp4"):
         client.upload_file(str(make_clip(tmp_path / name, frames=300)), bucket, name)
-    worker = spawn(kafka_broker, s3_server, topics, unique_group_id, seg_num="300", engine="inference",
-                   max_inflight="2")
+    worker = spawn(
+        kafka_broker, s3_server, topics, unique_group_id, seg_num="300", engine="inference", max_inflight="2"
+    )
     worker.wait_ready(timeout=300)  # the first start exports the extractor
     latencies: list[float] = []
     failures: list[str] = []
@@ -57,12 +59,17 @@ def test_metrics_answer_fast_and_kafka_never_stalls_while_two_300_frame_videos_a
     log_before = len(worker.log())
     poller = threading.Thread(target=poll, name="poller", daemon=True)
     started = time.monotonic()
-    produce(kafka_broker.bootstrap_servers, topics.input,
-            [json.dumps({"video_id": name, "bucket": bucket, "key": name}).encode() for name in ("a.mp4", "b.mp4")])
+    produce(
+        kafka_broker.bootstrap_servers,
+        topics.input,
+        [json.dumps({"video_id": name, "bucket": bucket, "key": name}).encode() for name in ("a.mp4", "b.mp4")],
+    )
     poller.start()
     try:
-        answers = [json.loads(r.value) for r in consume_all(kafka_broker.bootstrap_servers,
-                                                            [topics.output, topics.dlq], 2, 900)]
+        answers = [
+            json.loads(r.value)
+            for r in consume_all(kafka_broker.bootstrap_servers, [topics.output, topics.dlq], 2, 900)
+        ]
     finally:
         stop.set()
         poller.join(15)
@@ -72,9 +79,11 @@ def test_metrics_answer_fast_and_kafka_never_stalls_while_two_300_frame_videos_a
     stalls = worker.log()[log_before:].count(STALL_WARNING)
     ms = np.array(latencies) * 1e3
     p50, p99, worst = (float(np.percentile(ms, 50)), float(np.percentile(ms, 99)), float(ms.max()))
-    print(f"responsiveness: {len(ms)} polls of /metrics over {wall:.0f} s: p50 {p50:.1f} ms, p99 {p99:.1f} ms, "
-          f"max {worst:.1f} ms; kafka-python stall warnings: {stalls}; extract "
-          f"{[round(a.get('timings_ms', {}).get('extract', 0) / 1e3, 1) for a in answers]} s; RSS MB {memory}")
+    print(
+        f"responsiveness: {len(ms)} polls of /metrics over {wall:.0f} s: p50 {p50:.1f} ms, p99 {p99:.1f} ms, "
+        f"max {worst:.1f} ms; kafka-python stall warnings: {stalls}; extract "
+        f"{[round(a.get('timings_ms', {}).get('extract', 0) / 1e3, 1) for a in answers]} s; RSS MB {memory}"
+    )
     assert sorted(a["video_id"] for a in answers if "tags" in a) == ["a.mp4", "b.mp4"], answers
     assert all(a["frames"]["sampled"] == 300 for a in answers)
     assert failures == []

@@ -39,8 +39,14 @@ PLAIN_USER = next(iter(PLAIN_USERS))
 
 def sasl_settings(broker: ApacheKafka, ca: str, mechanism: str, user: str, password: str) -> dict[str, str]:
     """Worker settings for the SASL listener: SASL_SSL, the broker verified against our CA."""
-    return {"bootstrap_servers": broker.address("SASL"), "security_protocol": "SASL_SSL", "ssl_cafile": ca,
-            "sasl_mechanism": mechanism, "sasl_username": user, "sasl_password": password}
+    return {
+        "bootstrap_servers": broker.address("SASL"),
+        "security_protocol": "SASL_SSL",
+        "ssl_cafile": ca,
+        "sasl_mechanism": mechanism,
+        "sasl_username": user,
+        "sasl_password": password,
+    }
 
 
 def _scram_user(broker: ApacheKafka) -> tuple[str, str]:
@@ -49,8 +55,9 @@ def _scram_user(broker: ApacheKafka) -> tuple[str, str]:
     return user, password
 
 
-def test_workers_over_sasl_scram_and_plain(spawn: SpawnWorker, secure_kafka: ApacheKafka, pki: dict[str, str],
-                                           s3_server: S3Server, bucket: str, tmp_path: Path) -> None:
+def test_workers_over_sasl_scram_and_plain(
+    spawn: SpawnWorker, secure_kafka: ApacheKafka, pki: dict[str, str], s3_server: S3Server, bucket: str, tmp_path: Path
+) -> None:
     """A SCRAM-SHA-512 worker and a PLAIN worker (started together), each with the documented ACLs on its own
     topics and group, answer their requests and commit."""
     s3_server.client().upload_file(str(tiny_clips(tmp_path)[0]), bucket, "good.mp4")
@@ -61,15 +68,24 @@ def test_workers_over_sasl_scram_and_plain(spawn: SpawnWorker, secure_kafka: Apa
         secure_kafka.create_topics([topics.input, topics.output, topics.dlq])
         group = unique_name("group")
         grant(secure_kafka, f"User:{user}", worker_access(topics, group))
-        worker = spawn(secure_kafka, s3_server, topics, group, seg_num="2",
-                       **sasl_settings(secure_kafka, pki["ca"], mechanism, user, password))
+        worker = spawn(
+            secure_kafka,
+            s3_server,
+            topics,
+            group,
+            seg_num="2",
+            **sasl_settings(secure_kafka, pki["ca"], mechanism, user, password),
+        )
         runs.append((mechanism, topics, group, worker))
     answers = {}
     for mechanism, topics, group, worker in runs:
         worker.wait_ready()
-        produce(secure_kafka.bootstrap_servers, topics.input,
-                [request("good", bucket, "good.mp4"), request("missing", bucket, "nope.mp4")],
-                keys=[b"good", b"missing"])
+        produce(
+            secure_kafka.bootstrap_servers,
+            topics.input,
+            [request("good", bucket, "good.mp4"), request("missing", bucket, "nope.mp4")],
+            keys=[b"good", b"missing"],
+        )
         collector = AnswerCollector(secure_kafka.bootstrap_servers, topics)
         try:
             assert collector.wait_for({"good", "missing"}, timeout=60) == set(), worker.log()[-3000:]
@@ -87,20 +103,34 @@ def test_a_wrong_password_is_refused(secure_kafka: ApacheKafka, pki: dict[str, s
     """The broker refuses the login and says why in its log. (What the worker then says, whether or not
     kafka-python caught the broker's answer before the connection closed, is in tests/test_security.py.)"""
     user = _scram_user(secure_kafka)[0] if mechanism.startswith("SCRAM") else PLAIN_USER
-    reason = {"SCRAM-SHA-512": "invalid credentials with SASL mechanism SCRAM-SHA-512",
-              "PLAIN": "Invalid username or password"}[mechanism]
+    reason = {
+        "SCRAM-SHA-512": "invalid credentials with SASL mechanism SCRAM-SHA-512",
+        "PLAIN": "Invalid username or password",
+    }[mechanism]
     refusals = rf"Failed authentication with /127\.0\.0\.1 .*{reason}"
     before = secure_kafka.logged(refusals)
     with pytest.raises(KafkaTimeoutError, match="Unable to bootstrap"):
-        KafkaAdminClient(bootstrap_servers=secure_kafka.address("SASL"), bootstrap_timeout_ms=2000,
-                         security_protocol="SASL_SSL", ssl_cafile=pki["ca"], sasl_mechanism=mechanism,
-                         sasl_plain_username=user, sasl_plain_password="not-the-password")
+        KafkaAdminClient(
+            bootstrap_servers=secure_kafka.address("SASL"),
+            bootstrap_timeout_ms=2000,
+            security_protocol="SASL_SSL",
+            ssl_cafile=pki["ca"],
+            sasl_mechanism=mechanism,
+            sasl_plain_username=user,
+            sasl_plain_password="not-the-password",
+        )
     assert secure_kafka.logged(refusals) > before
 
 
 def test_a_worker_denied_an_acl_says_so_once_waits_not_ready_and_carries_on_when_granted(
-        spawn: SpawnWorker, secure_kafka: ApacheKafka, secure_topics: Topics, pki: dict[str, str],
-        s3_server: S3Server, bucket: str, tmp_path: Path) -> None:
+    spawn: SpawnWorker,
+    secure_kafka: ApacheKafka,
+    secure_topics: Topics,
+    pki: dict[str, str],
+    s3_server: S3Server,
+    bucket: str,
+    tmp_path: Path,
+) -> None:
     """One SCRAM worker meets each denial in turn, where the worker detects it:
     1. at start (the preflight): no READ on the input topic, no WRITE on the output and DLQ topics;
     2. consuming: no READ on its group;
@@ -112,11 +142,18 @@ def test_a_worker_denied_an_acl_says_so_once_waits_not_ready_and_carries_on_when
     read_input, read_group, write_output, write_dlq = worker_access(secure_topics, group)
     s3_server.client().upload_file(str(tiny_clips(tmp_path)[0]), bucket, "good.mp4")
     collector = AnswerCollector(secure_kafka.bootstrap_servers, secure_topics)
-    worker = spawn(secure_kafka, s3_server, secure_topics, group, seg_num="2",
-                   **sasl_settings(secure_kafka, pki["ca"], "SCRAM-SHA-512", user, password))
+    worker = spawn(
+        secure_kafka,
+        s3_server,
+        secure_topics,
+        group,
+        seg_num="2",
+        **sasl_settings(secure_kafka, pki["ca"], "SCRAM-SHA-512", user, password),
+    )
     try:
-        produce(secure_kafka.bootstrap_servers, secure_topics.input, [request("early", bucket, "good.mp4")],
-                keys=[b"early"])
+        produce(
+            secure_kafka.bootstrap_servers, secure_topics.input, [request("early", bucket, "good.mp4")], keys=[b"early"]
+        )
         # 1. the preflight: three topic ACLs missing, named in one reason
         start = worker.wait_readyz("503", "READ on topic", "WRITE on topic", "(output topic)", "(DLQ topic)")
         time.sleep(4)  # a few retries (0.4, 0.8, 1.6 s apart), which must not add lines
@@ -124,21 +161,29 @@ def test_a_worker_denied_an_acl_says_so_once_waits_not_ready_and_carries_on_when
         # 2. consuming: the group
         group_denied = worker.wait_readyz("503", "consume: Kafka denied READ on group", timeout=30)
         time.sleep(3)
-        denied_before_group = (worker.metric("videotag_messages_consumed_total"),
-                               committed(secure_kafka.bootstrap_servers, group, secure_topics.input),
-                               len(collector.snapshot()))
+        denied_before_group = (
+            worker.metric("videotag_messages_consumed_total"),
+            committed(secure_kafka.bootstrap_servers, group, secure_topics.input),
+            len(collector.snapshot()),
+        )
         grant(secure_kafka, principal, [read_group])
         assert collector.wait_for({"early"}, timeout=60) == set(), worker.log()[-3000:]
         worker.wait_readyz("200", timeout=30)
         # 3. publishing: WRITE revoked on both, a result and a dead letter to publish
         revoke(secure_kafka, principal, [write_output, write_dlq])
         time.sleep(1)  # the ACLs reach the broker's authorizer
-        produce(secure_kafka.bootstrap_servers, secure_topics.input,
-                [request("late", bucket, "good.mp4"), b'{"video_id": "bad"}'], keys=[b"late", b"bad"])
+        produce(
+            secure_kafka.bootstrap_servers,
+            secure_topics.input,
+            [request("late", bucket, "good.mp4"), b'{"video_id": "bad"}'],
+            keys=[b"late", b"bad"],
+        )
         publish_denied = worker.wait_readyz("503", "publish to", "Kafka denied WRITE on topic", timeout=60)
         time.sleep(4)
-        denied_publishing = (committed(secure_kafka.bootstrap_servers, group, secure_topics.input),
-                             sorted(a.ident for a in collector.snapshot()))
+        denied_publishing = (
+            committed(secure_kafka.bootstrap_servers, group, secure_topics.input),
+            sorted(a.ident for a in collector.snapshot()),
+        )
         grant(secure_kafka, principal, [write_output, write_dlq])
         missing = collector.wait_for({"early", "late", "bad"}, timeout=60)
         done = wait_committed(secure_kafka.bootstrap_servers, group, secure_topics.input, 3)
@@ -148,11 +193,16 @@ def test_a_worker_denied_an_acl_says_so_once_waits_not_ready_and_carries_on_when
         failures = worker.metric("videotag_failures_total", 'reason="access_denied"')
     finally:
         collector.close()
-    said = [line.split(" ERROR worker.worker: ", 1)[1] for line in log.splitlines()
-            if " ERROR worker.worker: " in line and "Kafka denied" in line]
-    print(f"\nACL denials: start [{start}], consume [{group_denied}], publish [{publish_denied}]; while denied "
-          f"consumed/committed/answers {denied_before_group}, publishing denied committed/answers "
-          f"{denied_publishing}; logged:\n  " + "\n  ".join(said) + f"\nanswers {answers}, access_denied {failures}")
+    said = [
+        line.split(" ERROR worker.worker: ", 1)[1]
+        for line in log.splitlines()
+        if " ERROR worker.worker: " in line and "Kafka denied" in line
+    ]
+    print(
+        f"\nACL denials: start [{start}], consume [{group_denied}], publish [{publish_denied}]; while denied "
+        f"consumed/committed/answers {denied_before_group}, publishing denied committed/answers "
+        f"{denied_publishing}; logged:\n  " + "\n  ".join(said) + f"\nanswers {answers}, access_denied {failures}"
+    )
     assert "READ on topic" in start and secure_topics.input in start and secure_topics.dlq in start
     assert denied_before_group == (0, 0, 0)  # nothing consumed, committed or answered
     assert denied_publishing == (1, ["early"])  # nothing past the unanswered requests, no dead letter
@@ -166,6 +216,8 @@ def test_a_worker_denied_an_acl_says_so_once_waits_not_ready_and_carries_on_when
     assert len(starts) == 1 and "try 1;" in starts[0]
     assert len([s for s in said if s.startswith("consume:")]) == 1
     assert sorted(s.split(":")[0] for s in said if s.startswith("publish to")) == [
-        f"publish to {secure_topics.dlq}", f"publish to {secure_topics.output}"]
+        f"publish to {secure_topics.dlq}",
+        f"publish to {secure_topics.output}",
+    ]
     assert len(said) == 4, said
     assert "works again" in log and password not in log

@@ -31,8 +31,15 @@ pytestmark = pytest.mark.integration
 REFUSED_WITHIN_MS = 2000
 
 
-def test_worker_over_mutual_tls(spawn: SpawnWorker, secure_kafka: ApacheKafka, secure_topics: Topics,
-                                pki: dict[str, str], s3_server: S3Server, bucket: str, tmp_path: Path) -> None:
+def test_worker_over_mutual_tls(
+    spawn: SpawnWorker,
+    secure_kafka: ApacheKafka,
+    secure_topics: Topics,
+    pki: dict[str, str],
+    s3_server: S3Server,
+    bucket: str,
+    tmp_path: Path,
+) -> None:
     """A worker whose only address is the MTLS listener answers (a result, two dead letters) and commits, as
     User:CN=videotag-client with the documented ACLs and nothing more."""
     group = unique_name("group")
@@ -40,15 +47,29 @@ def test_worker_over_mutual_tls(spawn: SpawnWorker, secure_kafka: ApacheKafka, s
     client = s3_server.client()
     client.upload_file(str(tiny_clips(tmp_path)[0]), bucket, "good.mp4")
     client.put_object(Bucket=bucket, Key="text.mp4", Body=b"no video here\n" * 50)
-    values = {"good": request("good", bucket, "good.mp4"), "text": request("text", bucket, "text.mp4"),
-              "missing": request("missing", bucket, "nope.mp4")}
-    worker = spawn(secure_kafka, s3_server, secure_topics, group, seg_num="2",
-                   bootstrap_servers=secure_kafka.address("MTLS"), **client_tls_settings(pki))
+    values = {
+        "good": request("good", bucket, "good.mp4"),
+        "text": request("text", bucket, "text.mp4"),
+        "missing": request("missing", bucket, "nope.mp4"),
+    }
+    worker = spawn(
+        secure_kafka,
+        s3_server,
+        secure_topics,
+        group,
+        seg_num="2",
+        bootstrap_servers=secure_kafka.address("MTLS"),
+        **client_tls_settings(pki),
+    )
     worker.wait_ready()
     collector = AnswerCollector(secure_kafka.bootstrap_servers, secure_topics)  # the tests' admin door
     try:
-        produce(secure_kafka.bootstrap_servers, secure_topics.input, list(values.values()),
-                keys=[k.encode() for k in values])
+        produce(
+            secure_kafka.bootstrap_servers,
+            secure_topics.input,
+            list(values.values()),
+            keys=[k.encode() for k in values],
+        )
         missing = collector.wait_for(set(values), timeout=60)
         answers = {a.ident: a.kind if a.kind == "result" else a.code for a in collector.snapshot()}
     finally:
@@ -65,8 +86,10 @@ def test_worker_over_mutual_tls(spawn: SpawnWorker, secure_kafka: ApacheKafka, s
 def _refused(caplog: pytest.LogCaptureFixture, bootstrap: str, **security: Any) -> str:
     """Bootstrap a client that must be refused; returns why kafka-python says its connections failed."""
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="kafka"), \
-            pytest.raises(KafkaTimeoutError, match="Unable to bootstrap"):
+    with (
+        caplog.at_level(logging.WARNING, logger="kafka"),
+        pytest.raises(KafkaTimeoutError, match="Unable to bootstrap"),
+    ):
         KafkaAdminClient(bootstrap_servers=bootstrap, bootstrap_timeout_ms=REFUSED_WITHIN_MS, **security).close()
     return " ".join(r.getMessage() for r in caplog.records if "Bootstrap connection" in r.getMessage())
 
@@ -79,16 +102,21 @@ def test_tls_refusals(secure_kafka: ApacheKafka, pki: dict[str, str], caplog: py
     failed_handshake = r"Failed authentication with /127\.0\.0\.1 .*SSL handshake failed"
     before = secure_kafka.logged(failed_handshake)
     plaintext = _refused(caplog, secure_kafka.address("MTLS"))
-    without_cert = _refused(caplog, secure_kafka.address("MTLS"),
-                            **security_options(Settings(security_protocol="SSL", ssl_cafile=pki["ca"])))
+    without_cert = _refused(
+        caplog,
+        secure_kafka.address("MTLS"),
+        **security_options(Settings(security_protocol="SSL", ssl_cafile=pki["ca"])),
+    )
     broker_refused = secure_kafka.logged(failed_handshake) - before
     rogue = _refused(caplog, secure_kafka.address("ROGUE"), **ours)
     elsewhere = _refused(caplog, secure_kafka.address("ELSEWHERE"), **ours)
     unchecked = security_options(Settings(**client_tls_settings(pki), ssl_check_hostname=False))
     admin = KafkaAdminClient(bootstrap_servers=secure_kafka.address("ELSEWHERE"), **unchecked)
     admin.close()
-    print(f"\nrefused: plaintext [{plaintext[:90]}], no certificate [{without_cert[:90]}], broker handshakes "
-          f"failed {broker_refused}, rogue CA [{rogue[:120]}], other host [{elsewhere[:120]}]")
+    print(
+        f"\nrefused: plaintext [{plaintext[:90]}], no certificate [{without_cert[:90]}], broker handshakes "
+        f"failed {broker_refused}, rogue CA [{rogue[:120]}], other host [{elsewhere[:120]}]"
+    )
     assert "socket disconnected" in plaintext
     assert "BAD_CERTIFICATE" in without_cert  # the broker's alert: it required a certificate
     assert broker_refused >= 2

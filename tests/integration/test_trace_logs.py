@@ -31,8 +31,9 @@ def _request(video_id: str, bucket: str, key: str, **extra: str) -> bytes:
 
 
 @pytest.mark.parametrize("delivery", ["at_least_once", "exactly_once"])
-def test_json_logs_and_trace_context_end_to_end(spawn: SpawnWorker, kafka_broker: KafkaServer, s3_server: S3Server,
-                                                bucket: str, tmp_path: Path, delivery: str) -> None:
+def test_json_logs_and_trace_context_end_to_end(
+    spawn: SpawnWorker, kafka_broker: KafkaServer, s3_server: S3Server, bucket: str, tmp_path: Path, delivery: str
+) -> None:
     topics = Topics(input=unique_name("in"), output=unique_name("out"), dlq=unique_name("dlq"))
     kafka_broker.create_topics([topics.input, topics.output, topics.dlq], partitions=1)
     client = s3_server.client()
@@ -41,14 +42,29 @@ def test_json_logs_and_trace_context_end_to_end(spawn: SpawnWorker, kafka_broker
     incoming = f"00-{CALLER_TRACE}-{CALLER_SPAN}-01".encode()
     with Collector() as collector:
         # The shipped engine, exported afresh: Paddle then writes glog lines to file descriptor 2 itself.
-        worker = spawn(kafka_broker, s3_server, topics, unique_name("group"), log_format="json", engine="inference",
-                       model_cache_dir=str(tmp_path / "models"), otel_exporter_otlp_endpoint=collector.endpoint,
-                       delivery=delivery)
+        worker = spawn(
+            kafka_broker,
+            s3_server,
+            topics,
+            unique_name("group"),
+            log_format="json",
+            engine="inference",
+            model_cache_dir=str(tmp_path / "models"),
+            otel_exporter_otlp_endpoint=collector.endpoint,
+            delivery=delivery,
+        )
         worker.wait_ready()
-        produce(kafka_broker.bootstrap_servers, topics.input, [_request("good", bucket, "good.mp4")],
-                headers=[("traceparent", incoming)])
-        produce(kafka_broker.bootstrap_servers, topics.input,
-                [_request("text", bucket, "text.mp4", trace_id=FIELD_TRACE), b"{broken json"])
+        produce(
+            kafka_broker.bootstrap_servers,
+            topics.input,
+            [_request("good", bucket, "good.mp4")],
+            headers=[("traceparent", incoming)],
+        )
+        produce(
+            kafka_broker.bootstrap_servers,
+            topics.input,
+            [_request("text", bucket, "text.mp4", trace_id=FIELD_TRACE), b"{broken json"],
+        )
         records = consume_all(kafka_broker.bootstrap_servers, [topics.output, topics.dlq], 3, timeout=180)
         worker.signal(signal.SIGTERM)
         assert worker.wait(90) == 0
@@ -90,8 +106,10 @@ def test_json_logs_and_trace_context_end_to_end(spawn: SpawnWorker, kafka_broker
     for video_id, trace_id, offset in (("good", CALLER_TRACE, 0), ("text", FIELD_TRACE, 1)):
         mine = [e for e in entries if e.get("video_id") == video_id]
         assert mine, f"no log record names {video_id}"
-        assert all(e["trace_id"] == trace_id and e["topic"] == topics.input and e["partition"] == 0 and
-                   e["offset"] == offset for e in mine), mine
+        assert all(
+            e["trace_id"] == trace_id and e["topic"] == topics.input and e["partition"] == 0 and e["offset"] == offset
+            for e in mine
+        ), mine
     dead = [e for e in entries if e["message"].startswith("dead-letter")]
     assert {e.get("video_id") for e in dead} == {"text", None}
     assert next(e for e in dead if e.get("video_id") is None)["trace_id"] == malformed_header.trace_id
@@ -111,15 +129,47 @@ def test_a_replayed_dead_letter_continues_its_trace(kafka_broker: KafkaServer) -
     """`videotag enqueue --from-dlq` sends each original with its dead letter's traceparent."""
     topics = Topics(input=unique_name("in"), output=unique_name("out"), dlq=unique_name("dlq"))
     kafka_broker.create_topics([topics.input, topics.dlq], partitions=1)
-    letter = {"video_id": "v1", "original": {"encoding": "text", "value": '{"video_id": "v1"}', "topic": topics.input,
-                                             "partition": 0, "offset": 0, "key": "v1"},
-              "error": {"code": "corrupt_video", "message": "x"}, "attempts": 1, "worker": "w", "failed_at": "t"}
+    letter = {
+        "video_id": "v1",
+        "original": {
+            "encoding": "text",
+            "value": '{"video_id": "v1"}',
+            "topic": topics.input,
+            "partition": 0,
+            "offset": 0,
+            "key": "v1",
+        },
+        "error": {"code": "corrupt_video", "message": "x"},
+        "attempts": 1,
+        "worker": "w",
+        "failed_at": "t",
+    }
     header = f"00-{CALLER_TRACE}-{CALLER_SPAN}-01".encode()
-    produce(kafka_broker.bootstrap_servers, topics.dlq, [json.dumps(letter).encode()], keys=[b"v1"],
-            headers=[("traceparent", header)])
-    run = subprocess.run([sys.executable, "-m", "worker.cli", "enqueue", "--bootstrap-servers",
-                          kafka_broker.bootstrap_servers, "--dlq-topic", topics.dlq, "--topic", topics.input,
-                          "--from-dlq"], capture_output=True, text=True, timeout=120)
+    produce(
+        kafka_broker.bootstrap_servers,
+        topics.dlq,
+        [json.dumps(letter).encode()],
+        keys=[b"v1"],
+        headers=[("traceparent", header)],
+    )
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "worker.cli",
+            "enqueue",
+            "--bootstrap-servers",
+            kafka_broker.bootstrap_servers,
+            "--dlq-topic",
+            topics.dlq,
+            "--topic",
+            topics.input,
+            "--from-dlq",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert run.returncode == 0, run.stderr
     [replayed] = consume_all(kafka_broker.bootstrap_servers, topics.input, 1, timeout=30)
     assert replayed.value == b'{"video_id": "v1"}' and replayed.headers == [("traceparent", header)]

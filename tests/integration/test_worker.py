@@ -30,8 +30,9 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 
 
 @pytest.fixture
-def workers(spawn: SpawnWorker, kafka_broker: KafkaServer, s3_server: S3Server, topics: Topics,
-            unique_group_id: str) -> Callable[..., WorkerProcess]:
+def workers(
+    spawn: SpawnWorker, kafka_broker: KafkaServer, s3_server: S3Server, topics: Topics, unique_group_id: str
+) -> Callable[..., WorkerProcess]:
     """workers(**settings) → a worker process on this test's topics and group."""
     return lambda **settings: spawn(kafka_broker, s3_server, topics, unique_group_id, **settings)
 
@@ -53,8 +54,10 @@ def _upload(s3_server: S3Server, bucket: str, clips: list[Path], copies: int) ->
 
 def _answers(broker: KafkaServer, topics: Topics, expected: int, timeout: float = 120) -> dict[str, list[dict]]:
     """video_id → every result and DLQ record published for it (duplicates included)."""
-    records = [json.loads(r.value) for r in consume_all(broker.bootstrap_servers, [topics.output, topics.dlq],
-                                                          expected, timeout)]
+    records = [
+        json.loads(r.value)
+        for r in consume_all(broker.bootstrap_servers, [topics.output, topics.dlq], expected, timeout)
+    ]
     answers: dict[str, list[dict]] = {}
     for record in records:
         answers.setdefault(record.get("video_id") or record["original"]["value"], []).append(record)
@@ -68,15 +71,25 @@ def test_results_and_every_bad_input_in_the_dlq(workers, kafka_broker, s3_server
     client.put_object(Bucket=bucket, Key="empty.mp4", Body=b"")
     client.put_object(Bucket=bucket, Key="truncated.mp4", Body=clips[0].read_bytes()[:3000])
     client.put_object(Bucket=bucket, Key="huge.mp4", Body=b"\0" * 600_000)
-    event = {"Records": [{"eventName": "ObjectCreated:Put",
-                          "s3": {"bucket": {"name": bucket}, "object": {"key": keys[0].replace("/", "%2F")}}},
-                         {"eventName": "ObjectRemoved:Delete",
-                          "s3": {"bucket": {"name": bucket}, "object": {"key": "gone.mp4"}}}]}
+    event = {
+        "Records": [
+            {
+                "eventName": "ObjectCreated:Put",
+                "s3": {"bucket": {"name": bucket}, "object": {"key": keys[0].replace("/", "%2F")}},
+            },
+            {"eventName": "ObjectRemoved:Delete", "s3": {"bucket": {"name": bucket}, "object": {"key": "gone.mp4"}}},
+        ]
+    }
     values = [_request(f"ok-{i}", bucket, k) for i, k in enumerate(keys)] + [
-        b"{broken json", b'{"video_id": "no-bucket"}', _request("missing-key", bucket, "nope.mp4"),
-        _request("missing-bucket", "no-such-bucket-x", "a.mp4"), _request("text", bucket, "text.mp4"),
-        _request("empty", bucket, "empty.mp4"), _request("truncated", bucket, "truncated.mp4"),
-        _request("huge", bucket, "huge.mp4"), json.dumps(event).encode(),
+        b"{broken json",
+        b'{"video_id": "no-bucket"}',
+        _request("missing-key", bucket, "nope.mp4"),
+        _request("missing-bucket", "no-such-bucket-x", "a.mp4"),
+        _request("text", bucket, "text.mp4"),
+        _request("empty", bucket, "empty.mp4"),
+        _request("truncated", bucket, "truncated.mp4"),
+        _request("huge", bucket, "huge.mp4"),
+        json.dumps(event).encode(),
     ]
     worker = workers(max_object_bytes="500000")
     worker.wait_ready()
@@ -94,9 +107,14 @@ def test_results_and_every_bad_input_in_the_dlq(workers, kafka_broker, s3_server
     for record in (r for recs in answers.values() for r in recs if "error" in r):
         jsonschema.validate(record, messages.schema("dlq"))
     assert codes == {
-        "{broken json": "invalid_json", '{"video_id": "no-bucket"}': "schema_violation",
-        "missing-key": "no_such_key", "missing-bucket": "no_such_bucket", "text": "not_a_video",
-        "empty": "empty_file", "truncated": "corrupt_video", "huge": "object_too_large",
+        "{broken json": "invalid_json",
+        '{"video_id": "no-bucket"}': "schema_violation",
+        "missing-key": "no_such_key",
+        "missing-bucket": "no_such_bucket",
+        "text": "not_a_video",
+        "empty": "empty_file",
+        "truncated": "corrupt_video",
+        "huge": "object_too_large",
     }
     # The partition kept moving and the counters match what was published.
     assert worker.metric("videotag_messages_consumed_total") == len(values)
@@ -135,8 +153,12 @@ def test_two_workers_share_the_partitions(workers, kafka_broker, s3_server, topi
     for worker in pair:
         worker.wait_ready()
     wait_for_assignment(pair, partitions=3)
-    produce(kafka_broker.bootstrap_servers, topics.input, [_request(k, bucket, k) for k in keys],
-            keys=[k.encode() for k in keys])
+    produce(
+        kafka_broker.bootstrap_servers,
+        topics.input,
+        [_request(k, bucket, k) for k in keys],
+        keys=[k.encode() for k in keys],
+    )
     answers = _answers(kafka_broker, topics, expected=12)
     assert sorted(answers) == sorted(keys)
     duplicates = sum(len(v) - 1 for v in answers.values())
@@ -168,8 +190,9 @@ def test_kill_9_mid_video_loses_nothing(workers, kafka_broker, s3_server, topics
     assert all("tags" in recs[0] for recs in answers.values())
 
 
-def test_kill_9_of_the_model_process_mid_video_restarts_it_and_loses_nothing(workers, kafka_broker, s3_server,
-                                                                            topics, bucket, clips):
+def test_kill_9_of_the_model_process_mid_video_restarts_it_and_loses_nothing(
+    workers, kafka_broker, s3_server, topics, bucket, clips
+):
     """The networks' process killed with SIGKILL while videos are in flight: the worker reports not-ready, starts
     a new one, and the videos are still tagged (retried, not dead-lettered); the worker itself stays up."""
     keys = _upload(s3_server, bucket, clips, 3)
@@ -207,8 +230,7 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def test_sigterm_drains_commits_and_exits_0(workers, kafka_broker, s3_server, topics, bucket, clips,
-                                            unique_group_id):
+def test_sigterm_drains_commits_and_exits_0(workers, kafka_broker, s3_server, topics, bucket, clips, unique_group_id):
     keys = _upload(s3_server, bucket, clips, 4)
     worker = workers(seg_num="16", max_inflight="2")
     worker.wait_ready()
@@ -224,8 +246,9 @@ def test_sigterm_drains_commits_and_exits_0(workers, kafka_broker, s3_server, to
     ids = Counter(json.loads(r.value)["video_id"] for r in answered)
     assert ids and max(ids.values()) == 1 and "draining" in worker.log()
     # What was published is committed, and nothing beyond it.
-    consumer = KafkaConsumer(bootstrap_servers=kafka_broker.bootstrap_servers, group_id=unique_group_id,
-                             enable_auto_commit=False)
+    consumer = KafkaConsumer(
+        bootstrap_servers=kafka_broker.bootstrap_servers, group_id=unique_group_id, enable_auto_commit=False
+    )
     try:
         committed = sum(consumer.committed(TopicPartition(topics.input, p)) or 0 for p in range(3))
     finally:

@@ -17,33 +17,59 @@ from tests.kafka_helpers import Topics
 from worker.local.stack import KafkaServer, S3Server, free_port
 
 # Small and fast: ResNet-50 with seeded random weights, few frames. Fidelity is tested elsewhere.
-FAST_MODEL = {"allow_random_weights": "true", "layers": "50", "engine": "dygraph", "seg_num": "4",
-              "label_file": "no-labels-needed.txt"}
+FAST_MODEL = {
+    "allow_random_weights": "true",
+    "layers": "50",
+    "engine": "dygraph",
+    "seg_num": "4",
+    "label_file": "no-labels-needed.txt",
+}
 SECRET_KEY = "integration-secret-key-7f3a"
 
 
 class WorkerProcess:
-    def __init__(self, log_dir: Path, broker: KafkaServer, s3: S3Server, topics: Topics, group_id: str,
-                 env: dict[str, str] | None = None, **settings: str) -> None:
+    def __init__(
+        self,
+        log_dir: Path,
+        broker: KafkaServer,
+        s3: S3Server,
+        topics: Topics,
+        group_id: str,
+        env: dict[str, str] | None = None,
+        **settings: str,
+    ) -> None:
         """`settings` become VIDEOTAG_* variables; `env` adds other variables (POD_NAME, say)."""
         self.metrics_port = free_port()
         self.log_path = log_dir / f"worker-{self.metrics_port}.log"
         environ = {k: v for k, v in os.environ.items() if not k.startswith(("VIDEOTAG_", "AWS_", "POD_NAME"))}
         values = {
-            "bootstrap_servers": broker.bootstrap_servers, "s3_endpoint_url": s3.endpoint_url,
-            "input_topic": topics.input, "output_topic": topics.output, "dlq_topic": topics.dlq,
-            "group_id": group_id, "metrics_host": "127.0.0.1", "metrics_port": str(self.metrics_port),
-            "temp_dir": str(log_dir / f"tmp-{self.metrics_port}"), "drain_grace_s": "60",
-            "retry_backoff_base_s": "0.2", "retry_backoff_max_s": "2",
-            **FAST_MODEL, **settings,
+            "bootstrap_servers": broker.bootstrap_servers,
+            "s3_endpoint_url": s3.endpoint_url,
+            "input_topic": topics.input,
+            "output_topic": topics.output,
+            "dlq_topic": topics.dlq,
+            "group_id": group_id,
+            "metrics_host": "127.0.0.1",
+            "metrics_port": str(self.metrics_port),
+            "temp_dir": str(log_dir / f"tmp-{self.metrics_port}"),
+            "drain_grace_s": "60",
+            "retry_backoff_base_s": "0.2",
+            "retry_backoff_max_s": "2",
+            **FAST_MODEL,
+            **settings,
         }
         environ |= {f"VIDEOTAG_{k.upper()}": v for k, v in values.items()}
         environ |= {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": SECRET_KEY, "AWS_DEFAULT_REGION": "us-east-1"}
         environ |= env or {}
         self.temp_dir = Path(values["temp_dir"])
         self._log = self.log_path.open("wb")
-        self.process = subprocess.Popen([sys.executable, "-m", "worker.cli", "worker"], env=environ,
-                                        stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "worker.cli", "worker"],
+            env=environ,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
     def get(self, path: str, timeout: float = 2.0) -> tuple[int, str]:
         try:

@@ -52,10 +52,30 @@ if TYPE_CHECKING:  # boto3-stubs (the test extra)
 
 # Containers and streams FFmpeg (OpenCV or PyAV) reads; what else a bucket holds (thumbnails, subtitles,
 # manifests, partial uploads) is not a video and is skipped.
-VIDEO_EXTENSIONS = frozenset({
-    ".3g2", ".3gp", ".asf", ".avi", ".f4v", ".flv", ".m2ts", ".m4v", ".mkv", ".mov", ".mp4", ".mpeg", ".mpg",
-    ".mts", ".mxf", ".ogv", ".ts", ".vob", ".webm", ".wmv",
-})
+VIDEO_EXTENSIONS = frozenset(
+    {
+        ".3g2",
+        ".3gp",
+        ".asf",
+        ".avi",
+        ".f4v",
+        ".flv",
+        ".m2ts",
+        ".m4v",
+        ".mkv",
+        ".mov",
+        ".mp4",
+        ".mpeg",
+        ".mpg",
+        ".mts",
+        ".mxf",
+        ".ogv",
+        ".ts",
+        ".vob",
+        ".webm",
+        ".wmv",
+    }
+)
 BATCH = 100  # requests between two flushes (and marker updates)
 PAGE_SIZE = 1000  # keys per ListObjectsV2 call (the S3 maximum); also entries between two marker updates
 LIST_ATTEMPTS = 5  # botocore's own retries of a listing call (the worker's S3 client makes one attempt)
@@ -95,8 +115,9 @@ def parse_since(text: str) -> datetime:
     try:
         when = datetime.fromisoformat(text)
     except ValueError as exc:
-        raise BackfillError(f"--since {text}: expected an ISO date or date-time (2026-11-01, 2026-11-01T12:00Z)") \
-            from exc
+        raise BackfillError(
+            f"--since {text}: expected an ISO date or date-time (2026-11-01, 2026-11-01T12:00Z)"
+        ) from exc
     return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
@@ -120,8 +141,9 @@ def wanted(entry: Entry, since: datetime | None) -> str | None:
 class RateLimiter:
     """A token bucket: `rate` per second on average, bursts of at most one second's worth."""
 
-    def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(
+        self, rate: float, clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep
+    ) -> None:
         self.rate, self.capacity = rate, max(1.0, rate)
         self.clock, self.sleep = clock, sleep
         self.tokens, self.updated = self.capacity, clock()
@@ -140,6 +162,7 @@ class RateLimiter:
 # --------------------------------------------------------------------------------------------------------
 # The marker file
 
+
 def read_marker(path: Path | None, source: str) -> dict[str, Any] | None:
     """The marker a previous run of `source` left, or None. Raises BackfillError for another source's."""
     if path is None or not path.is_file():
@@ -156,8 +179,13 @@ def read_marker(path: Path | None, source: str) -> dict[str, Any] | None:
 
 def write_marker(path: Path, source: str, position: Any, complete: bool, stats: Stats) -> None:
     """Replace the marker atomically: an interruption leaves the old one or the new one, never half."""
-    marker = {"source": source, "position": position, "complete": complete, "enqueued": stats.enqueued,
-              "updated": datetime.now(UTC).isoformat(timespec="seconds")}
+    marker = {
+        "source": source,
+        "position": position,
+        "complete": complete,
+        "enqueued": stats.enqueued,
+        "updated": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     with os.fdopen(fd, "w", encoding="utf-8") as out:
@@ -167,6 +195,7 @@ def write_marker(path: Path, source: str, position: Any, complete: bool, stats: 
 
 # --------------------------------------------------------------------------------------------------------
 # Sources
+
 
 def list_source(client: S3Client, uri: str, start_after: str | None, stats: Stats) -> Iterator[Entry]:
     """Every object under `s3://bucket/prefix` after `start_after`, in key order; the position is the key."""
@@ -238,8 +267,9 @@ def manifest_source(client: S3Client, uri: str, resume: list[int] | None, stats:
             continue
         data = client.get_object(Bucket=destination, Key=item["key"])["Body"].read()
         if (expected := item.get("MD5checksum")) and hashlib.md5(data).hexdigest() != expected:
-            raise BackfillError(f"s3://{destination}/{item['key']}: MD5 differs from the manifest's (a partial or "
-                                "replaced data file)")
+            raise BackfillError(
+                f"s3://{destination}/{item['key']}: MD5 differs from the manifest's (a partial or replaced data file)"
+            )
         stats.pages += 1
         where = f"s3://{destination}/{item['key']}"
         for number, row in _readable_rows(data, columns, where):
@@ -257,6 +287,7 @@ def manifest_source(client: S3Client, uri: str, resume: list[int] | None, stats:
 
 # --------------------------------------------------------------------------------------------------------
 # The walk
+
 
 @dataclass(frozen=True)
 class Options:
@@ -280,8 +311,13 @@ def backfill(settings: Settings, options: Options, topic: str, out: TextIO) -> S
         return stats
     position = marker["position"] if marker else None
     stats.resumed_from = position
-    client = make_client(settings.s3_endpoint_url, settings.s3_region, settings.s3_connect_timeout_s,
-                         settings.s3_read_timeout_s, attempts=LIST_ATTEMPTS)
+    client = make_client(
+        settings.s3_endpoint_url,
+        settings.s3_region,
+        settings.s3_connect_timeout_s,
+        settings.s3_read_timeout_s,
+        attempts=LIST_ATTEMPTS,
+    )
     if options.manifest:
         entries = manifest_source(client, options.source, position, stats, dated=options.since is not None)
     else:
@@ -299,13 +335,19 @@ def backfill(settings: Settings, options: Options, topic: str, out: TextIO) -> S
             producer.flush()
             if failed := [future.exception for future in pending if future.failed()]:
                 # flush() returns whether or not the broker took them: the marker must not pass a lost request
-                raise BackfillError(f"the broker refused {len(failed)} requests ({failed[0]!r}); "
-                                    + ("the marker holds the last acknowledged position: run again to resume"
-                                       if options.marker else "nothing records how far this run got"))
+                raise BackfillError(
+                    f"the broker refused {len(failed)} requests ({failed[0]!r}); "
+                    + (
+                        "the marker holds the last acknowledged position: run again to resume"
+                        if options.marker
+                        else "nothing records how far this run got"
+                    )
+                )
             if options.marker is not None:
                 write_marker(options.marker, options.source, at, complete, stats)
-        progress.advance(f"listed {stats.listed}, skipped {stats.not_video + stats.too_old}",
-                         count=stats.enqueued - checkpointed)
+        progress.advance(
+            f"listed {stats.listed}, skipped {stats.not_video + stats.too_old}", count=stats.enqueued - checkpointed
+        )
         pending.clear()
         handled, checkpointed = 0, stats.enqueued
 

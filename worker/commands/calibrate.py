@@ -18,12 +18,14 @@ from models.video import InProcessDecoder
 from worker.settings import Settings
 
 
-def calibrate(settings: Settings, paths: Sequence[str | Path], out: str | Path | None,
-              frames: int | None = None) -> tuple[Path, int]:
+def calibrate(
+    settings: Settings, paths: Sequence[str | Path], out: str | Path | None, frames: int | None = None
+) -> tuple[Path, int]:
     """Sample `paths`, write a set of `frames` frames (default DEFAULT_FRAMES); return where and how many.
     Raises what decoding a bad video raises (an InputError with its code) and CalibrationError."""
     config = ExtractorConfig(layers=settings.layers, seg_num=settings.seg_num)
-    decoder = InProcessDecoder(settings.preprocess, config.short_size, config.target_size, settings.max_width,
-                               settings.max_height)
+    decoder = InProcessDecoder(
+        settings.preprocess, config.short_size, config.target_size, settings.max_width, settings.max_height
+    )
     calibration = sample_calibration(paths, lambda path: decoder(path, config.seg_num), frames or DEFAULT_FRAMES)
     return save_calibration(out or settings.int8_calibration, calibration), len(calibration.crops)

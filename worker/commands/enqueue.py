@@ -28,13 +28,13 @@ def parse_target(target: str, bucket: str | None) -> tuple[str, str]:
     return bucket, target
 
 
-def send_request(producer: KafkaProducer, topic: str, bucket: str, key: str
-                 ) -> tuple[dict[str, Any], FutureRecordMetadata]:
+def send_request(
+    producer: KafkaProducer, topic: str, bucket: str, key: str
+) -> tuple[dict[str, Any], FutureRecordMetadata]:
     """Send the request for one video, keyed by its video_id; returns it and its send's future (done at the
     producer's next flush). The one place a request is made for the input topic (enqueue and backfill)."""
     message = request_message(bucket, key)
-    future = producer.send(topic, key=message["video_id"].encode("utf-8"),
-                           value=json.dumps(message).encode("utf-8"))
+    future = producer.send(topic, key=message["video_id"].encode("utf-8"), value=json.dumps(message).encode("utf-8"))
     return message, future
 
 

@@ -29,8 +29,7 @@ from models.sampling import sample_indices
 if TYPE_CHECKING:
     from models.tagger import TagResult
 
-FONT_HELP = ("pip install 'videotag[preview]' (Noto Sans SC), or apt-get install fonts-noto-cjk, "
-             "or give --font FILE")
+FONT_HELP = "pip install 'videotag[preview]' (Noto Sans SC), or apt-get install fonts-noto-cjk, or give --font FILE"
 # Where distributions put a CJK font (Debian/Ubuntu fonts-noto-cjk and fonts-wqy-*, Fedora, Arch, macOS).
 SYSTEM_FONTS = (
     "/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc",
@@ -69,8 +68,9 @@ def _fontconfig_font() -> Path | None:
     if not (fc_match := shutil.which("fc-match")):
         return None
     try:
-        found = subprocess.run([fc_match, "-f", "%{file}", ":lang=zh-cn"], capture_output=True, text=True,
-                               timeout=10).stdout.strip()
+        found = subprocess.run(
+            [fc_match, "-f", "%{file}", ":lang=zh-cn"], capture_output=True, text=True, timeout=10
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
     return Path(found) if found else None
@@ -79,6 +79,7 @@ def _fontconfig_font() -> Path | None:
 def missing_glyphs(font: ImageFont.FreeTypeFont, text: str) -> list[str]:
     """The characters of `text` the font draws as its missing-glyph box (that is, as a code point that no
     font has, U+10FFFD)."""
+
     def pixels(ch: str) -> bytes:
         image = Image.new("L", (4 * int(font.size), 2 * int(font.size)))  # (Pillow types the size as float)
         ImageDraw.Draw(image).text((0, 0), ch, font=font, fill=255)
@@ -207,12 +208,12 @@ class SheetWriter:
             for rank, tag in enumerate(tags[:per_head], start=1):
                 probability = float(tag["probability"])
                 draw.rectangle((x, y + 2, x + PANEL - 1, y + 19), fill=(232, 232, 228))
-                draw.rectangle((x, y + 2, x + round((PANEL - 1) * min(max(probability, 0.0), 1.0)), y + 19),
-                               fill=(198, 219, 242))
+                draw.rectangle(
+                    (x, y + 2, x + round((PANEL - 1) * min(max(probability, 0.0), 1.0)), y + 19), fill=(198, 219, 242)
+                )
                 draw.text((x + 4, y + 2), f"{rank}. {tag['class_name']}", font=small, fill=INK)
                 value = f"{probability:.3f}"
-                draw.text((x + PANEL - 4 - draw.textlength(value, font=small), y + 2), value, font=small,
-                          fill=ACCENT)
+                draw.text((x + PANEL - 4 - draw.textlength(value, font=small), y + 2), value, font=small, fill=ACCENT)
                 y += 22
         return sheet
 

@@ -32,8 +32,10 @@ def skip(settings: Settings, topic: str, partition: int, offset: int, timeout_s:
         group.assign([tp])
         committed = group.committed(tp)
         if committed != offset:
-            raise SkipRefused(f"group {settings.group_id} is at offset {committed} of {topic}[{partition}], not "
-                              f"{offset}: nothing skipped")
+            raise SkipRefused(
+                f"group {settings.group_id} is at offset {committed} of {topic}[{partition}], not "
+                f"{offset}: nothing skipped"
+            )
         group.seek(tp, offset)
         record = None
         deadline = time.monotonic() + timeout_s
@@ -46,15 +48,17 @@ def skip(settings: Settings, topic: str, partition: int, offset: int, timeout_s:
         letter = dlq_message(record.value, skipped, 0, None, topic, partition, offset, record.key)
         producer = kafka_clients.producer(settings)
         try:
-            producer.send(settings.dlq_topic, key=record.key,
-                          value=json.dumps(letter, ensure_ascii=False).encode("utf-8")).get(
-                timeout=settings.publish_timeout_s)
+            producer.send(
+                settings.dlq_topic, key=record.key, value=json.dumps(letter, ensure_ascii=False).encode("utf-8")
+            ).get(timeout=settings.publish_timeout_s)
         finally:
             producer.close()
         try:
             group.commit({tp: OffsetAndMetadata(offset + 1, "", -1)})
         except Exception as exc:  # e.g. the group has members again: its commit is theirs to make
-            raise SkipRefused(f"the dead letter is written but the commit was refused ({type(exc).__name__}): stop "
-                              f"the workers of {settings.group_id} and run skip again") from exc
+            raise SkipRefused(
+                f"the dead letter is written but the commit was refused ({type(exc).__name__}): stop "
+                f"the workers of {settings.group_id} and run skip again"
+            ) from exc
     finally:
         group.close()

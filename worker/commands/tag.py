@@ -82,8 +82,9 @@ class ReadAhead:
         self._token.cancel("read-ahead closed")
 
 
-def start_tagging(settings: Settings, paths: list[str], build: Callable[[Settings], Chain],
-                  sampler: Sampler) -> tuple[Chain, ReadAhead | None]:
+def start_tagging(
+    settings: Settings, paths: list[str], build: Callable[[Settings], Chain], sampler: Sampler
+) -> tuple[Chain, ReadAhead | None]:
     """`build(settings)`, with the first video's decoding (by `sampler`) started before it and going on while
     it runs. Returns the chain and that video's read-ahead (None without videos)."""
     ahead = ReadAhead(sampler.stream(paths[0], settings.seg_num)) if paths else None
@@ -96,9 +97,15 @@ def start_tagging(settings: Settings, paths: list[str], build: Callable[[Setting
         raise
 
 
-def tag_files(tagger: VideoTagger, paths: list[str], save_dir: Path | None = None,
-              out: TextIO = sys.stdout, sheets: tuple[SheetWriter, list[Path]] | None = None,
-              quiet: bool = False, first: ReadAhead | None = None) -> int:
+def tag_files(
+    tagger: VideoTagger,
+    paths: list[str],
+    save_dir: Path | None = None,
+    out: TextIO = sys.stdout,
+    sheets: tuple[SheetWriter, list[Path]] | None = None,
+    quiet: bool = False,
+    first: ReadAhead | None = None,
+) -> int:
     """Tag each file; one bad file never stops the batch. `sheets`: the writer and one output path per video;
     `first`: the first video's decoding, started already (`start_tagging`).
     Returns the number of failures (a video that fails, or whose sheet cannot be written)."""

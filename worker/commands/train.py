@@ -93,8 +93,17 @@ def dataset_features(cache: FeatureCache, examples: list[Example], label: str, q
     return np.stack(features)
 
 
-def train(data: Path, label_file: Path, out: Path, settings: Settings, options: TrainOptions, val: Path | None,
-          from_predictor: str | None, cache_dir: Path, quiet: bool = False) -> dict[str, Any]:
+def train(
+    data: Path,
+    label_file: Path,
+    out: Path,
+    settings: Settings,
+    options: TrainOptions,
+    val: Path | None,
+    from_predictor: str | None,
+    cache_dir: Path,
+    quiet: bool = False,
+) -> dict[str, Any]:
     """Extract (cached in `cache_dir`), train, write DIR; returns what metrics.json holds."""
     classes = read_class_names(label_file)
     train_set = read_dataset(data, classes)
@@ -117,8 +126,10 @@ def train(data: Path, label_file: Path, out: Path, settings: Settings, options: 
     progress = Progress(options.epochs, "training", enabled=not quiet)
 
     def on_epoch(record: EpochRecord) -> None:
-        progress.advance(f"loss {record.loss:.4f}  val GAP {record.val_gap:.3f}  loss {record.val_loss:.4f}"
-                         + ("  *" if record.best else ""))
+        progress.advance(
+            f"loss {record.loss:.4f}  val GAP {record.val_gap:.3f}  loss {record.val_loss:.4f}"
+            + ("  *" if record.best else "")
+        )
 
     try:
         result = train_head(fit_x, fit_y, val_x, val_y, options, from_predictor, on_epoch)
@@ -134,8 +145,13 @@ def train(data: Path, label_file: Path, out: Path, settings: Settings, options: 
         "seg_num": tagger.extractor_config.seg_num,
         "preprocess": tagger.preprocess,
         "from_predictor": from_predictor,
-        "data": {"train": str(data), "videos": len(fit_x), "validation": val_source, "validation_videos": len(val_x),
-                 "per_class": dict(zip(classes, fit_y.sum(axis=0).astype(int).tolist(), strict=True))},
+        "data": {
+            "train": str(data),
+            "videos": len(fit_x),
+            "validation": val_source,
+            "validation_videos": len(val_x),
+            "per_class": dict(zip(classes, fit_y.sum(axis=0).astype(int).tolist(), strict=True)),
+        },
         "options": asdict(options),
         "best_epoch": result.best_epoch,
         "epochs_run": len(result.history),
@@ -151,15 +167,20 @@ def train(data: Path, label_file: Path, out: Path, settings: Settings, options: 
     return metrics
 
 
-def evaluate_head(data: Path, label_file: Path, predictor_weights: str, settings: Settings, cache_dir: Path,
-                  quiet: bool = False) -> dict[str, Any]:
+def evaluate_head(
+    data: Path, label_file: Path, predictor_weights: str, settings: Settings, cache_dir: Path, quiet: bool = False
+) -> dict[str, Any]:
     """GAP, Hit@1, mAP and per-class AP of a head (any: VideoTag's or a trained one) on a dataset CSV."""
     tagger = load_extractor(settings, [HeadSpec(EVAL_HEAD, weights=predictor_weights, labels=str(label_file))])
     [head] = tagger.heads
     examples = read_dataset(data, head.labels)
     features = dataset_features(FeatureCache(cache_dir, tagger), examples, "features", quiet)
-    probs = np.concatenate([tagger.probabilities(features[i : i + PREDICT_BATCH])[EVAL_HEAD]
-                            for i in range(0, len(features), PREDICT_BATCH)])
+    probs = np.concatenate(
+        [
+            tagger.probabilities(features[i : i + PREDICT_BATCH])[EVAL_HEAD]
+            for i in range(0, len(features), PREDICT_BATCH)
+        ]
+    )
     return evaluate(probs, multi_hot([e.classes for e in examples], len(head.labels)), head.labels)
 
 
@@ -167,28 +188,33 @@ def model_card(out: Path, metrics: dict[str, Any]) -> str:
     """A short MODEL_CARD.md: what the head tags, what it was trained on, how well, how to deploy it."""
     val = metrics["validation"]
     aps = val["per_class_ap"]
-    rows = "\n".join(f"| {name} | {count} | {'–' if aps[name] is None else f'{aps[name]:.3f}'} |"
-                     for name, count in metrics["data"]["per_class"].items())
-    origin = (f"started from the predictor `{metrics['from_predictor']}` (all layers but the output layer)"
-              if metrics["from_predictor"] else "trained from scratch")
+    rows = "\n".join(
+        f"| {name} | {count} | {'–' if aps[name] is None else f'{aps[name]:.3f}'} |"
+        for name, count in metrics["data"]["per_class"].items()
+    )
+    origin = (
+        f"started from the predictor `{metrics['from_predictor']}` (all layers but the output layer)"
+        if metrics["from_predictor"]
+        else "trained from scratch"
+    )
     data = metrics["data"]
     return f"""# {out.name}: a videotag head
 
-An AttentionLSTM (VideoTag's predictor architecture) for {len(metrics['classes'])} classes of your own, trained
-{metrics['created']} by `videotag train` on `{data['train']}`: {data['videos']} videos, validated on
-{data['validation_videos']} ({data['validation']}); {origin}; best epoch {metrics['best_epoch']} of
-{metrics['epochs_run']}, {metrics['seconds']['training']:.0f} s of training after {metrics['seconds']['features']:.0f} s
+An AttentionLSTM (VideoTag's predictor architecture) for {len(metrics["classes"])} classes of your own, trained
+{metrics["created"]} by `videotag train` on `{data["train"]}`: {data["videos"]} videos, validated on
+{data["validation_videos"]} ({data["validation"]}); {origin}; best epoch {metrics["best_epoch"]} of
+{metrics["epochs_run"]}, {metrics["seconds"]["training"]:.0f} s of training after {metrics["seconds"]["features"]:.0f} s
 of feature extraction.
 
 ## Inputs it expects
-Features of {metrics['extractor']} with weights `{metrics['extractor_weights']}`, {metrics['seg_num']} frames per
-video, `{metrics['preprocess']}` preprocessing. Another extractor's features mean nothing to it; serve it with the
+Features of {metrics["extractor"]} with weights `{metrics["extractor_weights"]}`, {metrics["seg_num"]} frames per
+video, `{metrics["preprocess"]}` preprocessing. Another extractor's features mean nothing to it; serve it with the
 same `seg_num` (the attention pools over any number of frames, but it was only validated at this one).
 
 ## Validation
 | GAP | Hit@1 | mAP |
 |---|---|---|
-| {val['gap']:.3f} | {val['hit_at_1']:.3f} | {'–' if val['map'] is None else f"{val['map']:.3f}"} |
+| {val["gap"]:.3f} | {val["hit_at_1"]:.3f} | {"–" if val["map"] is None else f"{val['map']:.3f}"} |
 
 | class | training videos | validation AP |
 |---|---|---|

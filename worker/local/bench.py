@@ -122,11 +122,15 @@ class Phase:
         cpus = os.cpu_count() or 1
         capacity = self.wall_s * cpus
         others = max(0.0, self.machine_busy_s - self.cpu_s)
-        return {"rss_start_mb": round(self.rss_start_mb, 1), "rss_max_mb": round(self.rss_max_mb, 1),
-                "rss_end_mb": round(self.rss_end_mb, 1), "wall_s": round(self.wall_s, 2),
-                "cpu_s": round(self.cpu_s, 2),
-                "cpu_share": round(self.cpu_s / capacity, 3) if capacity else 0.0,
-                "others_cpu_share": round(others / capacity, 3) if capacity else 0.0}
+        return {
+            "rss_start_mb": round(self.rss_start_mb, 1),
+            "rss_max_mb": round(self.rss_max_mb, 1),
+            "rss_end_mb": round(self.rss_end_mb, 1),
+            "wall_s": round(self.wall_s, 2),
+            "cpu_s": round(self.cpu_s, 2),
+            "cpu_share": round(self.cpu_s / capacity, 3) if capacity else 0.0,
+            "others_cpu_share": round(others / capacity, 3) if capacity else 0.0,
+        }
 
 
 class RssSampler:
@@ -194,9 +198,13 @@ def percentile(values: list[float], q: float) -> float:
 
 def stage_stats(timings: list[dict[str, float]]) -> dict[str, dict[str, float]]:
     """p50/p95 (ms) of each stage over videos."""
-    return {stage: {"p50_ms": round(percentile([t[stage] for t in timings], 50), 1),
-                    "p95_ms": round(percentile([t[stage] for t in timings], 95), 1)}
-            for stage in STAGES}
+    return {
+        stage: {
+            "p50_ms": round(percentile([t[stage] for t in timings], 50), 1),
+            "p95_ms": round(percentile([t[stage] for t in timings], 95), 1),
+        }
+        for stage in STAGES
+    }
 
 
 def agreement(ours: list[int], reference: list[int]) -> dict[str, Any]:
@@ -249,14 +257,17 @@ def baseline_tag(tagger: VideoTagger, path: Path, seg_num: int) -> tuple[np.ndar
     frames = decode_all_frames(path)
     if not frames:
         raise ValueError(f"{path}: no decodable frame")
-    crops = np.stack([original_preprocess(frames[i], cfg.short_size, cfg.target_size)
-                      for i in sample_indices(len(frames), seg_num)])
+    crops = np.stack(
+        [original_preprocess(frames[i], cfg.short_size, cfg.target_size) for i in sample_indices(len(frames), seg_num)]
+    )
     del frames
     t1 = time.perf_counter()
-    features = np.concatenate([
-        tagger.extractor(normalise(crops[i : i + tagger.batch_size], cfg.image_mean, cfg.image_std))
-        for i in range(0, len(crops), tagger.batch_size)
-    ])
+    features = np.concatenate(
+        [
+            tagger.extractor(normalise(crops[i : i + tagger.batch_size], cfg.image_mean, cfg.image_std))
+            for i in range(0, len(crops), tagger.batch_size)
+        ]
+    )
     t2 = time.perf_counter()
     probs = tagger.heads[0].predictor(features[None])[0]
     t3 = time.perf_counter()
@@ -272,9 +283,15 @@ def run_baseline(tagger: VideoTagger, videos: list[Path], seg_num: int) -> tuple
         tops[str(path)] = [t["class_id"] for t in top_k(probs, tagger.heads[0].labels, 20)]
         print(f"  baseline {path.name}: {sum(timing.values()) / 1e3:.1f} s", file=sys.stderr, flush=True)
     wall = time.perf_counter() - start
-    return {"videos": len(videos), "wall_s": round(wall, 2), "videos_per_min": round(len(videos) / wall * 60, 3),
-            "s_per_video": round(wall / len(videos), 2), "first_video_s": round(sum(timings[0].values()) / 1e3, 2),
-            "frames_per_s": round(len(videos) * seg_num / wall, 3), "stages": stage_stats(timings)}, tops
+    return {
+        "videos": len(videos),
+        "wall_s": round(wall, 2),
+        "videos_per_min": round(len(videos) / wall * 60, 3),
+        "s_per_video": round(wall / len(videos), 2),
+        "first_video_s": round(sum(timings[0].values()) / 1e3, 2),
+        "frames_per_s": round(len(videos) * seg_num / wall, 3),
+        "stages": stage_stats(timings),
+    }, tops
 
 
 # ---------------------------------------------------------------------------------------------- engine, pipeline
@@ -283,21 +300,30 @@ def run_baseline(tagger: VideoTagger, videos: list[Path], seg_num: int) -> tuple
 def measure_ceiling(tagger: VideoTagger, seconds: float, min_batches: int = 2) -> dict[str, Any]:
     """Extractor frames/s on random frames at the batch size: what the engine can do with nothing else running."""
     cfg = tagger.extractor_config
-    batch = np.random.default_rng(0).standard_normal(
-        (tagger.batch_size, 3, cfg.target_size, cfg.target_size)).astype(np.float32)
+    batch = (
+        np.random.default_rng(0)
+        .standard_normal((tagger.batch_size, 3, cfg.target_size, cfg.target_size))
+        .astype(np.float32)
+    )
     tagger.extractor(batch)  # warm-up (the first run creates oneDNN primitives) or, after the pipeline, no-op
     count, start, cpu = 0, time.perf_counter(), cpu_seconds()
     while count < min_batches or time.perf_counter() - start < seconds:
         tagger.extractor(batch)
         count += 1
     wall, cpu = time.perf_counter() - start, cpu_seconds() - cpu
-    return {"batch_size": tagger.batch_size, "batches": count, "wall_s": round(wall, 2), "cpu_s": round(cpu, 2),
-            "frames_per_s": round(count * tagger.batch_size / wall, 3),
-            "frames_per_cpu_s": round(count * tagger.batch_size / cpu, 3)}
+    return {
+        "batch_size": tagger.batch_size,
+        "batches": count,
+        "wall_s": round(wall, 2),
+        "cpu_s": round(cpu, 2),
+        "frames_per_s": round(count * tagger.batch_size / wall, 3),
+        "frames_per_cpu_s": round(count * tagger.batch_size / cpu, 3),
+    }
 
 
-def run_pipeline(tagger: VideoTagger, videos: list[Path], repeat: int, max_inflight: int,
-                 seg_num: int) -> tuple[dict[str, Any], dict[str, list[int]]]:
+def run_pipeline(
+    tagger: VideoTagger, videos: list[Path], repeat: int, max_inflight: int, seg_num: int
+) -> tuple[dict[str, Any], dict[str, list[int]]]:
     """All videos × repeat through the chain (built with its model thread) with `max_inflight` concurrent
     `tag` calls; the CPU of decoder children (a chain built with decoders in children) counted apart."""
     jobs = [path for _ in range(repeat) for path in videos]
@@ -314,13 +340,20 @@ def run_pipeline(tagger: VideoTagger, videos: list[Path], repeat: int, max_infli
         top = [t["class_id"] for t in result.tags]
         consistent &= tops.setdefault(str(path), top) == top
     distinct = sum(len(r.video.crops) for r in results)
-    return {"videos": len(jobs), "wall_s": round(wall, 2), "videos_per_min": round(len(jobs) / wall * 60, 3),
-            "frames_per_s": round(len(jobs) * seg_num / wall, 3),
-            "extracted_frames_per_s": round(distinct / wall, 3), "extracted_frames": distinct,
-            "cpu_s": round(cpu, 2), "extracted_frames_per_cpu_s": round(distinct / cpu, 3),
-            "repeats_identical": consistent, "stages": stage_stats([r.timings_ms for r in results]),
-            "children_cpu_s": round(children, 2),
-            **({"engine_busy_s": round(engine.busy_s - busy, 2)} if busy is not None else {})}, tops
+    return {
+        "videos": len(jobs),
+        "wall_s": round(wall, 2),
+        "videos_per_min": round(len(jobs) / wall * 60, 3),
+        "frames_per_s": round(len(jobs) * seg_num / wall, 3),
+        "extracted_frames_per_s": round(distinct / wall, 3),
+        "extracted_frames": distinct,
+        "cpu_s": round(cpu, 2),
+        "extracted_frames_per_cpu_s": round(distinct / cpu, 3),
+        "repeats_identical": consistent,
+        "stages": stage_stats([r.timings_ms for r in results]),
+        "children_cpu_s": round(children, 2),
+        **({"engine_busy_s": round(engine.busy_s - busy, 2)} if busy is not None else {}),
+    }, tops
 
 
 # ---------------------------------------------------------------------------------------------- building
@@ -329,14 +362,30 @@ def run_pipeline(tagger: VideoTagger, videos: list[Path], repeat: int, max_infli
 def build(settings: Settings, threads: int | None, decoders: bool = False) -> Chain:
     """The chain under test, as the worker builds it but with its model thread in this process; decoding in this
     process too, or with `decoders` in child processes as the worker does."""
-    return build_chain(replace(settings, cpu_threads=threads or settings.cpu_threads,
-                               decode_timeout_s=settings.decode_timeout_s if decoders else 0), "thread")
+    return build_chain(
+        replace(
+            settings,
+            cpu_threads=threads or settings.cpu_threads,
+            decode_timeout_s=settings.decode_timeout_s if decoders else 0,
+        ),
+        "thread",
+    )
 
 
 def build_baseline(settings: Settings) -> Chain:
     """The original's configuration: eager fp32, faithful preprocessing (its engines are called directly)."""
-    return build_chain(replace(settings, engine="dygraph", precision="fp32", preprocess="faithful", cpu_threads=0,
-                               tensorrt=False, decode_timeout_s=0), "inline")
+    return build_chain(
+        replace(
+            settings,
+            engine="dygraph",
+            precision="fp32",
+            preprocess="faithful",
+            cpu_threads=0,
+            tensorrt=False,
+            decode_timeout_s=0,
+        ),
+        "inline",
+    )
 
 
 def environment(settings: Settings, threads: int | None) -> dict[str, Any]:
@@ -344,11 +393,21 @@ def environment(settings: Settings, threads: int | None) -> dict[str, Any]:
 
     from models.inference import default_threads
 
-    return {"engine": settings.engine, "precision": settings.precision, "preprocess": settings.preprocess,
-            "batch_size": settings.batch_size, "max_inflight": settings.max_inflight, "seg_num": settings.seg_num,
-            "layers": settings.layers, "device": settings.device, "threads": threads or default_threads(),
-            "cpu": cpu_model(), "cpus": os.cpu_count(), "paddle": paddle.__version__,
-            "loadavg_start": [round(x, 2) for x in os.getloadavg()]}
+    return {
+        "engine": settings.engine,
+        "precision": settings.precision,
+        "preprocess": settings.preprocess,
+        "batch_size": settings.batch_size,
+        "max_inflight": settings.max_inflight,
+        "seg_num": settings.seg_num,
+        "layers": settings.layers,
+        "device": settings.device,
+        "threads": threads or default_threads(),
+        "cpu": cpu_model(),
+        "cpus": os.cpu_count(),
+        "paddle": paddle.__version__,
+        "loadavg_start": [round(x, 2) for x in os.getloadavg()],
+    }
 
 
 # ---------------------------------------------------------------------------------------------- cold start
@@ -399,9 +458,13 @@ def cold_start(settings: Settings, videos: list[Path], timeout_s: float = 3600.0
             tail = stderr.read().decode(errors="replace").strip().splitlines()[-3:]
             raise RuntimeError(f"cold start: `videotag tag` exited {code}: {' / '.join(tail)}")
     warm = (arrivals[-1] - arrivals[0]) / (len(arrivals) - 1) if len(arrivals) > 1 else None
-    return {"videos": len(arrivals), "cold_s": round(arrivals[0], 2),
-            "warm_s_per_video": None if warm is None else round(warm, 2),
-            "process_s": round(time.perf_counter() - start, 2), "tops": tops}
+    return {
+        "videos": len(arrivals),
+        "cold_s": round(arrivals[0], 2),
+        "warm_s_per_video": None if warm is None else round(warm, 2),
+        "process_s": round(time.perf_counter() - start, 2),
+        "tops": tops,
+    }
 
 
 def cold_jobs(videos: list[Path], repeat: int) -> list[Path]:
@@ -411,8 +474,13 @@ def cold_jobs(videos: list[Path], repeat: int) -> list[Path]:
     return jobs * 2 if len(jobs) == 1 else jobs
 
 
-def run_cold_starts(settings: Settings, options: BenchOptions, baseline: dict[str, Any] | None,
-                    baseline_tops: dict[str, list[int]], baseline_load_s: float) -> dict[str, dict[str, Any]]:
+def run_cold_starts(
+    settings: Settings,
+    options: BenchOptions,
+    baseline: dict[str, Any] | None,
+    baseline_tops: dict[str, list[int]],
+    baseline_load_s: float,
+) -> dict[str, dict[str, Any]]:
     """A cold `videotag tag` per precision (the bench's own first), each with its ratios to the baseline and its
     top-20 agreement with it; a run that fails says why in its entry."""
     runs: dict[str, dict[str, Any]] = {}
@@ -425,8 +493,9 @@ def run_cold_starts(settings: Settings, options: BenchOptions, baseline: dict[st
             continue
         if baseline is not None:
             run["ratios"] = cold_ratios(run, baseline, baseline_load_s)
-            run["agreement"] = {path: agreement(run["tops"][path], top)
-                                for path, top in baseline_tops.items() if path in run["tops"]}
+            run["agreement"] = {
+                path: agreement(run["tops"][path], top) for path, top in baseline_tops.items() if path in run["tops"]
+            }
         runs[precision] = run
     return runs
 
@@ -445,28 +514,41 @@ def cold_ratios(cold: dict[str, Any], baseline: dict[str, Any], baseline_load_s:
 
 def run_host_side(settings: Settings, options: BenchOptions) -> dict[str, Any]:
     """The pipeline with the simulated engine and decoder processes: what the host side sustains."""
-    report: dict[str, Any] = {"config": environment(settings, options.threads),
-                              "videos": [str(p) for p in options.videos], "repeat": options.repeat}
+    report: dict[str, Any] = {
+        "config": environment(settings, options.threads),
+        "videos": [str(p) for p in options.videos],
+        "repeat": options.repeat,
+    }
     report["config"]["simulated_ms_per_frame"] = settings.simulated_ms_per_frame
     with RssSampler() as sampler:
         with sampler.phase("load"):
             chain = build(replace(settings, engine="simulated"), options.threads, decoders=True)
         report["config"]["weights"] = chain.tagger.info["weights"]
-        print(f"host side: {len(options.videos)} videos × {options.repeat}, {settings.max_inflight} in flight, "
-              f"simulated engine {settings.simulated_ms_per_frame:g} ms/frame", file=sys.stderr, flush=True)
+        print(
+            f"host side: {len(options.videos)} videos × {options.repeat}, {settings.max_inflight} in flight, "
+            f"simulated engine {settings.simulated_ms_per_frame:g} ms/frame",
+            file=sys.stderr,
+            flush=True,
+        )
         try:
             with sampler.phase("pipeline"):
-                pipeline, _ = run_pipeline(chain.tagger, options.videos, options.repeat, settings.max_inflight,
-                                           settings.seg_num)
+                pipeline, _ = run_pipeline(
+                    chain.tagger, options.videos, options.repeat, settings.max_inflight, settings.seg_num
+                )
         finally:
             chain.close()
     report["pipeline"] = pipeline
     report["host_side"] = host_side_figures(pipeline)
-    report["memory"] = {"peak_rss_mb": round(peak_rss_mb(), 1),
-                        "phases": {name: phase.as_dict() for name, phase in sampler.phases.items()}}
+    report["memory"] = {
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "phases": {name: phase.as_dict() for name, phase in sampler.phases.items()},
+    }
     report["config"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
-    report["disturbed_phases"] = [name for name, phase in report["memory"]["phases"].items()
-                                  if name == "pipeline" and phase["others_cpu_share"] > DISTURBED]
+    report["disturbed_phases"] = [
+        name
+        for name, phase in report["memory"]["phases"].items()
+        if name == "pipeline" and phase["others_cpu_share"] > DISTURBED
+    ]
     return report
 
 
@@ -475,10 +557,15 @@ def host_side_figures(pipeline: dict[str, Any]) -> dict[str, float]:
     seconds per video; how busy the simulated engine was (1.0: the host side kept it saturated)."""
     wall, videos = pipeline["wall_s"], pipeline["videos"]
     cpu = pipeline["cpu_s"] + pipeline["children_cpu_s"]
-    return {"videos_per_s": round(videos / wall, 3), "cpu_s_per_video": round(cpu / videos, 3),
-            "videos_per_cpu_s": round(videos / cpu, 3) if cpu else 0.0,
-            "worker_cpu_s": pipeline["cpu_s"], "decoder_cpu_s": pipeline["children_cpu_s"],
-            "cores_busy": round(cpu / wall, 2), "engine_busy": round(pipeline.get("engine_busy_s", 0.0) / wall, 3)}
+    return {
+        "videos_per_s": round(videos / wall, 3),
+        "cpu_s_per_video": round(cpu / videos, 3),
+        "videos_per_cpu_s": round(videos / cpu, 3) if cpu else 0.0,
+        "worker_cpu_s": pipeline["cpu_s"],
+        "decoder_cpu_s": pipeline["children_cpu_s"],
+        "cores_busy": round(cpu / wall, 2),
+        "engine_busy": round(pipeline.get("engine_busy_s", 0.0) / wall, 3),
+    }
 
 
 # ---------------------------------------------------------------------------------------------- the bench
@@ -497,34 +584,48 @@ class BenchOptions:
 
 
 def run_bench(settings: Settings, options: BenchOptions) -> dict[str, Any]:
-    report: dict[str, Any] = {"config": environment(settings, options.threads),
-                              "videos": [str(p) for p in options.videos], "repeat": options.repeat}
+    report: dict[str, Any] = {
+        "config": environment(settings, options.threads),
+        "videos": [str(p) for p in options.videos],
+        "repeat": options.repeat,
+    }
     seg_num = settings.seg_num
     with RssSampler() as sampler:
         with sampler.phase("load"):
             chain = build(settings, options.threads)
             tagger = chain.tagger
         report["config"]["weights"] = tagger.info["weights"]
-        print(f"ceiling: {settings.engine} {settings.precision} extractor, batch {settings.batch_size}",
-              file=sys.stderr, flush=True)
+        print(
+            f"ceiling: {settings.engine} {settings.precision} extractor, batch {settings.batch_size}",
+            file=sys.stderr,
+            flush=True,
+        )
         with sampler.phase("ceiling"):
             before = measure_ceiling(tagger, options.ceiling_seconds / 2)
-        print(f"pipeline: {len(options.videos)} videos × {options.repeat}, {settings.max_inflight} in flight",
-              file=sys.stderr, flush=True)
+        print(
+            f"pipeline: {len(options.videos)} videos × {options.repeat}, {settings.max_inflight} in flight",
+            file=sys.stderr,
+            flush=True,
+        )
         with sampler.phase("pipeline"):
-            report["pipeline"], pipeline_tops = run_pipeline(tagger, options.videos, options.repeat,
-                                                             settings.max_inflight, seg_num)
+            report["pipeline"], pipeline_tops = run_pipeline(
+                tagger, options.videos, options.repeat, settings.max_inflight, seg_num
+            )
         report["memory"] = {"peak_rss_after_pipeline_mb": round(peak_rss_mb(), 1)}
         with sampler.phase("ceiling_after"):  # other load on the machine varies: bracket the pipeline
             after = measure_ceiling(tagger, options.ceiling_seconds / 2)
         frames = (before["batches"] + after["batches"]) * before["batch_size"]
         cpu = before["cpu_s"] + after["cpu_s"]
-        report["ceiling"] = {**before, "batches": before["batches"] + after["batches"],
-                             "wall_s": round(before["wall_s"] + after["wall_s"], 2), "cpu_s": round(cpu, 2),
-                             "frames_per_s": round((before["frames_per_s"] + after["frames_per_s"]) / 2, 3),
-                             "frames_per_cpu_s": round(frames / cpu, 3),
-                             "before_frames_per_s": before["frames_per_s"],
-                             "after_frames_per_s": after["frames_per_s"]}
+        report["ceiling"] = {
+            **before,
+            "batches": before["batches"] + after["batches"],
+            "wall_s": round(before["wall_s"] + after["wall_s"], 2),
+            "cpu_s": round(cpu, 2),
+            "frames_per_s": round((before["frames_per_s"] + after["frames_per_s"]) / 2, 3),
+            "frames_per_cpu_s": round(frames / cpu, 3),
+            "before_frames_per_s": before["frames_per_s"],
+            "after_frames_per_s": after["frames_per_s"],
+        }
         chain.close()
         del tagger, chain
         baseline_tops: dict[str, list[int]] = {}
@@ -535,12 +636,16 @@ def run_bench(settings: Settings, options: BenchOptions) -> dict[str, Any]:
             with sampler.phase("baseline"):
                 report["baseline"], baseline_tops = run_baseline(baseline_tagger, options.videos, seg_num)
             del baseline_tagger
-            report["agreement"] = {path: agreement(pipeline_tops[path], baseline_tops[path])
-                                   for path in baseline_tops}
+            report["agreement"] = {path: agreement(pipeline_tops[path], baseline_tops[path]) for path in baseline_tops}
         if options.cold_start:
             with sampler.phase("cold_start"):
-                runs = run_cold_starts(settings, options, report.get("baseline"), baseline_tops,
-                                       sampler.phases["baseline_load"].wall_s if "baseline" in report else 0.0)
+                runs = run_cold_starts(
+                    settings,
+                    options,
+                    report.get("baseline"),
+                    baseline_tops,
+                    sampler.phases["baseline_load"].wall_s if "baseline" in report else 0.0,
+                )
             report["cold_starts"] = runs
             own = runs[settings.precision]
             if "error" in own:
@@ -550,9 +655,10 @@ def run_bench(settings: Settings, options: BenchOptions) -> dict[str, Any]:
     pipeline, ceiling = report["pipeline"], report["ceiling"]
     # Wall-clock fraction (idle waits count against the pipeline) and, robust to other load on the machine,
     # the fraction of frames per CPU-second of this process (idle waits do not count).
-    ratios = {"pipeline_vs_ceiling": round(pipeline["extracted_frames_per_s"] / ceiling["frames_per_s"], 3),
-              "pipeline_vs_ceiling_cpu": round(pipeline["extracted_frames_per_cpu_s"] / ceiling["frames_per_cpu_s"],
-                                               3)}
+    ratios = {
+        "pipeline_vs_ceiling": round(pipeline["extracted_frames_per_s"] / ceiling["frames_per_s"], 3),
+        "pipeline_vs_ceiling_cpu": round(pipeline["extracted_frames_per_cpu_s"] / ceiling["frames_per_cpu_s"], 3),
+    }
     if "baseline" in report:
         ratios["pipeline_vs_baseline"] = round(pipeline["videos_per_min"] / report["baseline"]["videos_per_min"], 3)
         if "cold_start" in report:
@@ -561,9 +667,11 @@ def run_bench(settings: Settings, options: BenchOptions) -> dict[str, Any]:
     report["memory"]["peak_rss_mb"] = round(peak_rss_mb(), 1)
     report["memory"]["phases"] = {name: phase.as_dict() for name, phase in sampler.phases.items()}
     report["config"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
-    report["disturbed_phases"] = [name for name, phase in report["memory"]["phases"].items()
-                                  if name in ("ceiling", "pipeline", "ceiling_after", "baseline")
-                                  and phase["others_cpu_share"] > DISTURBED]
+    report["disturbed_phases"] = [
+        name
+        for name, phase in report["memory"]["phases"].items()
+        if name in ("ceiling", "pipeline", "ceiling_after", "baseline") and phase["others_cpu_share"] > DISTURBED
+    ]
     return report
 
 
@@ -577,25 +685,49 @@ def make_clip(path: Path, seconds: float, size: str = "1920x1080", rate: int = 2
     except ImportError as exc:
         raise RuntimeError("--long-video needs imageio-ffmpeg (pip install imageio-ffmpeg)") from exc
     subprocess.run(
-        [imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-y", "-f", "lavfi",
-         "-i", f"testsrc2=size={size}:rate={rate}", "-t", f"{seconds}", "-c:v", "libx264", "-preset", "ultrafast",
-         "-pix_fmt", "yuv420p", str(path)],
-        check=True, capture_output=True,
+        [
+            imageio_ffmpeg.get_ffmpeg_exe(),
+            "-v",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            f"testsrc2=size={size}:rate={rate}",
+            "-t",
+            f"{seconds}",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-pix_fmt",
+            "yuv420p",
+            str(path),
+        ],
+        check=True,
+        capture_output=True,
     )
     return path
 
 
-def run_long_video(settings: Settings, seconds: float, baseline_seconds: float,
-                   threads: int | None, work_dir: Path | None = None) -> dict[str, Any]:
+def run_long_video(
+    settings: Settings, seconds: float, baseline_seconds: float, threads: int | None, work_dir: Path | None = None
+) -> dict[str, Any]:
     """Peak RSS of the pipeline on a `seconds`-long 1080p clip; the baseline's RSS growth per second of video."""
     report: dict[str, Any] = {"config": environment(settings, threads), "long_video": {}}
     out = report["long_video"]
     with tempfile.TemporaryDirectory(prefix="videotag-bench-", dir=work_dir) as tmp, RssSampler() as sampler:
         start = time.perf_counter()
         clip = make_clip(Path(tmp) / "long.mp4", seconds)
-        out.update({"seconds": seconds, "resolution": "1920x1080", "fps": 25,
-                    "clip_mb": round(clip.stat().st_size / 2**20, 1),
-                    "generate_s": round(time.perf_counter() - start, 1)})
+        out.update(
+            {
+                "seconds": seconds,
+                "resolution": "1920x1080",
+                "fps": 25,
+                "clip_mb": round(clip.stat().st_size / 2**20, 1),
+                "generate_s": round(time.perf_counter() - start, 1),
+            }
+        )
         print(f"long video: {seconds:g} s of 1080p generated in {out['generate_s']} s", file=sys.stderr, flush=True)
         with sampler.phase("load"):
             chain = build(settings, threads)
@@ -615,13 +747,18 @@ def run_long_video(settings: Settings, seconds: float, baseline_seconds: float,
         del frames
         phase = sampler.phases["baseline_decode"]
         growth = (held - phase.rss_start_mb) / baseline_seconds
-        out["baseline"] = {"clip_seconds": baseline_seconds, "frames_kept": count,
-                           "rss_growth_mb": round(held - phase.rss_start_mb, 1),
-                           "rss_growth_mb_per_s": round(growth, 1),
-                           "extrapolated_rss_growth_gb": round(growth * seconds / 1024, 1),
-                           "note": "the baseline keeps every decoded RGB frame; not run on the long clip"}
-        report["memory"] = {"peak_rss_mb": round(peak_rss_mb(), 1),
-                            "phases": {name: p.as_dict() for name, p in sampler.phases.items()}}
+        out["baseline"] = {
+            "clip_seconds": baseline_seconds,
+            "frames_kept": count,
+            "rss_growth_mb": round(held - phase.rss_start_mb, 1),
+            "rss_growth_mb_per_s": round(growth, 1),
+            "extrapolated_rss_growth_gb": round(growth * seconds / 1024, 1),
+            "note": "the baseline keeps every decoded RGB frame; not run on the long clip",
+        }
+        report["memory"] = {
+            "peak_rss_mb": round(peak_rss_mb(), 1),
+            "phases": {name: p.as_dict() for name, p in sampler.phases.items()},
+        }
     report["config"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     return report
 
@@ -632,35 +769,48 @@ def run_long_video(settings: Settings, seconds: float, baseline_seconds: float,
 def format_report(report: dict[str, Any]) -> str:
     lines: list[str] = []
     cfg = report["config"]
-    lines.append(f"videotag bench — {cfg['engine']} {cfg['precision']} {cfg['preprocess']}, batch {cfg['batch_size']}, "
-                 f"{cfg['max_inflight']} in flight, seg_num {cfg['seg_num']}, ResNet-{cfg['layers']}, "
-                 f"{cfg['threads']} threads, {cfg['cpu']}, Paddle {cfg['paddle']}")
+    lines.append(
+        f"videotag bench — {cfg['engine']} {cfg['precision']} {cfg['preprocess']}, batch {cfg['batch_size']}, "
+        f"{cfg['max_inflight']} in flight, seg_num {cfg['seg_num']}, ResNet-{cfg['layers']}, "
+        f"{cfg['threads']} threads, {cfg['cpu']}, Paddle {cfg['paddle']}"
+    )
     lines.append(f"weights {cfg.get('weights', '?')}; load average {cfg['loadavg_start']} → {cfg.get('loadavg_end')}")
     if "long_video" in report:
         lv = report["long_video"]
         p = lv["pipeline"]
-        lines.append(f"long video: {lv['seconds']:g} s 1080p ({lv['clip_mb']} MB), pipeline wall {p['wall_s']} s, "
-                     f"stages p50 decode {p['stages']['decode']['p50_ms'] / 1e3:.1f} s, "
-                     f"extract {p['stages']['extract']['p50_ms'] / 1e3:.1f} s")
+        lines.append(
+            f"long video: {lv['seconds']:g} s 1080p ({lv['clip_mb']} MB), pipeline wall {p['wall_s']} s, "
+            f"stages p50 decode {p['stages']['decode']['p50_ms'] / 1e3:.1f} s, "
+            f"extract {p['stages']['extract']['p50_ms'] / 1e3:.1f} s"
+        )
         lines.append(f"pipeline peak RSS: {lv['pipeline_peak_rss_mb']:.0f} MB (process peak incl. model load)")
         b = lv["baseline"]
-        lines.append(f"baseline RSS growth: {b['rss_growth_mb_per_s']:.0f} MB per second of 1080p "
-                     f"(measured on {b['clip_seconds']:g} s), {b['extrapolated_rss_growth_gb']} GB for "
-                     f"{lv['seconds']:g} s")
+        lines.append(
+            f"baseline RSS growth: {b['rss_growth_mb_per_s']:.0f} MB per second of 1080p "
+            f"(measured on {b['clip_seconds']:g} s), {b['extrapolated_rss_growth_gb']} GB for "
+            f"{lv['seconds']:g} s"
+        )
     elif "host_side" in report:
         h, p = report["host_side"], report["pipeline"]
-        lines.append(f"host side (simulated engine, {cfg['simulated_ms_per_frame']:g} ms/frame; decoders in child "
-                     f"processes; local files, no S3 fetch): {p['videos']} videos in {p['wall_s']} s")
-        lines.append(f"videos/s: {h['videos_per_s']:.3f}; per core: {h['videos_per_cpu_s']:.3f} videos per CPU-second "
-                     f"({h['cpu_s_per_video']:.2f} CPU-s per video: worker {h['worker_cpu_s']} s, decoders "
-                     f"{h['decoder_cpu_s']} s in all); cores busy {h['cores_busy']}; engine busy "
-                     f"{h['engine_busy']:.0%}")
+        lines.append(
+            f"host side (simulated engine, {cfg['simulated_ms_per_frame']:g} ms/frame; decoders in child "
+            f"processes; local files, no S3 fetch): {p['videos']} videos in {p['wall_s']} s"
+        )
+        lines.append(
+            f"videos/s: {h['videos_per_s']:.3f}; per core: {h['videos_per_cpu_s']:.3f} videos per CPU-second "
+            f"({h['cpu_s_per_video']:.2f} CPU-s per video: worker {h['worker_cpu_s']} s, decoders "
+            f"{h['decoder_cpu_s']} s in all); cores busy {h['cores_busy']}; engine busy "
+            f"{h['engine_busy']:.0%}"
+        )
         s = p["stages"]
-        lines.append("stages p50/p95 ms: " + ", ".join(f"{st} {s[st]['p50_ms']:.0f}/{s[st]['p95_ms']:.0f}"
-                                                       for st in STAGES))
+        lines.append(
+            "stages p50/p95 ms: " + ", ".join(f"{st} {s[st]['p50_ms']:.0f}/{s[st]['p95_ms']:.0f}" for st in STAGES)
+        )
     else:
-        header = (f"{'':10} {'videos/min':>10} {'frames/s':>9} {'decode p50/p95 ms':>19} "
-                  f"{'extract p50/p95 ms':>20} {'predict p50/p95 ms':>20} {'RSS max MB':>10}")
+        header = (
+            f"{'':10} {'videos/min':>10} {'frames/s':>9} {'decode p50/p95 ms':>19} "
+            f"{'extract p50/p95 ms':>20} {'predict p50/p95 ms':>20} {'RSS max MB':>10}"
+        )
         lines.append(header)
         phases = report["memory"]["phases"]
         for name in ("baseline", "pipeline"):
@@ -670,49 +820,70 @@ def format_report(report: dict[str, Any]) -> str:
             s = r["stages"]
             stage_cols = " ".join(
                 "{:>{}}".format(f"{s[st]['p50_ms']:.0f}/{s[st]['p95_ms']:.0f}", w)
-                for st, w in (("decode", 19), ("extract", 20), ("predict", 20)))
-            lines.append(f"{name:10} {r['videos_per_min']:>10.3f} {r['frames_per_s']:>9.2f} {stage_cols} "
-                         f"{phases[name]['rss_max_mb']:>10.0f}")
+                for st, w in (("decode", 19), ("extract", 20), ("predict", 20))
+            )
+            lines.append(
+                f"{name:10} {r['videos_per_min']:>10.3f} {r['frames_per_s']:>9.2f} {stage_cols} "
+                f"{phases[name]['rss_max_mb']:>10.0f}"
+            )
         c = report["ceiling"]
-        lines.append(f"{'ceiling':10} {'':>10} {c['frames_per_s']:>9.2f}   (extractor alone, batch {c['batch_size']}, "
-                     f"mean of {c['before_frames_per_s']:.2f} before and {c['after_frames_per_s']:.2f} after "
-                     f"the pipeline, RSS max {phases['ceiling']['rss_max_mb']:.0f} MB)")
+        lines.append(
+            f"{'ceiling':10} {'':>10} {c['frames_per_s']:>9.2f}   (extractor alone, batch {c['batch_size']}, "
+            f"mean of {c['before_frames_per_s']:.2f} before and {c['after_frames_per_s']:.2f} after "
+            f"the pipeline, RSS max {phases['ceiling']['rss_max_mb']:.0f} MB)"
+        )
         p = report["pipeline"]
-        lines.append(f"pipeline extracted {p['extracted_frames']} distinct frames: {p['extracted_frames_per_s']:.2f} "
-                     f"frames/s; repeats identical: {'yes' if p['repeats_identical'] else 'NO'}")
+        lines.append(
+            f"pipeline extracted {p['extracted_frames']} distinct frames: {p['extracted_frames_per_s']:.2f} "
+            f"frames/s; repeats identical: {'yes' if p['repeats_identical'] else 'NO'}"
+        )
         ratios = report["ratios"]
         if "pipeline_vs_baseline" in ratios:
             lines.append(f"pipeline/baseline: {ratios['pipeline_vs_baseline']:.2f}x")
-        lines.append(f"pipeline/ceiling: {ratios['pipeline_vs_ceiling'] * 100:.1f}% (wall clock), "
-                     f"{ratios['pipeline_vs_ceiling_cpu'] * 100:.1f}% (frames per CPU-second of this process)")
+        lines.append(
+            f"pipeline/ceiling: {ratios['pipeline_vs_ceiling'] * 100:.1f}% (wall clock), "
+            f"{ratios['pipeline_vs_ceiling_cpu'] * 100:.1f}% (frames per CPU-second of this process)"
+        )
         for path, a in report.get("agreement", {}).items():
-            lines.append(f"top-20 vs baseline, {Path(path).name}: {a['overlap']}/{a['of']} overlap, identical order: "
-                         f"{'yes' if a['identical_order'] else 'no'}")
+            lines.append(
+                f"top-20 vs baseline, {Path(path).name}: {a['overlap']}/{a['of']} overlap, identical order: "
+                f"{'yes' if a['identical_order'] else 'no'}"
+            )
         for precision, c in report.get("cold_starts", {}).items():
             if "error" in c:
                 lines.append(f"cold start, {precision}: not measured: {c['error']}")
                 continue
             warm = f"{c['warm_s_per_video']} s" if c["warm_s_per_video"] is not None else "n/a (one video)"
-            line = f"cold start, {precision} (`videotag tag`, fresh process, export cached): first result " \
-                   f"{c['cold_s']} s, then {warm} per video"
+            line = (
+                f"cold start, {precision} (`videotag tag`, fresh process, export cached): first result "
+                f"{c['cold_s']} s, then {warm} per video"
+            )
             if "ratios" in c:
                 line += f"; vs baseline: {c['ratios']['cold_vs_baseline']:.2f}x cold"
                 if "warm_vs_baseline" in c["ratios"]:
                     line += f", {c['ratios']['warm_vs_baseline']:.2f}x warm"
-            agreed = [f"{Path(path).name} {a['overlap']}/{a['of']}{'' if a['identical_order'] else ' (order differs)'}"
-                      for path, a in c.get("agreement", {}).items()]
+            agreed = [
+                f"{Path(path).name} {a['overlap']}/{a['of']}{'' if a['identical_order'] else ' (order differs)'}"
+                for path, a in c.get("agreement", {}).items()
+            ]
             if agreed:
                 line += f"; top-20 vs baseline: {', '.join(agreed)}"
             lines.append(line)
-        lines.append(f"peak RSS: {report['memory']['peak_rss_mb']:.0f} MB (process), "
-                     f"{report['memory']['peak_rss_after_pipeline_mb']:.0f} MB after the pipeline phase")
+        lines.append(
+            f"peak RSS: {report['memory']['peak_rss_mb']:.0f} MB (process), "
+            f"{report['memory']['peak_rss_after_pipeline_mb']:.0f} MB after the pipeline phase"
+        )
     phases = report["memory"]["phases"]
     if report.get("disturbed_phases"):
-        lines.append(f"WARNING: other processes used more than {DISTURBED:.0%} of the CPUs during "
-                     f"{', '.join(report['disturbed_phases'])}: those figures are disturbed (see CPU share below)")
+        lines.append(
+            f"WARNING: other processes used more than {DISTURBED:.0%} of the CPUs during "
+            f"{', '.join(report['disturbed_phases'])}: those figures are disturbed (see CPU share below)"
+        )
     lines.append("RSS max per phase (MB): " + ", ".join(f"{n} {p['rss_max_mb']:.0f}" for n, p in phases.items()))
-    lines.append("CPU share per phase, this process / other processes: "
-                 + ", ".join(f"{n} {p['cpu_share']:.0%}/{p['others_cpu_share']:.0%}" for n, p in phases.items()))
+    lines.append(
+        "CPU share per phase, this process / other processes: "
+        + ", ".join(f"{n} {p['cpu_share']:.0%}/{p['others_cpu_share']:.0%}" for n, p in phases.items())
+    )
     return "\n".join(lines)
 
 
@@ -724,14 +895,13 @@ def plot(report: dict[str, Any], path: str) -> bool:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        print(f"--plot {path}: matplotlib is not installed (pip install matplotlib); no plot written",
-              file=sys.stderr)
+        print(f"--plot {path}: matplotlib is not installed (pip install matplotlib); no plot written", file=sys.stderr)
         return False
     runs = [name for name in ("baseline", "pipeline") if name in report]
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     names = [*runs, "ceiling"]
     values = [report[n]["frames_per_s"] for n in runs] + [report["ceiling"]["frames_per_s"]]
-    left.bar(names, values, color=["#999", "#2a7", "#27a"][-len(names):])
+    left.bar(names, values, color=["#999", "#2a7", "#27a"][-len(names) :])
     left.set_ylabel("frames/s")
     left.set_title("throughput")
     width = 0.8 / len(runs)
@@ -764,8 +934,10 @@ def bench_command(args: argparse.Namespace, settings: Settings) -> int:
     try:
         if args.long_video is not None:
             if args.long_video <= 0 or args.baseline_clip <= 0:
-                print("videotag bench: --long-video and --baseline-clip take a positive number of seconds",
-                      file=sys.stderr)
+                print(
+                    "videotag bench: --long-video and --baseline-clip take a positive number of seconds",
+                    file=sys.stderr,
+                )
                 return EXIT_USAGE
             report = run_long_video(settings, args.long_video, args.baseline_clip, threads)
         else:
@@ -776,11 +948,18 @@ def bench_command(args: argparse.Namespace, settings: Settings) -> int:
             if not videos:
                 print(f"videotag bench: no video files in {args.videos}", file=sys.stderr)
                 return EXIT_USAGE
-            options = BenchOptions(videos, args.repeat, args.skip_baseline, args.ceiling_seconds, threads,
-                                   cold_start=not args.skip_cold_start,
-                                   cold_precisions=tuple(args.cold_precisions or ()))
-            report = run_host_side(settings, options) if settings.engine == "simulated" else \
-                run_bench(settings, options)
+            options = BenchOptions(
+                videos,
+                args.repeat,
+                args.skip_baseline,
+                args.ceiling_seconds,
+                threads,
+                cold_start=not args.skip_cold_start,
+                cold_precisions=tuple(args.cold_precisions or ()),
+            )
+            report = (
+                run_host_side(settings, options) if settings.engine == "simulated" else run_bench(settings, options)
+            )
     except (WeightsError, LabelsError, EngineOptionsError, FileNotFoundError, ValueError) as exc:
         print(f"videotag bench: {exc}", file=sys.stderr)
         return EXIT_USAGE

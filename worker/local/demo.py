@@ -41,8 +41,28 @@ def make_clips(directory: Path, seconds: float = 4.0) -> list[Path]:
     clips = []
     for name, source in CLIP_SOURCES.items():
         out = directory / name
-        subprocess.run([ffmpeg, "-loglevel", "error", "-y", "-f", "lavfi", "-i", source, "-t", str(seconds),
-                        "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", str(out)], check=True)
+        subprocess.run(
+            [
+                ffmpeg,
+                "-loglevel",
+                "error",
+                "-y",
+                "-f",
+                "lavfi",
+                "-i",
+                source,
+                "-t",
+                str(seconds),
+                "-c:v",
+                "libx264",
+                "-preset",
+                "ultrafast",
+                "-pix_fmt",
+                "yuv420p",
+                str(out),
+            ],
+            check=True,
+        )
         clips.append(out)
     broken = directory / "broken-upload.mp4"
     broken.write_bytes(clips[0].read_bytes()[:2048])  # an interrupted upload: shows the dead-letter path
@@ -58,8 +78,9 @@ def _has_weights(settings: Settings) -> bool:
     return True
 
 
-def _collect(settings: Settings, topics: list[str], expected: int, timeout_s: float
-             ) -> list[tuple[str, dict[str, Any]]]:
+def _collect(
+    settings: Settings, topics: list[str], expected: int, timeout_s: float
+) -> list[tuple[str, dict[str, Any]]]:
     consumer = kafka_clients.reader(settings, *topics)
     seen: list[tuple[str, dict[str, Any]]] = []
     deadline = time.monotonic() + timeout_s
@@ -80,16 +101,21 @@ def _print(topic: str, message: dict[str, Any]) -> None:
         total = message["timings_ms"]["total"] / 1e3
         print(f"  {message['video_id']:<22} {total:6.1f} s  {tags}", flush=True)
     else:
-        print(f"  {message.get('video_id')!s:<22}  DLQ    {message['error']['code']}: {message['error']['message']}",
-              flush=True)
+        print(
+            f"  {message.get('video_id')!s:<22}  DLQ    {message['error']['code']}: {message['error']['message']}",
+            flush=True,
+        )
 
 
 def run_demo(settings: Settings, videos: list[Path], timeout_s: float = 900.0) -> int:
     if not settings.allow_random_weights and not _has_weights(settings):
         settings = replace(settings, allow_random_weights=True)
     if settings.allow_random_weights:
-        print("\n*** NO TRAINED WEIGHTS: running with RANDOM, UNTRAINED weights — the tags below are meaningless."
-              "\n*** Get the real ones with `videotag weights download`, then run the demo again.\n", file=sys.stderr)
+        print(
+            "\n*** NO TRAINED WEIGHTS: running with RANDOM, UNTRAINED weights — the tags below are meaningless."
+            "\n*** Get the real ones with `videotag weights download`, then run the demo again.\n",
+            file=sys.stderr,
+        )
     # The local S3 server accepts any credentials; give boto3 some if the environment has none.
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "demo")
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "demo")
@@ -104,8 +130,15 @@ def run_demo(settings: Settings, videos: list[Path], timeout_s: float = 900.0) -
             s3 = stack.s3.client()
             for path in videos:
                 s3.upload_file(str(path), BUCKET, path.name)
-            settings = replace(settings, bootstrap_servers=stack.bootstrap_servers, s3_endpoint_url=stack.endpoint_url,
-                               metrics_port=0, session_timeout_ms=6000, heartbeat_interval_ms=1000, temp_dir=tmp)
+            settings = replace(
+                settings,
+                bootstrap_servers=stack.bootstrap_servers,
+                s3_endpoint_url=stack.endpoint_url,
+                metrics_port=0,
+                session_timeout_ms=6000,
+                heartbeat_interval_ms=1000,
+                temp_dir=tmp,
+            )
             worker = Worker(settings, metrics=Metrics()).start()
 
             def serve() -> None:
@@ -117,8 +150,12 @@ def run_demo(settings: Settings, videos: list[Path], timeout_s: float = 900.0) -
             try:
                 start = time.monotonic()
                 enqueue(settings, settings.input_topic, [(BUCKET, p.name) for p in videos])
-                print(f"enqueued {len(videos)} videos; worker metrics on :{worker.health.port}/metrics"
-                      if worker.health else "", file=sys.stderr)
+                print(
+                    f"enqueued {len(videos)} videos; worker metrics on :{worker.health.port}/metrics"
+                    if worker.health
+                    else "",
+                    file=sys.stderr,
+                )
                 print(f"results (top 5 of {settings.topk} tags):", flush=True)
                 seen = _collect(settings, [settings.output_topic, settings.dlq_topic], len(videos), timeout_s)
                 elapsed = time.monotonic() - start
@@ -128,6 +165,8 @@ def run_demo(settings: Settings, videos: list[Path], timeout_s: float = 900.0) -
                 worker.stop()
     ok = sum(1 for topic, _ in seen if topic == settings.output_topic)
     untrained = " (random weights)" if worker.chain and worker.chain.tagger.info["weights"] == RANDOM_WEIGHTS else ""
-    print(f"\n{ok} tagged, {len(seen) - ok} dead-lettered of {len(videos)} in {elapsed:.1f} s "
-          f"({60 * len(seen) / elapsed:.1f} videos/min at seg-num {settings.seg_num}){untrained}")
+    print(
+        f"\n{ok} tagged, {len(seen) - ok} dead-lettered of {len(videos)} in {elapsed:.1f} s "
+        f"({60 * len(seen) / elapsed:.1f} videos/min at seg-num {settings.seg_num}){untrained}"
+    )
     return 0 if len(seen) == len(videos) else 1

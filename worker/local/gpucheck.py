@@ -53,9 +53,12 @@ def compare(reference: dict[str, Any], other: dict[str, Any]) -> dict[str, Any]:
     for name, ref in reference.items():
         got = other[name]
         ref_top, got_top = ref["top20"], got["top20"]
-        videos[name] = {"features_max_abs": float(np.abs(ref["features"] - got["features"]).max()),
-                        "probabilities_max_abs": float(np.abs(ref["probabilities"] - got["probabilities"]).max()),
-                        "top20_overlap": len(set(ref_top) & set(got_top)), "same_order": ref_top == got_top}
+        videos[name] = {
+            "features_max_abs": float(np.abs(ref["features"] - got["features"]).max()),
+            "probabilities_max_abs": float(np.abs(ref["probabilities"] - got["probabilities"]).max()),
+            "top20_overlap": len(set(ref_top) & set(got_top)),
+            "same_order": ref_top == got_top,
+        }
     return {"videos": videos, "ok": all(v["top20_overlap"] >= MIN_OVERLAP for v in videos.values())}
 
 
@@ -80,8 +83,11 @@ def _outputs(settings_overrides: dict[str, Any], videos: list[Path]) -> dict[str
     out = {}
     for path in videos:
         result = tagger.tag(path)
-        out[path.name] = {"features": result.features, "probabilities": result.probabilities[tagger.heads[0].name],
-                          "top20": [t["class_id"] for t in result.tags][:20]}
+        out[path.name] = {
+            "features": result.features,
+            "probabilities": result.probabilities[tagger.heads[0].name],
+            "top20": [t["class_id"] for t in result.tags][:20],
+        }
     return out
 
 
@@ -103,12 +109,20 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_REFUSED
         import paddle
 
-        print(f"gpu-check: {paddle.device.cuda.get_device_name()}, paddle {paddle.__version__}, TensorRT "
-              f"{'.'.join(map(str, paddle.inference.get_trt_runtime_version()))}")
+        print(
+            f"gpu-check: {paddle.device.cuda.get_device_name()}, paddle {paddle.__version__}, TensorRT "
+            f"{'.'.join(map(str, paddle.inference.get_trt_runtime_version()))}"
+        )
         return EXIT_OK
-    common = {"extractor_weights": str(args.weights / "tsn"), "predictor_weights": str(args.weights / "attention_lstm"),
-              "label_file": args.label_file, "seg_num": args.seg_num, "device": "gpu", "engine": "inference",
-              "model_cache_dir": args.cache_dir}
+    common = {
+        "extractor_weights": str(args.weights / "tsn"),
+        "predictor_weights": str(args.weights / "attention_lstm"),
+        "label_file": args.label_file,
+        "seg_num": args.seg_num,
+        "device": "gpu",
+        "engine": "inference",
+        "model_cache_dir": args.cache_dir,
+    }
     if args.step == "agreement":
         reference = _outputs({**common, "precision": "fp32"}, args.videos)
         fast = _outputs({**common, "precision": "fp16", "tensorrt": True}, args.videos)
@@ -118,8 +132,10 @@ def main(argv: list[str] | None = None) -> int:
     from worker.chain_builder import load_tagger
     from worker.settings import load_settings
 
-    tagger = load_tagger(load_settings(overrides={**common, "precision": "fp16", "tensorrt": True,
-                                                  "batch_size": max(args.batches)}), with_heads=False)
+    tagger = load_tagger(
+        load_settings(overrides={**common, "precision": "fp16", "tensorrt": True, "batch_size": max(args.batches)}),
+        with_heads=False,
+    )
     for batch in args.batches:
         print(json.dumps(images_per_second(tagger.extractor, batch, args.seconds)), flush=True)
     return EXIT_OK

@@ -169,7 +169,11 @@ class _ChildProcess(_Started):
         self._log_offset = self._log_path.stat().st_size if self._log_path.exists() else 0
         with self._log_path.open("ab") as log:
             self._proc = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
                 start_new_session=True,
             )
         _LIVE.add(self._proc)
@@ -227,7 +231,11 @@ class S3Server(_ChildProcess):
     name = "SeaweedFS (weed mini)"
 
     def __init__(
-        self, data_dir: Path, *, access_key: str | None = None, secret_key: str | None = None,
+        self,
+        data_dir: Path,
+        *,
+        access_key: str | None = None,
+        secret_key: str | None = None,
         identities: list[dict[str, Any]] | None = None,
     ) -> None:
         """With keys, S3 auth is on and they are the admin's; `identities` adds more (SeaweedFS's format:
@@ -265,10 +273,23 @@ class S3Server(_ChildProcess):
         data.mkdir(parents=True, exist_ok=True)
         logs.mkdir(parents=True, exist_ok=True)
         argv = [
-            weed, f"-logdir={logs}", "mini", f"-dir={data}", f"-ip={LOOPBACK}", f"-ip.bind={LOOPBACK}",
-            f"-master.port={master}", f"-volume.port={volume}", f"-filer.port={filer}", f"-s3.port={s3}",
-            f"-admin.port={admin}", "-s3.port.iceberg=0", "-s3.port.lance=0", "-webdav=false",
-            "-admin.ui=false", "-master.telemetry=false", "-idleTimeout=2",
+            weed,
+            f"-logdir={logs}",
+            "mini",
+            f"-dir={data}",
+            f"-ip={LOOPBACK}",
+            f"-ip.bind={LOOPBACK}",
+            f"-master.port={master}",
+            f"-volume.port={volume}",
+            f"-filer.port={filer}",
+            f"-s3.port={s3}",
+            f"-admin.port={admin}",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+            "-webdav=false",
+            "-admin.ui=false",
+            "-master.telemetry=false",
+            "-idleTimeout=2",
         ]
         if self.access_key is not None:
             config = self.data_dir / "s3.json"
@@ -368,8 +389,12 @@ class KafkaServer(_ChildProcess):
 
     def _answers(self, port: int) -> bool:
         try:
-            admin = KafkaAdminClient(bootstrap_servers=f"{LOOPBACK}:{port}", request_timeout_ms=3000,
-                                     bootstrap_timeout_ms=3000, **self.client_options())
+            admin = KafkaAdminClient(
+                bootstrap_servers=f"{LOOPBACK}:{port}",
+                request_timeout_ms=3000,
+                bootstrap_timeout_ms=3000,
+                **self.client_options(),
+            )
         except Exception:
             return False
         try:
@@ -387,8 +412,9 @@ class KafkaServer(_ChildProcess):
 
     def admin(self) -> KafkaAdminClient:
         """An admin client for this broker; the caller closes it."""
-        return KafkaAdminClient(bootstrap_servers=self.bootstrap_servers, request_timeout_ms=10000,
-                                **self.client_options())
+        return KafkaAdminClient(
+            bootstrap_servers=self.bootstrap_servers, request_timeout_ms=10000, **self.client_options()
+        )
 
     def create_topics(self, names: list[str], partitions: int = 1, config: dict[str, str] | None = None) -> None:
         """Create the topics that do not exist yet (existing ones keep their partition count)."""
@@ -398,8 +424,9 @@ class KafkaServer(_ChildProcess):
             missing = [n for n in dict.fromkeys(names) if n not in existing]
             if not missing:
                 return
-            spec = {n: {"num_partitions": partitions, "replication_factor": 1, "configs": config or {}}
-                    for n in missing}
+            spec = {
+                n: {"num_partitions": partitions, "replication_factor": 1, "configs": config or {}} for n in missing
+            }
             with contextlib.suppress(TopicAlreadyExistsError):  # lost a race with another creator
                 admin.create_topics(spec)
         finally:
@@ -447,8 +474,16 @@ class KafkaBroker(KafkaServer):
 
     def _argv(self, binary: str, port: int) -> list[str]:
         url = f"tcp://{LOOPBACK}:{port}"
-        return [binary, "broker", "--listener-url", url, "--advertised-listener-url", url,
-                "--storage-engine", self.storage]
+        return [
+            binary,
+            "broker",
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+            "--storage-engine",
+            self.storage,
+        ]
 
     def start(self, timeout: float = 20) -> Self:
         """Start on a free port (the previous one when restarting); ready = alive, logged, and answering."""
