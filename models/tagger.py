@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from models.heads import DEFAULT_HEAD, HeadSpec, check_heads, load_control
 from models.labels import load_labels
 from models.options import ENGINES
 from models.resnet import tsn_resnet
-from models.weights import assign, file_digest, find_params, load_into, no_random_init, randomize, read_state
+from models.weights import assign, file_digests, find_params, load_into, no_random_init, randomize, read_state
 
 __all__ = [
     "ENGINES",
@@ -70,9 +71,10 @@ def _load_head(
     label_file: str | Path,
     pcfg: PredictorConfig,
     allow_random_weights: bool,
+    digest: Callable[[Path], str],
 ) -> tuple[Head, Path | None]:
     """(the head, its weight file: None when random). A head with weights of its own always loads them; one on
-    the default weights is random in a demo."""
+    the default weights is random in a demo. `digest` names a weight file ("sha256:...")."""
     label_path = Path(spec.labels or label_file)
     params_path: Path | None = None
     if allow_random_weights and spec.weights is None:
@@ -87,8 +89,8 @@ def _load_head(
     else:
         layer, params_path = load_predictor(spec.weights or predictor_weights, pcfg)
         labels = load_labels(label_path, layer.output.weight.shape[1])
-    digest = "sha256:" + file_digest([params_path]) if params_path else RANDOM_WEIGHTS
-    head = Head(spec.name, DygraphEngine(layer), labels, load_control(spec, labels), spec.topk or pcfg.topk, digest)
+    weights = digest(params_path) if params_path else RANDOM_WEIGHTS
+    head = Head(spec.name, DygraphEngine(layer), labels, load_control(spec, labels), spec.topk or pcfg.topk, weights)
     return head, params_path
 
 
@@ -144,9 +146,21 @@ def build_tagger(
         threads = cgroup.thread_plan(threads or 0).threads  # decided and logged once per process
     # Looked for before the heads load: on a fresh checkout the first error names the first file to get.
     extractor_file = None if allow_random_weights or engine == "simulated" else find_params(extractor_weights, "tsn")
-    loaded = [_load_head(spec, predictor_weights, label_file, pcfg, allow_random_weights) for spec in specs]
+    head_files = [
+        find_params(spec.weights or predictor_weights, "attention_lstm")
+        for spec in specs
+        if spec.weights is not None or not allow_random_weights
+    ]
+    with ThreadPoolExecutor(1, thread_name_prefix="weights-digest") as hasher:
+        # ~0.5 GB of weight files hashed on another core while the heads load (hashlib releases the GIL)
+        digests = hasher.submit(file_digests, [path for path in (extractor_file, *head_files) if path is not None])
+
+        def digest(path: Path) -> str:
+            return "sha256:" + digests.result()[1][path]
+
+        loaded = [_load_head(spec, predictor_weights, label_file, pcfg, allow_random_weights, digest) for spec in specs]
+        whole = "sha256:" + digests.result()[0]
     built = tuple(head for head, _ in loaded)
-    head_files = [path for _, path in loaded if path is not None]
     extractor: Callable[[], paddle.nn.Layer]
     if extractor_file is None:
         weights = extractor_digest = RANDOM_WEIGHTS
@@ -160,8 +174,8 @@ def build_tagger(
         source = extractor_file
         # `weights` names the whole chain in results; the extractor's own digest names its features
         # (`videotag features`, the training cache) and keys its export, which no head changes.
-        weights = "sha256:" + file_digest([source, *head_files])
-        extractor_digest = "sha256:" + file_digest([source])
+        weights = whole
+        extractor_digest = digest(source)
 
         def extractor() -> paddle.nn.Layer:  # not needed at all when its export is cached (~2 s of a start)
             with no_random_init():  # every parameter is assigned from the file below

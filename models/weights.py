@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import pickle
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -147,12 +147,22 @@ def save_params(model: paddle.nn.Layer, path: Path) -> Path:
 
 def file_digest(paths: Iterable[Path]) -> str:
     """sha256 over the weight files' bytes: names the weights in results and keys cached engines."""
-    digest = hashlib.sha256()
+    return file_digests(list(paths))[0]
+
+
+def file_digests(paths: Sequence[Path]) -> tuple[str, dict[Path, str]]:
+    """One read of each file: `file_digest` of them all, in order, and each file's own (the extractor's keys its
+    export, a head's names it in results). hashlib releases the GIL, so a thread can hash while another loads."""
+    whole = hashlib.sha256()
+    each: dict[Path, str] = {}
     for path in paths:
+        own = hashlib.sha256()
         with path.open("rb") as f:
             while chunk := f.read(1 << 22):
-                digest.update(chunk)
-    return digest.hexdigest()
+                whole.update(chunk)
+                own.update(chunk)
+        each[path] = own.hexdigest()
+    return whole.hexdigest(), each
 
 
 def randomize(model: paddle.nn.Layer, seed: int) -> None:

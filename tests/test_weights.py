@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import pickle
 import re
 import shutil
@@ -16,7 +17,7 @@ import pytest
 from models.config import CONFIG_DIR_ENV, ExtractorConfig, PredictorConfig
 from models.errors import ConfigError
 from models.resnet import tsn_resnet
-from models.weights import HOW_TO_GET, WeightsError, expected_shapes, file_digest, find_params, load_into
+from models.weights import HOW_TO_GET, WeightsError, expected_shapes, file_digest, file_digests, find_params, load_into
 from tests.model_fixtures import generated_weights, require_shared
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -205,6 +206,16 @@ def test_file_digest(tmp_path: Path) -> None:
     data[len(data) // 2] ^= 0x01
     b.write_bytes(bytes(data))
     assert file_digest([a, b]) != before
+
+
+def test_file_digests_reads_each_file_once_for_all_digests(tmp_path: Path) -> None:
+    """The chain's digest and each file's own, as separate file_digest calls give them (and as hashlib does)."""
+    a = dump(tmp_path / "tsn.pdparams", tiny_state())
+    b = dump(tmp_path / "attention_lstm.pdparams", tiny_state(1))
+    whole, each = file_digests([a, b])
+    assert whole == file_digest([a, b]) == hashlib.sha256(a.read_bytes() + b.read_bytes()).hexdigest()
+    assert each == {a: hashlib.sha256(a.read_bytes()).hexdigest(), b: hashlib.sha256(b.read_bytes()).hexdigest()}
+    assert each[a] != each[b]
 
 
 # ---------------------------------------------------------------------------------------------------------------
