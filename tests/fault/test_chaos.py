@@ -23,6 +23,7 @@ from tests.fault.helpers import AnswerCollector, request
 from tests.integration.worker_process import SpawnWorker, WorkerProcess
 from tests.kafka_helpers import Topics, consume_all
 from worker.local.stack import KafkaServer, S3Server
+from worker.settings import Settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
 
@@ -31,6 +32,7 @@ BAD_EVERY = 5  # one request in five is bad
 WORKERS = 3
 SETTINGS = {"seg_num": "2", "max_inflight": "2", "retry_backoff_base_s": "0.2", "retry_backoff_max_s": "2"}
 MAX_KILLS = 8
+MAX_WORKER_DEATHS = Settings().max_worker_deaths  # shipped default (not set here)
 CHAOS_S = 100.0
 KILL_EVERY_S = (6.0, 10.0)
 PRODUCE_RATE = 2.0  # requests per second
@@ -176,12 +178,17 @@ def test_chaos_kills_lose_nothing(
         diagnosis["answers found on re-reading"] = sorted(found)
     assert lost == [], f"lost {len(lost)} (partition, offset), committed offset of that partition: {diagnosis}"
     assert len(kills) >= 3, f"only {len(kills)} kills happened"
-    wrong = {}
+    wrong, held_through_kills = {}, set()
     for ident, outcome in expected.items():
         got = {a.kind if a.kind == "result" else a.code for a in answers[ident]}
-        if got != {outcome}:
+        if "worker_crashed" in got and got <= {outcome, "worker_crashed"}:
+            # In the hands of a worker at each of MAX_WORKER_DEATHS kills: to the worker, a message that kills
+            # whoever holds it (worker/attempts.py), dead-lettered by design. Allowed, but it takes that many kills.
+            held_through_kills.add(ident)
+        elif got != {outcome}:
             wrong[ident] = (outcome, got)
     assert wrong == {}, f"unexpected outcomes (expected, got): {wrong}"
+    assert len(held_through_kills) * MAX_WORKER_DEATHS <= len(kills), (held_through_kills, len(kills))
     assert set(answers) == set(expected), set(answers) - set(expected)
     if delivery == "exactly_once":
         assert duplicates == 0, {i: len(a) for i, a in answers.items() if len(a) > 1}
