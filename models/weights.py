@@ -145,14 +145,10 @@ def save_params(model: paddle.nn.Layer, path: Path) -> Path:
     return path
 
 
-def file_digest(paths: Iterable[Path]) -> str:
-    """sha256 over the weight files' bytes: names the weights in results and keys cached engines."""
-    return file_digests(list(paths))[0]
-
-
 def file_digests(paths: Sequence[Path]) -> tuple[str, dict[Path, str]]:
-    """One read of each file: `file_digest` of them all, in order, and each file's own (the extractor's keys its
-    export, a head's names it in results). hashlib releases the GIL, so a thread can hash while another loads."""
+    """sha256 over the weight files' bytes, in order (names the chain's weights in results), and each file's own
+    (the extractor's keys its export, a head's names it in results), in one read of each file. hashlib releases
+    the GIL, so a thread can hash while another loads."""
     whole = hashlib.sha256()
     each: dict[Path, str] = {}
     for path in paths:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from models.tagger import build_tagger
-from models.weights import file_digest
+from models.weights import file_digests
 from tests.model_fixtures import LABELS, generated_weights, link_or_copy, require_shared, run_cli
 
 WEIGHT_FILES = ("tsn.pdparams", "tsn.pdopt", "attention_lstm.pdparams", "attention_lstm.pdopt")
@@ -132,8 +132,8 @@ def test_download_installs_verified_weights(mirror: tuple[str, Path], tmp_path: 
     for name in ("tsn.pdopt", "attention_lstm.pdopt"):
         assert (dest / name).read_bytes() == (weights / name).read_bytes()
     assert (dest / "label_3396.txt").read_bytes() == LABELS.read_bytes()
-    expected_digest = file_digest([weights / "tsn.pdparams", weights / "attention_lstm.pdparams"])
-    assert file_digest([dest / "tsn.pdparams", dest / "attention_lstm.pdparams"]) == expected_digest
+    expected_digest = file_digests([weights / "tsn.pdparams", weights / "attention_lstm.pdparams"])[0]
+    assert file_digests([dest / "tsn.pdparams", dest / "attention_lstm.pdparams"])[0] == expected_digest
 
     tagger = build_tagger(dest / "tsn", dest / "attention_lstm", dest / "label_3396.txt")
     assert tagger.info["weights"] == "sha256:" + expected_digest

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from models.attention_lstm import attention_lstm
-from models.weights import assign, expected_shapes, file_digest, read_state
+from models.weights import assign, expected_shapes, file_digests, read_state
 from tests.model_fixtures import LABELS, ffmpeg_exe, generated_weights, json_lines, run_cli
 
 pytestmark = pytest.mark.slow
@@ -194,7 +194,7 @@ def test_training_writes_the_head_its_labels_metrics_and_a_model_card(trained: t
     assert (out / "labels.txt").read_text(encoding="utf-8").splitlines() == list(CLASSES)
     metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     assert metrics["classes"] == list(CLASSES) and metrics["seg_num"] == int(SEG_NUM)
-    assert metrics["extractor_weights"] == "sha256:" + file_digest([r50 / "tsn.pdparams"])
+    assert metrics["extractor_weights"] == "sha256:" + file_digests([r50 / "tsn.pdparams"])[0]
     assert metrics["data"]["videos"] + metrics["data"]["validation_videos"] == len(CLASSES) * TRAIN_PER_CLASS
     assert metrics["data"]["per_class"] == dict.fromkeys(CLASSES, TRAIN_PER_CLASS - 1)
     assert 1 <= metrics["best_epoch"] <= metrics["epochs_run"] == len(metrics["history"]) <= 5
@@ -265,13 +265,13 @@ def test_features_command_writes_arrays_and_an_index(dataset: Path, r50: Path, t
     assert failure["path"] == str(broken) and failure["error"]["code"] == "corrupt_video"
     with (out / "index.csv").open(encoding="utf-8", newline="") as f:
         rows = list(csv.DictReader(f))
-    digest = "sha256:" + file_digest([r50 / "tsn.pdparams"])
+    digest = "sha256:" + file_digests([r50 / "tsn.pdparams"])[0]
     assert [(r["path"], r["file"], r["seg_num"], r["extractor_weights"]) for r in rows] == [
         (str(clips[0]), "life-0.npy", SEG_NUM, digest),
         (str(clips[1]), "bars-1.npy", SEG_NUM, digest),
     ]
     for row, clip in zip(rows, clips, strict=True):
-        assert row["sha256"] == file_digest([clip])
+        assert row["sha256"] == file_digests([clip])[0]
         features = np.load(out / row["file"])
         assert features.shape == (int(SEG_NUM), 2048) and features.dtype == np.float32
     # Different clips, different features (the extractor is not blind).
