@@ -205,6 +205,11 @@ class Worker:
                 else:
                     self.producer = kafka_clients.producer(s)
                 self.consumer = kafka_clients.group_consumer(s, max_poll_records=s.max_inflight)
+                # A group leader assigns from its own metadata: one that does not know a topic yet assigns none of
+                # its partitions, and nothing asks again before metadata_max_age_ms (seen: a worker idle for a
+                # minute with "assigned []" right after its topics were created).
+                for topic in self._lanes:
+                    self.consumer.partitions_for_topic(topic)
             except (kafka_clients.BrokerUnreachable, KafkaError) as exc:
                 self._close_clients()
                 self._not_connected = str(exc)
