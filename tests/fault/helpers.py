@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
-import subprocess
 import threading
 import time
 from dataclasses import dataclass
@@ -15,43 +14,15 @@ from typing import Any
 from kafka import KafkaConsumer, TopicPartition
 
 from tests.kafka_helpers import Topics
+from worker.local.demo import encode_clip
 
 # Small, real H.264 clips: decoding is negligible next to the model, so the tests measure the service.
 CLIP_SOURCES = ("testsrc2=size=128x96:rate=10", "mandelbrot=size=128x96:rate=10", "smptebars=size=128x96:rate=10")
 
 
 def tiny_clips(directory: Path, seconds: float = 1.0) -> list[Path]:
-    """Three 128x96, 10 fps H.264 clips (about 10-20 KB each), encoded with imageio-ffmpeg's binary."""
-    import imageio_ffmpeg
-
-    ffmpeg = imageio_ffmpeg.get_ffmpeg_exe()
-    clips = []
-    for i, source in enumerate(CLIP_SOURCES):
-        out = directory / f"tiny-{i}.mp4"
-        subprocess.run(
-            [
-                ffmpeg,
-                "-loglevel",
-                "error",
-                "-y",
-                "-f",
-                "lavfi",
-                "-i",
-                source,
-                "-t",
-                str(seconds),
-                "-c:v",
-                "libx264",
-                "-preset",
-                "ultrafast",
-                "-pix_fmt",
-                "yuv420p",
-                str(out),
-            ],
-            check=True,
-        )
-        clips.append(out)
-    return clips
+    """Three 128x96, 10 fps H.264 clips (about 10-20 KB each)."""
+    return [encode_clip(source, seconds, directory / f"tiny-{i}.mp4") for i, source in enumerate(CLIP_SOURCES)]
 
 
 def request(video_id: str, bucket: str, key: str) -> bytes:

@@ -33,37 +33,19 @@ CLIP_SOURCES = {
 }
 
 
-def make_clips(directory: Path, seconds: float = 4.0) -> list[Path]:
-    """Encode the demo clips with the FFmpeg binary of the imageio-ffmpeg wheel, plus one broken upload."""
+def encode_clip(source: str, seconds: float, out: Path) -> Path:
+    """An H.264 clip of an FFmpeg test source (`lavfi`), encoded with the imageio-ffmpeg wheel's binary."""
     import imageio_ffmpeg
 
-    ffmpeg = imageio_ffmpeg.get_ffmpeg_exe()
-    clips = []
-    for name, source in CLIP_SOURCES.items():
-        out = directory / name
-        subprocess.run(
-            [
-                ffmpeg,
-                "-loglevel",
-                "error",
-                "-y",
-                "-f",
-                "lavfi",
-                "-i",
-                source,
-                "-t",
-                str(seconds),
-                "-c:v",
-                "libx264",
-                "-preset",
-                "ultrafast",
-                "-pix_fmt",
-                "yuv420p",
-                str(out),
-            ],
-            check=True,
-        )
-        clips.append(out)
+    command = [imageio_ffmpeg.get_ffmpeg_exe(), "-loglevel", "error", "-y", "-f", "lavfi", "-i", source]
+    command += ["-t", str(seconds), "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", str(out)]
+    subprocess.run(command, check=True)
+    return out
+
+
+def make_clips(directory: Path, seconds: float = 4.0) -> list[Path]:
+    """The demo clips, plus one broken upload."""
+    clips = [encode_clip(source, seconds, directory / name) for name, source in CLIP_SOURCES.items()]
     broken = directory / "broken-upload.mp4"
     broken.write_bytes(clips[0].read_bytes()[:2048])  # an interrupted upload: shows the dead-letter path
     return [*clips, broken]
