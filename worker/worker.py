@@ -205,11 +205,14 @@ class Worker:
                 else:
                     self.producer = kafka_clients.producer(s)
                 self.consumer = kafka_clients.group_consumer(s, max_poll_records=s.max_inflight)
-                # A group leader assigns from its own metadata: one that does not know a topic yet assigns none of
-                # its partitions, and nothing asks again before metadata_max_age_ms (seen: a worker idle for a
-                # minute with "assigned []" right after its topics were created).
-                for topic in self._lanes:
-                    self.consumer.partitions_for_topic(topic)
+                self.consumer.subscribe(self._lanes, listener=_Rebalance(self))
+                # A group leader assigns from its cluster metadata and rejoins as soon as the metadata of its
+                # subscription differs from what it assigned with; for a fixed subscription kafka-python refreshes
+                # that metadata only after the first join. So the first generation was assigned from nothing
+                # ("assigned []" for a minute, right after the topics were created) or was followed at once by a
+                # second rebalance (a transaction begun in the first then failed with IllegalGeneration). One
+                # metadata refresh between subscribing and the first poll gives both the same view.
+                self.consumer.topics()
             except (kafka_clients.BrokerUnreachable, KafkaError) as exc:
                 self._close_clients()
                 self._not_connected = str(exc)
@@ -221,7 +224,6 @@ class Worker:
             if checked.created:
                 log.info("created topics %s", list(checked.created))
             self.metrics.input_partitions.set(checked.input_partitions)
-            self.consumer.subscribe(self._lanes, listener=_Rebalance(self))
             self._not_connected = None
             log.info(
                 "consuming %s (%d partitions: at most that many busy workers) as group %s%s",

@@ -86,6 +86,7 @@ def test_every_output_once_for_a_read_committed_reader(
     assert answers["{not json"][0].code == "invalid_json" and answers["eos-missing"][0].code == "no_such_key"
     assert _committed(kafka_broker, topics.input, unique_group_id, 3) == len(values)
     assert worker.metric("videotag_failures_total", 'reason="transaction_failed"') == 0
+    assert worker.metric("videotag_group_generation") == 1  # a lone worker joins once: no second rebalance
 
 
 def test_a_zombie_is_fenced_and_its_open_transaction_aborted(
