@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.fault.helpers import AnswerCollector, request
-from tests.integration.worker_process import SpawnWorker, WorkerProcess
+from tests.integration.worker_process import SpawnWorker, WorkerProcess, wait_for_assignment
 from tests.kafka_helpers import Topics, produce
 from worker.local.stack import KafkaServer, S3Server
 
@@ -59,6 +59,7 @@ def test_s3_outage_is_retried_not_dead_lettered(
         workers = [spawn(kafka_broker, s3, topics, unique_group_id, **SETTINGS) for _ in range(2)]
         for worker in workers:
             worker.wait_ready()
+        wait_for_assignment(workers, partitions=3)  # the outage is to meet both: each holds a partition
         collector = AnswerCollector(kafka_broker.bootstrap_servers, topics)
         before = [f"before-{i:02d}" for i in range(12)]
         during = [f"during-{i:02d}" for i in range(12)]
@@ -89,6 +90,7 @@ def test_s3_outage_is_retried_not_dead_lettered(
                     not_ready_after[i] = time.monotonic() - down_at
             time.sleep(0.2)
         readyz_during = [_status(w) for w in workers]
+        why = [(w.readyz(), w.metric("videotag_assigned_partitions")) for w in workers]
         failures = [w.metric("videotag_failures_total", 'reason="s3_unavailable"') for w in workers]
         answered_during = len(collector.by_id()) - answered_at_kill
 
@@ -116,7 +118,7 @@ def test_s3_outage_is_retried_not_dead_lettered(
             f"s3_unavailable failures {failures}; answered during the outage {answered_during}; "
             f"requests {len(everything)}, lost {len(missing)}, DLQ {len(dlq)}, duplicates {duplicates}"
         )
-        assert readyz_during == [503, 503], readyz_during
+        assert readyz_during == [503, 503], why
         assert len(not_ready_after) == len(workers)
         assert all(f >= 3 for f in failures), failures
         assert len(ready_again_after) == len(workers), "a worker did not become ready again"

@@ -156,7 +156,14 @@ def wait_for_assignment(workers: list[WorkerProcess], partitions: int, timeout: 
         if all(held) and sum(held) == partitions:
             return
         time.sleep(0.2)
-    raise AssertionError(f"partitions held {held}, expected {partitions} over {len(workers)} workers")
+    group_lines = [
+        [line for line in w.log().splitlines() if any(word in line for word in ("assigned", "revoked", "lost"))]
+        for w in workers
+    ]
+    raise AssertionError(
+        f"partitions held {held}, expected {partitions} over {len(workers)} workers; their group logs:\n"
+        + "\n".join(f"worker {i}:\n" + "\n".join(lines[-12:]) for i, lines in enumerate(group_lines))
+    )
 
 
 SpawnWorker = Callable[..., WorkerProcess]  # the `spawn` fixture (tests/conftest.py)
