@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from worker.local.demo import encode_clip
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 VIDEOS = SHARED / "videos"
@@ -158,40 +160,9 @@ def link_or_copy(source: Path, dest: Path) -> Path:
     return dest
 
 
-def ffmpeg_exe() -> str:
-    import imageio_ffmpeg
-
-    return imageio_ffmpeg.get_ffmpeg_exe()
-
-
 def make_clip(path: Path, frames: int, size: str = "320x240", rate: int = 25, extra: tuple[str, ...] = ()) -> Path:
     """An H.264 mp4 of ffmpeg's testsrc with exactly `frames` frames."""
-    subprocess.run(
-        [
-            ffmpeg_exe(),
-            "-v",
-            "error",
-            "-y",
-            "-f",
-            "lavfi",
-            "-i",
-            f"testsrc=size={size}:rate={rate}",
-            "-frames:v",
-            str(frames),
-            "-c:v",
-            "libx264",
-            "-pix_fmt",
-            "yuv420p",
-            "-preset",
-            "ultrafast",
-            *extra,
-            str(path),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
-    return path
+    return encode_clip(f"testsrc=size={size}:rate={rate}", None, path, frames=frames, extra=extra, timeout=120)
 
 
 def cli_env(**extra: str) -> dict[str, str]:

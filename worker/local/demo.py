@@ -33,13 +33,38 @@ CLIP_SOURCES = {
 }
 
 
-def encode_clip(source: str, seconds: float, out: Path) -> Path:
-    """An H.264 clip of an FFmpeg test source (`lavfi`), encoded with the imageio-ffmpeg wheel's binary."""
-    import imageio_ffmpeg
+# libx264 at its fastest preset, in the pixel format every decoder reads: what every generated clip uses unless
+# a caller asks for another codec.
+H264 = ("-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p")
+
+
+def encode_clip(
+    source: str,
+    seconds: float | None,
+    out: Path,
+    *,
+    frames: int | None = None,
+    start_s: float | None = None,
+    codec: tuple[str, ...] = H264,
+    extra: tuple[str, ...] = (),
+    timeout: float | None = None,
+) -> Path:
+    """A clip of an FFmpeg test source (`lavfi`), encoded with the imageio-ffmpeg wheel's binary: `seconds` long
+    and/or exactly `frames` frames, from `start_s` into the source; H.264 unless `codec` says otherwise, `extra`
+    output options last (e.g. `-movflags +faststart`). The one way the project writes a synthetic clip."""
+    try:
+        import imageio_ffmpeg
+    except ImportError as exc:
+        raise RuntimeError("encoding a test-source clip needs imageio-ffmpeg (pip install imageio-ffmpeg)") from exc
 
     command = [imageio_ffmpeg.get_ffmpeg_exe(), "-loglevel", "error", "-y", "-f", "lavfi", "-i", source]
-    command += ["-t", str(seconds), "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", str(out)]
-    subprocess.run(command, check=True)
+    if start_s is not None:
+        command += ["-ss", str(start_s)]
+    if seconds is not None:
+        command += ["-t", str(seconds)]
+    if frames is not None:
+        command += ["-frames:v", str(frames)]
+    subprocess.run([*command, *codec, *extra, str(out)], check=True, timeout=timeout)
     return out
 
 
