@@ -173,18 +173,9 @@ print(json.dumps([json.loads(end)["status"], "cv2" in sys.modules, "av" in sys.m
 
 @pytest.mark.parametrize(("decoder", "loaded"), [("opencv", [True, False]), ("pyav", [False, True])])
 def test_a_decoder_child_loads_one_library(clips: dict[str, Path], decoder: str, loaded: list[bool]) -> None:
-    request = {
-        "path": str(clips["h264.mp4"]),
-        "seg_num": 2,
-        "preprocess": "fast",
-        "name": "x",
-        "short_size": 256,
-        "crop_size": 224,
-        "max_width": 7680,
-        "max_height": 4320,
-        "decoder": decoder,
-        "chunk_size": 32,
-    }
+    request = DecoderProcess("fast", 256, 224, 7680, 4320, None, chunk_size=32).request(
+        decoder, clips["h264.mp4"], 2, "x"
+    )
     run = subprocess.run(
         [sys.executable, "-c", LOADED.format(request=request)],
         cwd=ROOT,

@@ -229,19 +229,9 @@ def test_native_log_noise_is_quiet(tmp_path: Path) -> None:
     stderr = {}
     for decoder in DECODERS:
         for env_name, env in (("child", child_environment(os.environ)), ("worker", dict(os.environ))):
-            request = {
-                "path": str(truncated),
-                "seg_num": SEG_NUM,
-                "preprocess": "faithful",
-                "name": "t.mp4",
-                "short_size": 256,
-                "crop_size": 224,
-                "max_width": 7680,
-                "max_height": 4320,
-                "decoder": decoder,
-                "chunk_size": 32,
-                "parent": os.getpid(),
-            }
+            request = DecoderProcess("faithful", 256, 224, 7680, 4320, None, chunk_size=32).request(
+                decoder, truncated, SEG_NUM, "t.mp4"
+            )
             done = subprocess.run(
                 COMMAND, input=json.dumps(request).encode(), capture_output=True, env=env, timeout=60, check=True
             )
