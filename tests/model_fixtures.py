@@ -6,6 +6,7 @@ the plain helpers. Nothing here relies on `tests/conftest.py`, which belongs to 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -173,6 +174,17 @@ def cli_env(**extra: str) -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     env.update(extra)
     return env
+
+
+def processes_with(*markers: str) -> list[str]:
+    """The PIDs of this machine's processes whose command line holds every marker (a child left running)."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        with contextlib.suppress(OSError):
+            command = cmdline.read_bytes()
+            if all(marker.encode() in command for marker in markers):
+                found.append(cmdline.parent.name)
+    return found
 
 
 def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600, **env: str) -> subprocess.CompletedProcess:

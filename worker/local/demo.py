@@ -38,6 +38,16 @@ CLIP_SOURCES = {
 H264 = ("-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p")
 
 
+def run_ffmpeg(*args: str, timeout: float | None = None) -> None:
+    """The imageio-ffmpeg wheel's ffmpeg with `args`, quiet but for errors, overwriting its output."""
+    try:
+        import imageio_ffmpeg
+    except ImportError as exc:
+        raise RuntimeError("generating test clips needs imageio-ffmpeg (pip install imageio-ffmpeg)") from exc
+
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-loglevel", "error", "-y", *args], check=True, timeout=timeout)
+
+
 def encode_clip(
     source: str,
     seconds: float | None,
@@ -49,22 +59,17 @@ def encode_clip(
     extra: tuple[str, ...] = (),
     timeout: float | None = None,
 ) -> Path:
-    """A clip of an FFmpeg test source (`lavfi`), encoded with the imageio-ffmpeg wheel's binary: `seconds` long
-    and/or exactly `frames` frames, from `start_s` into the source; H.264 unless `codec` says otherwise, `extra`
-    output options last (e.g. `-movflags +faststart`). The one way the project writes a synthetic clip."""
-    try:
-        import imageio_ffmpeg
-    except ImportError as exc:
-        raise RuntimeError("encoding a test-source clip needs imageio-ffmpeg (pip install imageio-ffmpeg)") from exc
-
-    command = [imageio_ffmpeg.get_ffmpeg_exe(), "-loglevel", "error", "-y", "-f", "lavfi", "-i", source]
+    """A clip of an FFmpeg test source (`lavfi`): `seconds` long and/or exactly `frames` frames, from `start_s`
+    into the source; H.264 unless `codec` says otherwise, `extra` output options last (e.g. `-movflags
+    +faststart`). The one way the project writes a synthetic clip."""
+    args = ["-f", "lavfi", "-i", source]
     if start_s is not None:
-        command += ["-ss", str(start_s)]
+        args += ["-ss", str(start_s)]
     if seconds is not None:
-        command += ["-t", str(seconds)]
+        args += ["-t", str(seconds)]
     if frames is not None:
-        command += ["-frames:v", str(frames)]
-    subprocess.run([*command, *codec, *extra, str(out)], check=True, timeout=timeout)
+        args += ["-frames:v", str(frames)]
+    run_ffmpeg(*args, *codec, *extra, str(out), timeout=timeout)
     return out
 
 
