@@ -139,8 +139,9 @@ class DecoderProcess:
                 continue
         return (yield from self._run(self.decoders[-1], path, seg_num, name, deadline))
 
-    def _run(self, decoder: str, path: str | Path, seg_num: int, name: str, deadline: float | None) -> FrameStream:
-        request = {
+    def request(self, decoder: str, path: str | Path, seg_num: int, name: str) -> dict[str, Any]:
+        """What a child reading with `decoder` is asked (JSON on its stdin; `_serve` answers it)."""
+        return {
             "path": str(path),
             "seg_num": seg_num,
             "preprocess": self.preprocess,
@@ -153,6 +154,9 @@ class DecoderProcess:
             "chunk_size": self.chunk_size,
             "parent": os.getpid(),
         }
+
+    def _run(self, decoder: str, path: str | Path, seg_num: int, name: str, deadline: float | None) -> FrameStream:
+        request = self.request(decoder, path, seg_num, name)
         try:
             # stderr is read, not inherited: the file-size limit would fail its writes to a log file.
             child = subprocess.Popen(

@@ -4,7 +4,7 @@ Two readers feed this module: OpenCV (models/video.py) and PyAV (models/video_av
 process (each bundles its own FFmpeg), so this module imports neither, and both readers rely on it for
 everything that decides which frames a video yields:
 
-- `sample_video` replays the original's `int(CAP_PROP_FRAME_COUNT)` read calls, keeping only the sampled
+- `stream_video` replays the original's `int(CAP_PROP_FRAME_COUNT)` read calls, keeping only the sampled
   frames (the original decoded every frame into memory; the network's input is the same).
 - `opencv_frame_count` and `opencv_rotation` are OpenCV's FFmpeg backend (cap_ffmpeg_impl.hpp,
   `get_total_frames` and `get_rotation_angle`/`rotateFrame`) written out, so that PyAV yields the frames
@@ -13,8 +13,8 @@ everything that decides which frames a video yields:
 Streaming: `stream_video` yields the sampled crops in chunks (`FrameChunk`, in decoding order) as they are
 decoded, so that extraction can start on the first chunk while the rest of the video is read, and returns a
 `Sampling` (which decoded frames the original picks, in what order) at the end; `collect` turns a stream into
-the `SampledVideo` that `sample_video` always returned. A crop is sent once: the second pass (when frames fail
-to decode and the picks shift) sends only the frames the first pass did not.
+the whole `SampledVideo`. A crop is sent once: the second pass (when frames fail to decode and the picks shift)
+sends only the frames the first pass did not.
 
 Invariant: frames handed to a transform are RGB uint8 [H, W, 3], already turned upright.
 """
@@ -300,20 +300,4 @@ def stream_video(
         height=height,
         fps=fps,
         decoder=decoder,
-    )
-
-
-def sample_video(
-    path: Path,
-    name: str,
-    open_reader: Callable[[], FrameReader],
-    decoder: str,
-    seg_num: int,
-    transform: FrameTransform,
-    max_width: int,
-    max_height: int,
-) -> SampledVideo:
-    """`stream_video`, all at once."""
-    return collect(
-        stream_video(path, name, open_reader, decoder, seg_num, transform, max_width, max_height, chunk_size=seg_num)
     )

@@ -21,8 +21,6 @@ from models.errors import ErrorCode, InputError
 from models.preprocess import FrameTransform
 from models.sampling import (
     FrameStream,
-    SampledVideo,
-    collect,
     displayed_size,
     looks_like_video,
     opencv_frame_count,
@@ -117,10 +115,3 @@ def stream_video(
             path, name, lambda: _PyAVReader(path, name), DECODER, seg_num, transform, max_width, max_height, chunk_size
         )
     )
-
-
-def read_video(
-    path: str | Path, seg_num: int, transform: FrameTransform, max_width: int, max_height: int, name: str | None = None
-) -> SampledVideo:
-    """`stream_video`, all at once."""
-    return collect(stream_video(path, seg_num, transform, max_width, max_height, name, chunk_size=seg_num))

@@ -6,6 +6,7 @@ the plain helpers. Nothing here relies on `tests/conftest.py`, which belongs to 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -18,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from worker.local.demo import encode_clip
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -158,40 +161,9 @@ def link_or_copy(source: Path, dest: Path) -> Path:
     return dest
 
 
-def ffmpeg_exe() -> str:
-    import imageio_ffmpeg
-
-    return imageio_ffmpeg.get_ffmpeg_exe()
-
-
 def make_clip(path: Path, frames: int, size: str = "320x240", rate: int = 25, extra: tuple[str, ...] = ()) -> Path:
     """An H.264 mp4 of ffmpeg's testsrc with exactly `frames` frames."""
-    subprocess.run(
-        [
-            ffmpeg_exe(),
-            "-v",
-            "error",
-            "-y",
-            "-f",
-            "lavfi",
-            "-i",
-            f"testsrc=size={size}:rate={rate}",
-            "-frames:v",
-            str(frames),
-            "-c:v",
-            "libx264",
-            "-pix_fmt",
-            "yuv420p",
-            "-preset",
-            "ultrafast",
-            *extra,
-            str(path),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
-    return path
+    return encode_clip(f"testsrc=size={size}:rate={rate}", None, path, frames=frames, extra=extra, timeout=120)
 
 
 def cli_env(**extra: str) -> dict[str, str]:
@@ -202,6 +174,17 @@ def cli_env(**extra: str) -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     env.update(extra)
     return env
+
+
+def processes_with(*markers: str) -> list[str]:
+    """The PIDs of this machine's processes whose command line holds every marker (a child left running)."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        with contextlib.suppress(OSError):
+            command = cmdline.read_bytes()
+            if all(marker.encode() in command for marker in markers):
+                found.append(cmdline.parent.name)
+    return found
 
 
 def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600, **env: str) -> subprocess.CompletedProcess:

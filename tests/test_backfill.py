@@ -168,16 +168,8 @@ def test_from_s3_enqueues_each_video_under_the_prefix_once(
 ) -> None:
     bucket, _ = filled
     topic = _topic(kafka_broker)
-    run = _enqueue(
-        s3_server,
-        "--from-s3",
-        f"s3://{bucket}/uploads/",
-        "--topic",
-        topic,
-        "--marker",
-        str(tmp_path / "m.json"),
-        broker=kafka_broker,
-    )
+    backfill = ("--from-s3", f"s3://{bucket}/uploads/", "--topic", topic, "--marker", str(tmp_path / "m.json"))
+    run = _enqueue(s3_server, *backfill, broker=kafka_broker)
     assert run.returncode == 0, run.stderr
     assert run.stdout == ""
     # 2701 keys under the prefix: three pages of at most 1000.
@@ -190,16 +182,7 @@ def test_from_s3_enqueues_each_video_under_the_prefix_once(
     assert {v["bucket"] for v in values} == {bucket}
     marker = json.loads((tmp_path / "m.json").read_text(encoding="utf-8"))
     assert marker["complete"] and marker["enqueued"] == 2200 and marker["position"] == "uploads/readme.txt"
-    again = _enqueue(
-        s3_server,
-        "--from-s3",
-        f"s3://{bucket}/uploads/",
-        "--topic",
-        topic,
-        "--marker",
-        str(tmp_path / "m.json"),
-        broker=kafka_broker,
-    )
+    again = _enqueue(s3_server, *backfill, broker=kafka_broker)  # the same backfill, run again
     assert again.returncode == 0 and "says this backfill finished; nothing sent" in again.stderr
     assert _end_offsets(kafka_broker, topic) == 2200
 

@@ -21,6 +21,7 @@ from models.decoder_process import DecoderProcess
 from models.errors import ErrorCode, InputError, NeedsFallback
 from models.sampling import displayed_size, opencv_frame_count, opencv_rotation, upright
 from models.video import InProcessDecoder, opencv_decodes
+from worker.local.demo import encode_clip, run_ffmpeg
 
 ROOT = Path(__file__).resolve().parents[1]
 SEG_NUM = 8
@@ -29,7 +30,7 @@ FRAMES = 30
 # bound for 8-bit video, and the one docs/messages.md documents for 10-bit (measured: 0 on these clips).
 TOLERANCE_8BIT = 1
 TOLERANCE_10BIT = 2
-SOURCE = ("-f", "lavfi", "-i", "testsrc2=size=64x48:rate=25", "-frames:v", str(FRAMES))
+SOURCE = "testsrc2=size=64x48:rate=25"
 X264 = ("-c:v", "libx264", "-pix_fmt", "yuv420p")
 AOM = ("-c:v", "libaom-av1", "-cpu-used", "8", "-pix_fmt", "yuv420p")
 
@@ -50,31 +51,25 @@ CLIPS: dict[str, tuple[tuple[str, ...], int]] = {
 AV1 = {"av1.mp4", "av1.webm", "av1.mkv"}
 
 
-def _ffmpeg(*args: str) -> None:
-    import imageio_ffmpeg
-
-    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-loglevel", "error", "-y", *args], check=True)
-
-
 @pytest.fixture(scope="module")
 def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     base = tmp_path_factory.mktemp("codecs")
     out = {name: base / name for name in CLIPS}
     for name, (args, _) in CLIPS.items():
-        _ffmpeg(*SOURCE, *args, str(out[name]))
+        encode_clip(SOURCE, None, out[name], frames=FRAMES, codec=args)
     # A phone video: the pixels as the sensor saw them, a display matrix saying "turn 90°" (stream copy).
     out["rotated.mp4"] = base / "rotated.mp4"
-    _ffmpeg("-display_rotation", "90", "-i", str(out["h264.mp4"]), "-c", "copy", str(out["rotated.mp4"]))
+    run_ffmpeg("-display_rotation", "90", "-i", str(out["h264.mp4"]), "-c", "copy", str(out["rotated.mp4"]))
     out["rotated-av1.mp4"] = base / "rotated-av1.mp4"
-    _ffmpeg("-display_rotation", "-90", "-i", str(out["av1.mp4"]), "-c", "copy", str(out["rotated-av1.mp4"]))
+    run_ffmpeg("-display_rotation", "-90", "-i", str(out["av1.mp4"]), "-c", "copy", str(out["rotated-av1.mp4"]))
     # Lossless H.264 and AV1 of the same frames: the same YUV, so OpenCV's and PyAV's pixels can be compared
     # across the two codecs, AV1 being one OpenCV cannot decode.
     out["lossless.mkv"] = base / "lossless.mkv"
-    _ffmpeg(*SOURCE, *X264, "-qp", "0", str(out["lossless.mkv"]))
+    encode_clip(SOURCE, None, out["lossless.mkv"], frames=FRAMES, codec=(*X264, "-qp", "0"))
     out["lossless-av1.mkv"] = base / "lossless-av1.mkv"
-    _ffmpeg(*SOURCE, *AOM, "-aom-params", "lossless=1", str(out["lossless-av1.mkv"]))
+    encode_clip(SOURCE, None, out["lossless-av1.mkv"], frames=FRAMES, codec=(*AOM, "-aom-params", "lossless=1"))
     out["audio.m4a"] = base / "audio.m4a"
-    _ffmpeg("-f", "lavfi", "-i", "sine=duration=1", "-c:a", "aac", str(out["audio.m4a"]))
+    run_ffmpeg("-f", "lavfi", "-i", "sine=duration=1", "-c:a", "aac", str(out["audio.m4a"]))
     return out
 
 
@@ -173,18 +168,9 @@ print(json.dumps([json.loads(end)["status"], "cv2" in sys.modules, "av" in sys.m
 
 @pytest.mark.parametrize(("decoder", "loaded"), [("opencv", [True, False]), ("pyav", [False, True])])
 def test_a_decoder_child_loads_one_library(clips: dict[str, Path], decoder: str, loaded: list[bool]) -> None:
-    request = {
-        "path": str(clips["h264.mp4"]),
-        "seg_num": 2,
-        "preprocess": "fast",
-        "name": "x",
-        "short_size": 256,
-        "crop_size": 224,
-        "max_width": 7680,
-        "max_height": 4320,
-        "decoder": decoder,
-        "chunk_size": 32,
-    }
+    request = DecoderProcess("fast", 256, 224, 7680, 4320, None, chunk_size=32).request(
+        decoder, clips["h264.mp4"], 2, "x"
+    )
     run = subprocess.run(
         [sys.executable, "-c", LOADED.format(request=request)],
         cwd=ROOT,

@@ -5,7 +5,6 @@ with its parent, nothing imported from the working directory; and how it died sa
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import json
 import os
@@ -31,7 +30,7 @@ from models.decoder_process import (
 from models.errors import ErrorCode, InputError, Kind, SystemicError
 from models.preprocess import make_transform
 from models.video import read_video
-from tests.model_fixtures import make_clip
+from tests.model_fixtures import make_clip, processes_with
 
 SEG_NUM = 12
 
@@ -119,17 +118,7 @@ def test_a_hanging_decoder_times_out_and_is_killed(clip: Path) -> None:
         _decoder(HANG, timeout_s=1.5)(clip, SEG_NUM, name="stalled.mp4")
     assert caught.value.code == ErrorCode.DECODE_TIMEOUT and "stalled.mp4" in caught.value.message
     assert 1.5 <= time.monotonic() - started < 20
-    assert not _sleepers(), "the hung decoder was left running"
-
-
-def _sleepers() -> list[str]:
-    """Processes still running HANG's code."""
-    found = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        with contextlib.suppress(OSError):
-            if b"time.sleep(600)" in cmdline.read_bytes():
-                found.append(cmdline.parent.name)
-    return found
+    assert not processes_with("time.sleep(600)"), "the hung decoder was left running"
 
 
 def test_a_reply_that_is_not_the_protocol_counts_as_a_crash(clip: Path) -> None:
@@ -229,19 +218,9 @@ def test_native_log_noise_is_quiet(tmp_path: Path) -> None:
     stderr = {}
     for decoder in DECODERS:
         for env_name, env in (("child", child_environment(os.environ)), ("worker", dict(os.environ))):
-            request = {
-                "path": str(truncated),
-                "seg_num": SEG_NUM,
-                "preprocess": "faithful",
-                "name": "t.mp4",
-                "short_size": 256,
-                "crop_size": 224,
-                "max_width": 7680,
-                "max_height": 4320,
-                "decoder": decoder,
-                "chunk_size": 32,
-                "parent": os.getpid(),
-            }
+            request = DecoderProcess("faithful", 256, 224, 7680, 4320, None, chunk_size=32).request(
+                decoder, truncated, SEG_NUM, "t.mp4"
+            )
             done = subprocess.run(
                 COMMAND, input=json.dumps(request).encode(), capture_output=True, env=env, timeout=60, check=True
             )
@@ -337,17 +316,17 @@ def test_the_decoder_dies_with_the_worker() -> None:
     worker = subprocess.Popen([sys.executable, "-c", MIDDLE, sleeper + "\nd.main()"])
     try:
         deadline = time.monotonic() + 30
-        while not _processes_with(ORPHAN_MARK) and time.monotonic() < deadline:
+        while not processes_with(ORPHAN_MARK) and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert _processes_with(ORPHAN_MARK), "the decoder never started"
+        assert processes_with(ORPHAN_MARK), "the decoder never started"
         time.sleep(1)  # past its prctl
     finally:
         worker.kill()
         worker.wait()
     deadline = time.monotonic() + 10
-    while _processes_with(ORPHAN_MARK) and time.monotonic() < deadline:
+    while processes_with(ORPHAN_MARK) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not _processes_with(ORPHAN_MARK), "the decoder outlived the worker"
+    assert not processes_with(ORPHAN_MARK), "the decoder outlived the worker"
 
 
 def test_a_decoder_whose_parent_is_gone_before_it_asks_exits() -> None:
@@ -362,12 +341,3 @@ def test_a_decoder_whose_parent_is_gone_before_it_asks_exits() -> None:
         timeout=60,
     )
     assert done.returncode == 1 and b"still here" not in done.stdout
-
-
-def _processes_with(marker: str) -> list[str]:
-    found = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        with contextlib.suppress(OSError):
-            if marker.encode() in cmdline.read_bytes():
-                found.append(cmdline.parent.name)
-    return found

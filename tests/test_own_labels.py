@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import csv
 import json
-import subprocess
 import time
 from pathlib import Path
 
@@ -21,7 +20,8 @@ import pytest
 
 from models.attention_lstm import attention_lstm
 from models.weights import assign, expected_shapes, file_digests, read_state
-from tests.model_fixtures import LABELS, ffmpeg_exe, generated_weights, json_lines, run_cli
+from tests.model_fixtures import LABELS, generated_weights, json_lines, run_cli
+from worker.local.demo import encode_clip
 
 pytestmark = pytest.mark.slow
 
@@ -57,35 +57,6 @@ def source(kind: str, i: int) -> str:
     }[kind]
 
 
-def make_clip(path: Path, lavfi: str, start_s: float) -> None:
-    subprocess.run(
-        [
-            ffmpeg_exe(),
-            "-v",
-            "error",
-            "-y",
-            "-f",
-            "lavfi",
-            "-i",
-            lavfi,
-            "-ss",
-            f"{start_s:.1f}",
-            "-frames:v",
-            "12",
-            "-c:v",
-            "libx264",
-            "-preset",
-            "ultrafast",
-            "-pix_fmt",
-            "yuv420p",
-            str(path),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
-
-
 def write_csv(path: Path, rows: list[tuple[str, str]]) -> Path:
     with path.open("w", encoding="utf-8", newline="") as f:
         writer = csv.writer(f)
@@ -108,7 +79,7 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for kind in CLASSES:
         for i in range(TRAIN_PER_CLASS + HELD_OUT_PER_CLASS):
             name = f"clips/{kind}-{i}.mp4"
-            make_clip(root / name, source(kind, i), 0.2 * i)
+            encode_clip(source(kind, i), None, root / name, frames=12, start_s=round(0.2 * i, 1), timeout=120)
             rows["train" if i < TRAIN_PER_CLASS else "test"].append((name, kind))
     write_csv(root / "train.csv", rows["train"])
     write_csv(root / "test.csv", rows["test"])

@@ -26,6 +26,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from models.errors import InputError
+from worker.local.demo import encode_clip
 from worker.messages import MAX_MESSAGE_BYTES, VideoRequest, parse_request
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -407,12 +408,6 @@ def test_the_worker_dead_letters_what_it_could_never_answer() -> None:
 # the bad-video corpus -------------------------------------------------------------------------------------
 
 
-def _ffmpeg(*args: str) -> None:
-    import imageio_ffmpeg
-
-    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-loglevel", "error", "-y", *args], check=True)
-
-
 def _liar_avi(source: Path, dest: Path, frames: int) -> Path:
     """An MJPEG AVI whose headers (avih dwTotalFrames, strh dwLength) declare `frames` frames."""
     data = bytearray(source.read_bytes())
@@ -443,49 +438,10 @@ def corpus() -> dict[str, Path]:
     files = {name: BAD_DIR / name for name in CORPUS}
     files["giant-declared.y4m"].write_bytes(b"YUV4MPEG2 W12000 H12000 F25:1 Ip A1:1 C420jpeg\nFRAME\n" + b"\x80" * 1024)
     for name, size in (("wide.mp4", "7696x16"), ("tall.mp4", "16x7696")):
-        _ffmpeg(
-            "-f",
-            "lavfi",
-            "-i",
-            f"testsrc2=size={size}:rate=1",
-            "-t",
-            "1",
-            "-c:v",
-            "libx264",
-            "-preset",
-            "ultrafast",
-            "-pix_fmt",
-            "yuv420p",
-            str(files[name]),
-        )
-    _ffmpeg(
-        "-f",
-        "lavfi",
-        "-i",
-        "testsrc2=size=16x16:rate=1000",
-        "-t",
-        "30",
-        "-c:v",
-        "libx264",
-        "-preset",
-        "ultrafast",
-        "-pix_fmt",
-        "yuv420p",
-        str(files["many-tiny-frames.mp4"]),
-    )
-    honest = BAD_DIR / "honest.avi"
-    _ffmpeg(
-        "-f",
-        "lavfi",
-        "-i",
-        "testsrc2=size=16x16:rate=10",
-        "-t",
-        "1",
-        "-c:v",
-        "mjpeg",
-        "-pix_fmt",
-        "yuvj420p",
-        str(honest),
+        encode_clip(f"testsrc2=size={size}:rate=1", 1, files[name])
+    encode_clip("testsrc2=size=16x16:rate=1000", 30, files["many-tiny-frames.mp4"])
+    honest = encode_clip(
+        "testsrc2=size=16x16:rate=10", 1, BAD_DIR / "honest.avi", codec=("-c:v", "mjpeg", "-pix_fmt", "yuvj420p")
     )
     _liar_avi(honest, files["liar-frame-count.avi"], 100_000_000)
     honest.unlink()

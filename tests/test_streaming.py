@@ -5,7 +5,6 @@ networks load."""
 
 from __future__ import annotations
 
-import contextlib
 import sys
 import threading
 import time
@@ -20,7 +19,7 @@ from models.errors import ErrorCode, InputError
 from models.preprocess import make_transform
 from models.sampling import FrameChunk, Sampling, collect, stream_video
 from models.video import read_video
-from tests.model_fixtures import LABELS, VIDEOS, generated_weights, make_clip, require_shared
+from tests.model_fixtures import LABELS, VIDEOS, generated_weights, make_clip, processes_with, require_shared
 from worker.commands.tag import start_tagging
 from worker.settings import Settings
 
@@ -154,12 +153,7 @@ def test_a_child_that_hangs_mid_stream_times_out_and_is_killed() -> None:
 
 
 def _sleepers() -> list[str]:
-    found = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        with contextlib.suppress(OSError):
-            if b"time.sleep(600)" in cmdline.read_bytes() and b"stalled" in cmdline.read_bytes():
-                found.append(cmdline.parent.name)
-    return found
+    return processes_with("time.sleep(600)", "stalled")
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
 
-from tests.kafka_helpers import Topics
+from tests.kafka_helpers import Topics, produce
 from worker.local.demo import encode_clip
 
 # Small, real H.264 clips: decoding is negligible next to the model, so the tests measure the service.
@@ -27,6 +27,11 @@ def tiny_clips(directory: Path, seconds: float = 1.0) -> list[Path]:
 
 def request(video_id: str, bucket: str, key: str) -> bytes:
     return json.dumps({"video_id": video_id, "bucket": bucket, "key": key}).encode()
+
+
+def send_requests(bootstrap: str, topic: str, requests: dict[str, bytes]) -> None:
+    """Produce each request keyed by its id: what `Answer.ident` reads back from a dead letter."""
+    produce(bootstrap, topic, list(requests.values()), keys=[ident.encode() for ident in requests])
 
 
 @dataclass(frozen=True)

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.fault.helpers import AnswerCollector, request
+from tests.fault.helpers import AnswerCollector, request, send_requests
 from tests.integration.worker_process import SpawnWorker
-from tests.kafka_helpers import Topics, produce
+from tests.kafka_helpers import Topics
 from worker.local.stack import KafkaServer, S3Server
 
 pytestmark = pytest.mark.integration
@@ -53,11 +53,8 @@ def test_decode_timeout_dead_letters_and_moves_on(
     collector = AnswerCollector(kafka_broker.bootstrap_servers, topics)
     try:
         timed_out = [f"to-{i}" for i in range(4)]
-        produce(
-            kafka_broker.bootstrap_servers,
-            topics.input,
-            [request(v, bucket, "v/clip.mp4") for v in timed_out],
-            keys=[v.encode() for v in timed_out],
+        send_requests(
+            kafka_broker.bootstrap_servers, topics.input, {v: request(v, bucket, "v/clip.mp4") for v in timed_out}
         )
         missing = collector.wait_for(set(timed_out), timeout=60)
         ready = slow.get("/readyz")[0]
@@ -69,12 +66,7 @@ def test_decode_timeout_dead_letters_and_moves_on(
         normal = spawn(kafka_broker, s3_server, topics, unique_group_id, **SETTINGS)
         normal.wait_ready()
         fine = [f"ok-{i}" for i in range(2)]
-        produce(
-            kafka_broker.bootstrap_servers,
-            topics.input,
-            [request(v, bucket, "v/clip.mp4") for v in fine],
-            keys=[v.encode() for v in fine],
-        )
+        send_requests(kafka_broker.bootstrap_servers, topics.input, {v: request(v, bucket, "v/clip.mp4") for v in fine})
         missing_fine = collector.wait_for(set(fine), timeout=60)
         time.sleep(1)  # a redelivered timed-out request would show up as a second answer now
         answers = collector.by_id()

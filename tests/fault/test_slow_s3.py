@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.fault.helpers import AnswerCollector, StallingProxy, request
+from tests.fault.helpers import AnswerCollector, StallingProxy, request, send_requests
 from tests.integration.worker_process import SpawnWorker
-from tests.kafka_helpers import Topics, produce
+from tests.kafka_helpers import Topics
 from worker.local.stack import KafkaServer, S3Server
 
 pytestmark = pytest.mark.integration
@@ -57,11 +57,8 @@ def test_stalled_s3_times_out_retries_and_recovers(
         for prefix, mode in (("stall", "stall"), ("mid", "midstream"), ("drib", "dribble")):
             proxy.set_rule(f"/{prefix}/", mode)
         slow = ["stall", "mid", "drib"]
-        produce(
-            kafka_broker.bootstrap_servers,
-            topics.input,
-            [request(v, bucket, f"{v}/{clips[0].name}") for v in slow],
-            keys=[v.encode() for v in slow],
+        send_requests(
+            kafka_broker.bootstrap_servers, topics.input, {v: request(v, bucket, f"{v}/{clips[0].name}") for v in slow}
         )
         stalled_at = time.monotonic()
         deadline = stalled_at + 30
@@ -69,12 +66,8 @@ def test_stalled_s3_times_out_retries_and_recovers(
             time.sleep(0.2)
         first_failures = worker.metric(*FAILURES)
         fast = [f"fast-{i}" for i in range(6)]
-        produce(
-            kafka_broker.bootstrap_servers,
-            topics.input,
-            [request(v, bucket, f"fast/{clips[i % len(clips)].name}") for i, v in enumerate(fast)],
-            keys=[v.encode() for v in fast],
-        )
+        fast_requests = {v: request(v, bucket, f"fast/{clips[i % len(clips)].name}") for i, v in enumerate(fast)}
+        send_requests(kafka_broker.bootstrap_servers, topics.input, fast_requests)
         missing_fast = collector.wait_for(set(fast), timeout=STALL_S + 30)
         while time.monotonic() - stalled_at < STALL_S:
             time.sleep(0.2)

@@ -5,7 +5,6 @@ reaching the end of the partition (a message without a video must not hold it ba
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 from pathlib import Path
 
@@ -14,23 +13,19 @@ from kafka import KafkaConsumer, TopicPartition
 
 from tests.integration.worker_process import SpawnWorker
 from tests.kafka_helpers import Topics, consume_all, produce, unique_name
+from worker.local.demo import encode_clip, run_ffmpeg
 from worker.local.stack import KafkaBroker, S3Server
 
 pytestmark = pytest.mark.integration
 
 
-def _ffmpeg(*args: str) -> None:
-    import imageio_ffmpeg
-
-    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-loglevel", "error", "-y", *args], check=True)
-
-
 def _files(directory: Path) -> dict[str, Path]:
-    source = ("-f", "lavfi", "-i", "testsrc2=size=64x48:rate=25", "-frames:v", "25")
+    source = "testsrc2=size=64x48:rate=25"
     files = {name: directory / name for name in ("h264.mp4", "av1.mp4", "audio.m4a")}
-    _ffmpeg(*source, "-c:v", "libx264", "-pix_fmt", "yuv420p", str(files["h264.mp4"]))
-    _ffmpeg(*source, "-c:v", "libaom-av1", "-cpu-used", "8", "-pix_fmt", "yuv420p", str(files["av1.mp4"]))
-    _ffmpeg("-f", "lavfi", "-i", "sine=duration=1", "-c:a", "aac", str(files["audio.m4a"]))
+    encode_clip(source, None, files["h264.mp4"], frames=25, codec=("-c:v", "libx264", "-pix_fmt", "yuv420p"))
+    av1 = ("-c:v", "libaom-av1", "-cpu-used", "8", "-pix_fmt", "yuv420p")
+    encode_clip(source, None, files["av1.mp4"], frames=25, codec=av1)
+    run_ffmpeg("-f", "lavfi", "-i", "sine=duration=1", "-c:a", "aac", str(files["audio.m4a"]))
     return files
 
 

@@ -66,6 +66,13 @@ def _until(condition, timeout: float) -> bool:
     return False
 
 
+def _skip_offset_1(broker: KafkaServer, group: str, topic: str, *options: str) -> subprocess.CompletedProcess[str]:
+    """`videotag skip` of offset 1 of partition 0 of `topic` for `group`, as an operator runs it."""
+    command = [sys.executable, "-m", "worker.cli", "skip", "--bootstrap-servers", broker.bootstrap_servers]
+    command += ["--group-id", group, *options, "--topic", topic, "--partition", "0", "--offset", "1"]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120)
+
+
 def test_forbidden_object_store_outage_and_huge_attributes_on_one_partition(
     spawn: SpawnWorker, kafka_broker: KafkaServer, clips: list[Path], tmp_path: Path
 ) -> None:
@@ -162,54 +169,12 @@ def test_a_message_that_kills_every_worker_is_dead_lettered_and_an_operator_can_
         produce(
             kafka_broker.bootstrap_servers, topics.input, [request("skip-me", bucket, "clip.mp4")], keys=[b"skip-me"]
         )
-        run = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "worker.cli",
-                "skip",
-                "--bootstrap-servers",
-                kafka_broker.bootstrap_servers,
-                "--group-id",
-                group,
-                "--dlq-topic",
-                topics.dlq,
-                "--topic",
-                topics.input,
-                "--partition",
-                "0",
-                "--offset",
-                "1",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        run = _skip_offset_1(kafka_broker, group, topics.input, "--dlq-topic", topics.dlq)
         assert run.returncode == 0, run.stderr
         assert collector.wait_for({"skip-me"}, timeout=30) == set()
         assert collector.by_id()["skip-me"][0].code == "skipped_by_operator"
         assert _committed(kafka_broker, topics, group) == 2
-        again = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "worker.cli",
-                "skip",
-                "--bootstrap-servers",
-                kafka_broker.bootstrap_servers,
-                "--group-id",
-                group,
-                "--topic",
-                topics.input,
-                "--partition",
-                "0",
-                "--offset",
-                "1",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        again = _skip_offset_1(kafka_broker, group, topics.input)
         assert again.returncode == 1 and "is at offset 2" in again.stderr  # nothing moves twice
     finally:
         collector.close()

@@ -58,6 +58,7 @@ from models.options import Precision
 from models.preprocess import normalise, scaled_size
 from models.sampling import sample_indices
 from worker.chain_builder import Chain, build_chain
+from worker.local.demo import encode_clip
 from worker.settings import Settings
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".flv", ".mpg", ".mpeg", ".m4v", ".ts")
@@ -678,36 +679,8 @@ def run_bench(settings: Settings, options: BenchOptions) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------- long video
 
 
-def make_clip(path: Path, seconds: float, size: str = "1920x1080", rate: int = 25) -> Path:
-    """A synthetic H.264 clip (ffmpeg testsrc2, ultrafast) from imageio-ffmpeg's bundled ffmpeg."""
-    try:
-        import imageio_ffmpeg
-    except ImportError as exc:
-        raise RuntimeError("--long-video needs imageio-ffmpeg (pip install imageio-ffmpeg)") from exc
-    subprocess.run(
-        [
-            imageio_ffmpeg.get_ffmpeg_exe(),
-            "-v",
-            "error",
-            "-y",
-            "-f",
-            "lavfi",
-            "-i",
-            f"testsrc2=size={size}:rate={rate}",
-            "-t",
-            f"{seconds}",
-            "-c:v",
-            "libx264",
-            "-preset",
-            "ultrafast",
-            "-pix_fmt",
-            "yuv420p",
-            str(path),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    return path
+# The long-video clip: synthetic 1080p H.264 (worker/local/demo.py encode_clip).
+LONG_VIDEO_SOURCE = "testsrc2=size=1920x1080:rate=25"
 
 
 def run_long_video(
@@ -718,7 +691,7 @@ def run_long_video(
     out = report["long_video"]
     with tempfile.TemporaryDirectory(prefix="videotag-bench-", dir=work_dir) as tmp, RssSampler() as sampler:
         start = time.perf_counter()
-        clip = make_clip(Path(tmp) / "long.mp4", seconds)
+        clip = encode_clip(LONG_VIDEO_SOURCE, seconds, Path(tmp) / "long.mp4")
         out.update(
             {
                 "seconds": seconds,
@@ -739,7 +712,7 @@ def run_long_video(
         out["pipeline"] = pipeline
         out["pipeline_peak_rss_mb"] = round(peak_rss_mb(), 1)  # the whole process so far: load included
         clip.unlink()
-        short = make_clip(Path(tmp) / "short.mp4", baseline_seconds)
+        short = encode_clip(LONG_VIDEO_SOURCE, baseline_seconds, Path(tmp) / "short.mp4")
         with sampler.phase("baseline_decode"):
             frames = decode_all_frames(short)
             held = vm_rss_mb()

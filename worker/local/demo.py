@@ -33,13 +33,43 @@ CLIP_SOURCES = {
 }
 
 
-def encode_clip(source: str, seconds: float, out: Path) -> Path:
-    """An H.264 clip of an FFmpeg test source (`lavfi`), encoded with the imageio-ffmpeg wheel's binary."""
-    import imageio_ffmpeg
+# libx264 at its fastest preset, in the pixel format every decoder reads: what every generated clip uses unless
+# a caller asks for another codec.
+H264 = ("-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p")
 
-    command = [imageio_ffmpeg.get_ffmpeg_exe(), "-loglevel", "error", "-y", "-f", "lavfi", "-i", source]
-    command += ["-t", str(seconds), "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", str(out)]
-    subprocess.run(command, check=True)
+
+def run_ffmpeg(*args: str, timeout: float | None = None) -> None:
+    """The imageio-ffmpeg wheel's ffmpeg with `args`, quiet but for errors, overwriting its output."""
+    try:
+        import imageio_ffmpeg
+    except ImportError as exc:
+        raise RuntimeError("generating test clips needs imageio-ffmpeg (pip install imageio-ffmpeg)") from exc
+
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-loglevel", "error", "-y", *args], check=True, timeout=timeout)
+
+
+def encode_clip(
+    source: str,
+    seconds: float | None,
+    out: Path,
+    *,
+    frames: int | None = None,
+    start_s: float | None = None,
+    codec: tuple[str, ...] = H264,
+    extra: tuple[str, ...] = (),
+    timeout: float | None = None,
+) -> Path:
+    """A clip of an FFmpeg test source (`lavfi`): `seconds` long and/or exactly `frames` frames, from `start_s`
+    into the source; H.264 unless `codec` says otherwise, `extra` output options last (e.g. `-movflags
+    +faststart`). The one way the project writes a synthetic clip."""
+    args = ["-f", "lavfi", "-i", source]
+    if start_s is not None:
+        args += ["-ss", str(start_s)]
+    if seconds is not None:
+        args += ["-t", str(seconds)]
+    if frames is not None:
+        args += ["-frames:v", str(frames)]
+    run_ffmpeg(*args, *codec, *extra, str(out), timeout=timeout)
     return out
 
 
