@@ -1,6 +1,7 @@
 """Backfill (`videotag enqueue --from-s3 / --from-manifest`): the pure parts, then the real thing against the
 suite's SeaweedFS S3 server (a bucket of 3001 keys: videos, non-videos, another prefix, a later upload) and
-Apache Kafka, through the command line as an operator runs it."""
+Apache Kafka, through the command line as an operator runs it; and what a plain enqueue or a DLQ replay does when
+the broker refuses a request."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from pathlib import Path
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
-from tests.kafka_helpers import consume_all, unique_name
+from tests.kafka_helpers import consume_all, produce, unique_name
 from tests.model_fixtures import cli_env, run_cli
 from worker.commands.backfill import (
     BATCH,
@@ -39,6 +40,7 @@ from worker.commands.backfill import (
     write_marker,
 )
 from worker.local.stack import KafkaServer, S3Server
+from worker.messages import request_message
 from worker.settings import load_settings
 
 S3_ENV = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
@@ -351,7 +353,7 @@ def test_from_manifest_reads_an_inventory_report(
 
 def test_backfill_usage_errors(s3_server: S3Server) -> None:
     for args, message in [
-        (["--from-s3", "s3://b/", "k.mp4", "--bucket", "b"], "give one of"),
+        (["--from-s3", "s3://b/", "k.mp4", "--bucket", "bkt"], "give one of"),
         (["--from-s3", "s3://b/", "--rate", "fast"], "--rate fast"),
         (["--from-s3", "b/uploads"], "expected s3://BUCKET/"),
     ]:
@@ -393,7 +395,37 @@ def test_requests_the_broker_refused_are_never_marked_done(
     settings = load_settings(env={}, overrides={"s3_endpoint_url": s3_server.endpoint_url})
     marker = tmp_path / "m.json"
     options = module.Options(f"s3://{bucket}/uploads/a/", manifest=False, marker=marker, quiet=True)
-    with pytest.raises(BackfillError, match=r"the broker refused 1 requests .*the marker holds the last acknowledged"):
+    with pytest.raises(BackfillError, match=r"refused 1 of 100 records .*the marker holds the last ack") as e:
         module.backfill(settings, options, "t", io.StringIO())
+    assert f"({VIDEOS[2 * BATCH + 4]}): RuntimeError('KafkaTimeoutError')" in str(e.value)  # the refused key
     state = json.loads(marker.read_text(encoding="utf-8"))
     assert (state["position"], state["enqueued"], state["complete"]) == (VIDEOS[2 * BATCH - 1], 2 * BATCH, False)
+
+
+def test_plain_enqueue_and_dlq_replay_report_what_the_broker_refused(
+    kafka_broker: KafkaServer, s3_server: S3Server
+) -> None:
+    """A request the broker will not take (here: larger than its topic's max.message.bytes) is an error naming it,
+    exit 1, not a silent loss; what fits is still enqueued. The same for a DLQ replay."""
+    small = unique_name("small")
+    kafka_broker.create_topics([small], config={"max.message.bytes": "400"})
+    too_long = "uploads/" + "x" * 500 + ".mp4"
+    invalid = _enqueue(s3_server, "--topic", small, "--bucket", "b", "uploads/v.mp4", broker=kafka_broker)
+    assert invalid.returncode == 2 and invalid.stderr.strip().splitlines() == [
+        "videotag enqueue: invalid request: bucket: 'b' is too short"
+    ]  # checked before anything is sent
+    refused = _enqueue(s3_server, "--topic", small, "--bucket", "bkt", too_long, broker=kafka_broker)
+    assert refused.returncode == 1, refused.stderr
+    assert f"the broker refused 1 of 1 records ({too_long})" in refused.stderr and refused.stdout == ""
+    fits = _enqueue(s3_server, "--topic", small, "--bucket", "bkt", "uploads/v.mp4", broker=kafka_broker)
+    assert fits.returncode == 0, fits.stderr
+    assert [v["key"] for v in _records(kafka_broker, small, 1)] == ["uploads/v.mp4"]
+
+    dlq = unique_name("dlq")
+    kafka_broker.create_topics([dlq])
+    dead = {"original": {"encoding": "utf-8", "value": json.dumps(request_message("bkt", too_long))}}
+    produce(kafka_broker.bootstrap_servers, dlq, [json.dumps(dead).encode()], keys=[too_long.encode()])
+    replay = _enqueue(s3_server, "--topic", small, "--dlq-topic", dlq, "--from-dlq", broker=kafka_broker)
+    assert replay.returncode == 1, replay.stderr
+    assert f"the broker refused 1 of 1 records ({dlq}[0]@0)" in replay.stderr
+    assert _end_offsets(kafka_broker, small) == 1  # nothing more

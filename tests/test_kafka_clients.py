@@ -149,7 +149,7 @@ def test_a_producer_is_broken_when_closed_without_a_sender_or_after_a_fatal_erro
 
 @pytest.mark.parametrize(
     "source",
-    [["s3://b/k.mp4"], ["--from-s3", "s3://b/uploads/"], ["--from-manifest", "s3://inv/b/daily/manifest.json"]],
+    [["s3://bkt/k.mp4"], ["--from-s3", "s3://b/uploads/"], ["--from-manifest", "s3://inv/b/daily/manifest.json"]],
 )
 def test_enqueue_imports_no_model_and_reports_an_unreachable_broker_in_one_line(source: list[str]) -> None:
     """Plain, backfill and inventory enqueues alike: no Paddle, OpenCV or PyAV, and one line for no broker."""

@@ -438,7 +438,7 @@ def test_no_kafka_secret_when_a_login_or_an_acl_is_refused(
     )
     plain_user = next(iter(PLAIN_USERS))
     enqueue = subprocess.Popen(
-        [sys.executable, "-m", "worker.cli", "--log-level", "DEBUG", "enqueue", "s3://b/k.mp4"],
+        [sys.executable, "-m", "worker.cli", "--log-level", "DEBUG", "enqueue", "s3://bkt/k.mp4"],
         env={
             **os.environ,
             "VIDEOTAG_BOOTSTRAP_SERVERS": secure_kafka.address("SASL"),

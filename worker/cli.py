@@ -274,7 +274,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_enqueue(args: argparse.Namespace) -> int:
-    from worker.commands.enqueue import enqueue, parse_target, replay_dlq
+    from worker.commands.enqueue import SendRefused, enqueue, parse_target, replay_dlq
     from worker.kafka_clients import BrokerUnreachable
 
     if logging.getLogger().level > logging.DEBUG:  # a failure is reported below in one line, not by the library
@@ -301,7 +301,7 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
             return EXIT_OK
         for message in enqueue(settings, settings.input_topic, targets):
             print(json.dumps(message, ensure_ascii=False))
-    except BrokerUnreachable as exc:
+    except (BrokerUnreachable, SendRefused) as exc:
         print(f"videotag enqueue: {exc}", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_OK

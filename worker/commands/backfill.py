@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any, TextIO, cast
 from kafka.producer.future import FutureRecordMetadata
 
 from worker import kafka_clients
-from worker.commands.enqueue import send_request
+from worker.commands.enqueue import SendRefused, flush_checked, send_request
 from worker.commands.progress import Progress
 from worker.messages import request_message
 from worker.settings import Settings
@@ -325,24 +325,24 @@ def backfill(settings: Settings, options: Options, topic: str, out: TextIO) -> S
     producer = None if options.dry_run else kafka_clients.producer(settings)
     limiter = RateLimiter(options.rate) if options.rate else None
     progress = Progress(None, "enqueue" if not options.dry_run else "dry run", enabled=not options.quiet)
-    pending: list[FutureRecordMetadata] = []  # sends since the last checkpoint
+    pending: list[tuple[str, FutureRecordMetadata]] = []  # sends since the last checkpoint, by key
     handled = 0  # entries walked since the last checkpoint
     checkpointed = 0  # stats.enqueued at the last checkpoint
 
     def checkpoint(at: Any, complete: bool = False) -> None:
         nonlocal handled, checkpointed
         if producer is not None:
-            producer.flush()
-            if failed := [future.exception for future in pending if future.failed()]:
-                # flush() returns whether or not the broker took them: the marker must not pass a lost request
+            try:  # the marker must not pass a lost request
+                flush_checked(producer, pending)
+            except SendRefused as exc:
                 raise BackfillError(
-                    f"the broker refused {len(failed)} requests ({failed[0]!r}); "
+                    f"{exc}; "
                     + (
                         "the marker holds the last acknowledged position: run again to resume"
                         if options.marker
                         else "nothing records how far this run got"
                     )
-                )
+                ) from exc
             if options.marker is not None:
                 write_marker(options.marker, options.source, at, complete, stats)
         progress.advance(
@@ -365,7 +365,7 @@ def backfill(settings: Settings, options: Options, topic: str, out: TextIO) -> S
                 if producer is None:
                     out.write(json.dumps(request_message(entry.bucket, entry.key), ensure_ascii=False) + "\n")
                 else:
-                    pending.append(send_request(producer, topic, entry.bucket, entry.key)[1])
+                    pending.append((entry.key, send_request(producer, topic, entry.bucket, entry.key)[1]))
                 stats.enqueued += 1
             if stats.enqueued - checkpointed >= BATCH or handled >= PAGE_SIZE:
                 checkpoint(last)
