@@ -386,7 +386,7 @@ class Worker:
             or self.breaker.testing
             or len(self._active) >= self.settings.max_inflight
         )
-        records = self.consumer.poll(timeout_ms=POLL_TIMEOUT_MS)
+        records = kafka_clients.poll_records(self.consumer, POLL_TIMEOUT_MS)
         for batch in records.values():
             for record in batch:
                 if not self._accept(record):
@@ -413,8 +413,7 @@ class Worker:
         if hold - held:
             self.consumer.pause(*(hold - held))
         if held - hold:
-            self.consumer.resume(*(held - hold))
-            kafka_clients.release_parked_records(self.consumer)
+            self.consumer.resume(*(held - hold))  # their parked records flow again: kafka_clients.poll_records
 
     def _busy_lanes(self, assignment: set[TopicPartition]) -> set[str]:
         """Lanes with work: records taken but not started, or a partition behind its end (a retry partition

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
 
-from tests.kafka_helpers import Topics
+from tests.kafka_helpers import Topics, unique_name
+from worker import kafka_clients
 from worker.local.stack import KafkaServer
 
 pytestmark = pytest.mark.integration
@@ -89,3 +91,68 @@ def test_a_partition_kept_across_a_rebalance_keeps_its_fetch_position(
             joiner.join(timeout=10)
         first.close(autocommit=False)
         second.close(autocommit=False)
+
+
+def test_a_lane_resumed_while_another_partitions_last_records_are_in_line_is_read_again(
+    kafka_broker: KafkaServer, unique_group_id: str
+) -> None:
+    """kafka-python 3.0.12 parks the records fetched for a partition paused mid-way and restores them only while
+    its in-line slot is empty (None); a slot that held another partition's last records when the lane was resumed
+    keeps a drained record set for ever, and the resumed partition is never fetched again. The worker polls
+    through `kafka_clients.poll_records`, which empties a drained slot before every poll: the lane goes on.
+    With `consumer.poll` alone (and the slot emptied only when the lane is resumed) the lane stays stuck: if
+    an upgrade fixes that, this test says so, and the workaround can go."""
+    producer = KafkaProducer(bootstrap_servers=kafka_broker.bootstrap_servers, acks="all")
+
+    def read_low_after_high(poll: Callable[[KafkaConsumer], dict]) -> int:
+        high, low = unique_name("high"), unique_name("low")
+        kafka_broker.create_topics([high, low], partitions=1)
+        for i in range(10):
+            producer.send(low, value=b"%d" % i).get(timeout=30)
+        consumer = KafkaConsumer(
+            bootstrap_servers=kafka_broker.bootstrap_servers,
+            group_id=unique_group_id + poll.__name__,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=2,
+        )
+        try:
+            consumer.subscribe([high, low])
+            low_tp, high_tp = TopicPartition(low, 0), TopicPartition(high, 0)
+            got: dict[TopicPartition, int] = {low_tp: 0, high_tp: 0}
+
+            def step() -> None:
+                for tp, records in poll(consumer).items():
+                    got[tp] += len(records)
+
+            deadline = time.monotonic() + 60
+            while not got[low_tp] and time.monotonic() < deadline:  # two of ten: the other eight stay in line
+                step()
+            assert got[low_tp] == 2, got
+            consumer.pause(low_tp)  # fresh work on the higher lane: the lower one waits
+            for i in range(2):  # one batch of exactly max_poll_records: taken by one poll, not yet drained
+                producer.send(high, value=b"%d" % i)
+            producer.flush(timeout=30)
+            while got[high_tp] < 2 and time.monotonic() < deadline:
+                step()
+            assert got[high_tp] == 2, got
+            consumer.resume(low_tp)  # the higher lane is empty again
+            kafka_clients.release_parked_records(consumer)  # what the worker did, at resume time only
+            until = time.monotonic() + 10
+            while got[low_tp] < 10 and time.monotonic() < until:
+                step()
+            return got[low_tp]
+        finally:
+            consumer.close(autocommit=False)
+
+    def plain(consumer: KafkaConsumer) -> dict:
+        return consumer.poll(timeout_ms=200)
+
+    def worker(consumer: KafkaConsumer) -> dict:
+        return kafka_clients.poll_records(consumer, timeout_ms=200)
+
+    try:
+        assert read_low_after_high(worker) == 10
+        assert read_low_after_high(plain) == 2  # kafka-python's own behaviour: stuck (see the docstring)
+    finally:
+        producer.close()
