@@ -30,6 +30,7 @@ from models.inference import (
     make_config,
     weights_key,
 )
+from models.resnet import ConvBN, folded
 from models.tagger import VideoTagger, build_tagger
 from tests.model_fixtures import LABELS, TOLERANCE_FEATURES, VIDEOS, generated_weights, require_shared
 
@@ -154,6 +155,44 @@ def test_called_from_another_thread(engine_tagger: VideoTagger, frames: np.ndarr
     assert not errors and len(results) == 4
     for result in results:
         np.testing.assert_array_equal(result, expected)
+
+
+def test_folding_a_batch_norm_into_its_conv_keeps_the_outputs_and_leaves_the_model_alone() -> None:
+    rng = np.random.default_rng(3)
+    model = ConvBN("res2a_branch2b", 4, 6, 3, stride=2)
+    assert model.bn is not None
+    model.bn._mean.set_value(rng.standard_normal(6).astype(np.float32))
+    model.bn._variance.set_value(rng.uniform(0.1, 2.0, 6).astype(np.float32))
+    model.bn.weight.set_value(rng.standard_normal(6).astype(np.float32))
+    model.bn.bias.set_value(rng.standard_normal(6).astype(np.float32))
+    model.eval()
+    x = paddle.to_tensor(rng.standard_normal((2, 4, 9, 9)).astype(np.float32))
+    copy = folded(model)
+    assert copy.bn is None and copy.conv.bias is not None
+    assert model.bn is not None and model.conv.bias is None, "the original was changed"
+    np.testing.assert_allclose(copy(x).numpy(), model(x).numpy(), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="folded"):
+        list(copy.original_parameters())
+
+
+@pytest.mark.slow
+def test_the_extractor_is_exported_folded_and_computes_what_paddles_own_folding_did(
+    dygraph: VideoTagger, engine_tagger: VideoTagger, frames: np.ndarray, cache_dir: Path, tmp_path: Path
+) -> None:
+    """No BatchNorm is left for the predictor to fold at start-up, and the numbers are bit for bit those of an
+    export of the unfolded network, which Paddle Inference folds itself."""
+    key = weights_key(engine_tagger.info["extractor_weights"])
+    entry = cache_entry(cache_dir, key, "extractor", 50)
+    program, _ = inference.model_files(entry)
+    assert "batch_norm" not in program.read_text(encoding="utf-8")
+    assert json.loads((entry / inference.META_FILE).read_text(encoding="utf-8"))["batch_norm"] == "folded"
+    shape: list[int | None] = [None, 3, 224, 224]
+    unfolded = inference.export(
+        dygraph.extractor.layer, tmp_path / "unfolded", shape, "images", inference._meta("extractor", 50, shape)
+    )
+    assert "batch_norm" in inference.model_files(unfolded)[0].read_text(encoding="utf-8")
+    theirs = InferenceEngine(make_config(unfolded), chunk=inference.DEFAULT_CPU_CHUNK)
+    np.testing.assert_array_equal(engine_tagger.extractor(frames), theirs(frames))
 
 
 # ---------------------------------------------------------------------------------------------- export cache
