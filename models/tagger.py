@@ -16,7 +16,7 @@ from pathlib import Path
 
 import paddle
 
-from models import cgroup
+from models import cgroup, load_cache
 from models.attention_lstm import AttentionLSTM, attention_lstm
 from models.chain import RANDOM_WEIGHTS, Head, TagResult, VideoTagger
 from models.config import TSN_FILE, ExtractorConfig, PredictorConfig, config_value
@@ -26,7 +26,7 @@ from models.heads import DEFAULT_HEAD, HeadSpec, check_heads, load_control
 from models.labels import load_labels
 from models.options import ENGINES
 from models.resnet import tsn_resnet
-from models.weights import assign, file_digests, find_params, load_into, no_random_init, randomize, read_state
+from models.weights import assign, find_params, load_into, no_random_init, randomize
 
 __all__ = [
     "ENGINES",
@@ -53,9 +53,12 @@ def set_device(device: str, precision: str = "fp32") -> None:
     paddle.set_device(device)
 
 
-def load_predictor(location: str | Path, pcfg: PredictorConfig) -> tuple[AttentionLSTM, Path]:
-    """An AttentionLSTM with as many classes as the weight file's output layer, loaded strictly; and the file."""
-    state, from_opt, params_path = read_state(location, "attention_lstm")
+def load_predictor(
+    location: str | Path, pcfg: PredictorConfig, cache_dir: Path | None = None
+) -> tuple[AttentionLSTM, Path]:
+    """An AttentionLSTM with as many classes as the weight file's output layer, loaded strictly; and the file.
+    With `cache_dir`, its tensors come from there after the first load (models/load_cache.py)."""
+    state, from_opt, params_path = load_cache.state(location, "attention_lstm", cache_dir)
     output = state.get("output.w_0")
     # A file without a usable output layer gets the default count: the strict check then names the problem.
     classes = output.shape[1] if output is not None and output.ndim == 2 else pcfg.num_classes
@@ -72,9 +75,11 @@ def _load_head(
     pcfg: PredictorConfig,
     allow_random_weights: bool,
     digest: Callable[[Path], str],
+    cache_dir: Path | None,
 ) -> tuple[Head, Path | None]:
     """(the head, its weight file: None when random). A head with weights of its own always loads them; one on
-    the default weights is random in a demo. `digest` names a weight file ("sha256:...")."""
+    the default weights is random in a demo. `digest` names a weight file ("sha256:..."); `cache_dir`: as
+    `load_predictor`'s."""
     label_path = Path(spec.labels or label_file)
     params_path: Path | None = None
     if allow_random_weights and spec.weights is None:
@@ -87,7 +92,7 @@ def _load_head(
         else:  # a demo on a machine with nothing downloaded
             labels = [f"untrained-tag-{i}" for i in range(pcfg.num_classes)]
     else:
-        layer, params_path = load_predictor(spec.weights or predictor_weights, pcfg)
+        layer, params_path = load_predictor(spec.weights or predictor_weights, pcfg, cache_dir)
         labels = load_labels(label_path, layer.output.weight.shape[1])
     weights = digest(params_path) if params_path else RANDOM_WEIGHTS
     head = Head(spec.name, DygraphEngine(layer), labels, load_control(spec, labels), spec.topk or pcfg.topk, weights)
@@ -151,14 +156,20 @@ def build_tagger(
         for spec in specs
         if spec.weights is not None or not allow_random_weights
     ]
+    # What loading derives from the weight files is cached beside the exports (models/load_cache.py).
+    derived = Path(cache_dir) if engine == "inference" else None
     with ThreadPoolExecutor(1, thread_name_prefix="weights-digest") as hasher:
         # ~0.5 GB of weight files hashed on another core while the heads load (hashlib releases the GIL)
-        digests = hasher.submit(file_digests, [path for path in (extractor_file, *head_files) if path is not None])
+        paths = [path for path in (extractor_file, *head_files) if path is not None]
+        digests = hasher.submit(load_cache.digests, paths, derived)
 
         def digest(path: Path) -> str:
             return "sha256:" + digests.result()[1][path]
 
-        loaded = [_load_head(spec, predictor_weights, label_file, pcfg, allow_random_weights, digest) for spec in specs]
+        loaded = [
+            _load_head(spec, predictor_weights, label_file, pcfg, allow_random_weights, digest, derived)
+            for spec in specs
+        ]
         whole = "sha256:" + digests.result()[0]
     built = tuple(head for head, _ in loaded)
     extractor: Callable[[], paddle.nn.Layer]
