@@ -21,6 +21,7 @@ import shutil
 import subprocess
 import sys
 import urllib.request
+import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
@@ -1686,3 +1687,21 @@ def test_helm_refuses(helm: ModuleType, sets: list[str]) -> None:
     with pytest.raises(helm.HelmError) as refused:
         render(helm, *sets)
     assert isinstance(refused.value, helm.HelmValuesError | helm.HelmRenderError), refused.value
+
+
+def test_the_wheel_the_images_install_ships_the_schemas_the_configs_and_an_spdx_license(tmp_path: Path) -> None:
+    """The images run `pip install --no-deps .`: the worker reads worker/schemas/*.json and the configs as package
+    data at run time, which an editable checkout has anyway and a wheel has only when packaged."""
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "--wheel-dir", str(tmp_path), str(ROOT)],
+        check=True,
+        timeout=600,
+    )
+    (wheel,) = tmp_path.glob("videotag-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+        metadata = next(archive.read(n).decode() for n in names if n.endswith(".dist-info/METADATA"))
+    schemas = {f"worker/schemas/{name}.schema.json" for name in ("request", "result", "dlq")}
+    configs = {f"videotag_configs/{name}.yaml" for name in ("tsn", "attention_lstm", "worker")}
+    assert schemas | configs <= names, sorted((schemas | configs) - names)
+    assert "License-Expression: Apache-2.0" in metadata.splitlines()
